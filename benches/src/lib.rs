@@ -1,0 +1,53 @@
+//! Helpers shared by the bench files: polling a ready future, runtimes of a given size, and
+//! running a contended round of tasks.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Polls `future` once with a no-op waker and returns its output; the benches only pass
+/// futures that are ready at once (an uncontended lock), so anything else is a bench bug.
+pub fn ready<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("bench bug: the future was expected to be ready"),
+    }
+}
+
+/// A multi-thread tokio runtime with `threads` workers.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The task counts of the contended cases: 2 and 4, and 16 where the machine has 16 threads.
+pub fn contended_task_counts() -> Vec<usize> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut counts = vec![2, 4];
+    if threads >= 16 {
+        counts.push(16);
+    }
+    counts
+}
+
+/// Runs `iters` rounds of `make_round()` on `runtime` and returns the total time, for
+/// criterion's `iter_custom`.
+pub fn time_rounds<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    iters: u64,
+    mut make_round: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let started = Instant::now();
+    for _ in 0..iters {
+        runtime.block_on(make_round());
+    }
+    started.elapsed()
+}

@@ -1,0 +1,564 @@
+//! Abort signals: cancel superseded work, and treat abort as an outcome (seed 000, rules 2
+//! and 5).
+//!
+//! An [`AbortController`] aborts; its [`AbortSignal`]s observe. A signal can have children
+//! ([`AbortSignal::child`]) that are aborted with it. An [`AbortManager`] keeps one active
+//! lease per workflow and aborts the previous one when new work begins.
+
+use std::error::Error;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use crate::loom::{AtomicBool, Mutex, Ordering};
+
+/// Why a signal was aborted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// Newer work in the same scope replaced this work.
+    Superseded,
+    /// The work ran past its time limit.
+    Timeout,
+    /// The service is shutting down.
+    Shutdown,
+    /// The parent signal was aborted, for the reason inside.
+    Parent(Box<AbortReason>),
+    /// A reason given by the user, such as "stop generating".
+    User(Arc<str>),
+}
+
+impl AbortReason {
+    /// A user-supplied reason.
+    pub fn user(message: impl Into<Arc<str>>) -> Self {
+        AbortReason::User(message.into())
+    }
+
+    /// The first reason in the chain that is not [`Parent`](AbortReason::Parent).
+    pub fn root(&self) -> &AbortReason {
+        let mut reason = self;
+        while let AbortReason::Parent(inner) = reason {
+            reason = inner;
+        }
+        reason
+    }
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Superseded => f.write_str("superseded by newer work"),
+            AbortReason::Timeout => f.write_str("timed out"),
+            AbortReason::Shutdown => f.write_str("shutting down"),
+            AbortReason::Parent(reason) => write!(f, "parent aborted: {reason}"),
+            AbortReason::User(message) => f.write_str(message),
+        }
+    }
+}
+
+/// The error of work that was aborted. An outcome, not a failure: do not log it as an
+/// error, do not retry it (see [`is_abort_error`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("operation aborted: {reason}")]
+pub struct Aborted {
+    reason: AbortReason,
+}
+
+impl Aborted {
+    /// An `Aborted` error for `reason`.
+    pub fn new(reason: AbortReason) -> Self {
+        Self { reason }
+    }
+
+    /// Why the work was aborted.
+    pub fn reason(&self) -> &AbortReason {
+        &self.reason
+    }
+
+    /// The reason, by value.
+    pub fn into_reason(self) -> AbortReason {
+        self.reason
+    }
+}
+
+/// Whether `error`, or any error in its [`source`](Error::source) chain, is [`Aborted`]
+/// (including an [`Aborted`] carried inside a `std::io::Error`).
+///
+/// ```
+/// use conc_core::{AbortReason, Aborted, is_abort_error};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("fetch failed")]
+/// struct FetchError(#[source] Aborted);
+///
+/// let error = FetchError(Aborted::new(AbortReason::Superseded));
+/// assert!(is_abort_error(&error));
+/// assert!(!is_abort_error(&std::io::Error::other("disk full")));
+/// ```
+pub fn is_abort_error(error: &(dyn Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<Aborted>() {
+            return true;
+        }
+        // `io::Error` forwards `source()` to its payload's source, skipping the payload
+        // itself; look inside it too.
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+            && is_abort_error(inner)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+struct Inner {
+    /// Set (Release) after `reason` is, so a reader that sees `true` finds the reason.
+    aborted: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    reason: Option<AbortReason>,
+    waiters: Vec<(u64, Waker)>,
+    next_waiter: u64,
+    children: Vec<Weak<Inner>>,
+}
+
+impl Inner {
+    fn new() -> Arc<Self> {
+        Arc::new(Inner {
+            aborted: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn abort(&self, reason: AbortReason) -> bool {
+        let (waiters, children) = {
+            let mut state = self.state.lock();
+            if state.reason.is_some() {
+                return false;
+            }
+            state.reason = Some(reason.clone());
+            self.aborted.store(true, Ordering::Release);
+            (
+                std::mem::take(&mut state.waiters),
+                std::mem::take(&mut state.children),
+            )
+        };
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+        if !children.is_empty() {
+            let cascaded = AbortReason::Parent(Box::new(reason));
+            for child in children.iter().filter_map(Weak::upgrade) {
+                child.abort(cascaded.clone());
+            }
+        }
+        true
+    }
+
+    fn reason(&self) -> Option<AbortReason> {
+        if !self.aborted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.state.lock().reason.clone()
+    }
+}
+
+/// Aborts the work that watches its [`AbortSignal`]s.
+///
+/// Dropping the controller does not abort; the signals then simply never fire (unless a
+/// parent aborts them).
+///
+/// # Example
+///
+/// ```
+/// use conc_core::{AbortController, AbortReason};
+///
+/// let controller = AbortController::new();
+/// let signal = controller.signal();
+/// assert!(!signal.is_aborted());
+/// assert!(controller.abort(AbortReason::user("stop generating")));
+/// assert_eq!(signal.reason(), Some(AbortReason::user("stop generating")));
+/// ```
+pub struct AbortController {
+    inner: Arc<Inner>,
+}
+
+impl AbortController {
+    /// A controller whose signal is not aborted.
+    pub fn new() -> Self {
+        Self {
+            inner: Inner::new(),
+        }
+    }
+
+    /// A signal that observes this controller.
+    pub fn signal(&self) -> AbortSignal {
+        AbortSignal {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Aborts with `reason`, wakes every waiter and aborts every child signal with
+    /// [`AbortReason::Parent`]. Returns `false` (and changes nothing) if already aborted.
+    pub fn abort(&self, reason: AbortReason) -> bool {
+        self.inner.abort(reason)
+    }
+
+    /// Whether the signal is aborted.
+    pub fn is_aborted(&self) -> bool {
+        self.inner.aborted.load(Ordering::Acquire)
+    }
+}
+
+impl Default for AbortController {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for AbortController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortController")
+            .field("reason", &self.inner.reason())
+            .finish()
+    }
+}
+
+/// Observes an [`AbortController`]: check it, wait for it, or run work until it fires.
+///
+/// Cheap to clone; every clone observes the same controller.
+///
+/// # Example
+///
+/// ```
+/// use conc_core::{AbortController, AbortReason};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let controller = AbortController::new();
+/// let signal = controller.signal();
+/// controller.abort(AbortReason::Superseded);
+///
+/// let outcome = signal.run_until_aborted(std::future::pending::<()>()).await;
+/// assert_eq!(outcome.unwrap_err().reason(), &AbortReason::Superseded);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct AbortSignal {
+    inner: Arc<Inner>,
+}
+
+impl AbortSignal {
+    /// A signal that is never aborted (its controller is gone).
+    pub fn never() -> Self {
+        AbortController::new().signal()
+    }
+
+    /// Whether the signal is aborted.
+    #[inline]
+    pub fn is_aborted(&self) -> bool {
+        self.inner.aborted.load(Ordering::Acquire)
+    }
+
+    /// Why it was aborted, or `None` while it is not.
+    pub fn reason(&self) -> Option<AbortReason> {
+        self.inner.reason()
+    }
+
+    /// `Err(Aborted)` once aborted, `Ok(())` before: for a check between steps of work.
+    pub fn check(&self) -> Result<(), Aborted> {
+        match self.reason() {
+            Some(reason) => Err(Aborted::new(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes with the reason once the signal is aborted (at once if it already is).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future unregisters its waker and changes
+    /// nothing else.
+    pub fn aborted(&self) -> WaitAborted<'_> {
+        WaitAborted {
+            inner: &self.inner,
+            waiter: None,
+        }
+    }
+
+    /// Runs `future` until it completes or the signal is aborted, whichever comes first.
+    /// An abort that is already signalled wins over a result that is also ready.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe as far as this method goes: dropping it drops `future`, whose own cancel
+    /// safety then applies.
+    pub async fn run_until_aborted<F: Future>(&self, future: F) -> Result<F::Output, Aborted> {
+        let mut future = pin!(future);
+        let mut aborted = pin!(self.aborted());
+        poll_fn(|cx| {
+            if let Poll::Ready(reason) = aborted.as_mut().poll(cx) {
+                return Poll::Ready(Err(Aborted::new(reason)));
+            }
+            future.as_mut().poll(cx).map(Ok)
+        })
+        .await
+    }
+
+    /// A new controller whose signal is aborted, with [`AbortReason::Parent`], when this one
+    /// is (at once if this one already is). Aborting the child does not touch the parent.
+    pub fn child(&self) -> AbortController {
+        let child = AbortController::new();
+        let reason = {
+            let mut state = self.inner.state.lock();
+            match &state.reason {
+                Some(reason) => Some(reason.clone()),
+                None => {
+                    if state.children.len() == state.children.capacity() {
+                        state.children.retain(|c| c.strong_count() > 0);
+                    }
+                    state.children.push(Arc::downgrade(&child.inner));
+                    None
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            child.abort(AbortReason::Parent(Box::new(reason)));
+        }
+        child
+    }
+}
+
+impl fmt::Debug for AbortSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortSignal")
+            .field("reason", &self.reason())
+            .finish()
+    }
+}
+
+/// The future of [`AbortSignal::aborted`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WaitAborted<'a> {
+    inner: &'a Arc<Inner>,
+    waiter: Option<u64>,
+}
+
+impl Future for WaitAborted<'_> {
+    type Output = AbortReason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AbortReason> {
+        let mut state = self.inner.state.lock();
+        if let Some(reason) = &state.reason {
+            let reason = reason.clone();
+            drop(state);
+            // The abort took every waker with it.
+            self.waiter = None;
+            return Poll::Ready(reason);
+        }
+        match self.waiter {
+            Some(id) => {
+                if let Some((_, waker)) = state.waiters.iter_mut().find(|(w, _)| *w == id)
+                    && !waker.will_wake(cx.waker())
+                {
+                    *waker = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push((id, cx.waker().clone()));
+                drop(state);
+                self.waiter = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitAborted<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.waiter {
+            let mut state = self.inner.state.lock();
+            if let Some(at) = state.waiters.iter().position(|(w, _)| *w == id) {
+                state.waiters.swap_remove(at);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for WaitAborted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitAborted")
+            .field("registered", &self.waiter.is_some())
+            .finish()
+    }
+}
+
+/// One active lease per workflow: [`begin`](Self::begin) aborts the previous lease with
+/// [`AbortReason::Superseded`].
+///
+/// Cheap to clone; clones share the active lease.
+///
+/// # Example
+///
+/// ```
+/// use conc_core::{AbortManager, AbortReason};
+///
+/// let manager = AbortManager::new();
+/// let first = manager.begin();
+/// let second = manager.begin(); // the user asked again
+/// assert_eq!(first.signal().reason(), Some(AbortReason::Superseded));
+/// assert!(!second.signal().is_aborted());
+/// manager.abort_active(AbortReason::Shutdown); // cleanup
+/// assert!(second.signal().is_aborted());
+/// ```
+#[derive(Clone, Default)]
+pub struct AbortManager {
+    shared: Arc<ManagerShared>,
+}
+
+#[derive(Default)]
+struct ManagerShared {
+    parent: Option<AbortSignal>,
+    state: Mutex<ManagerState>,
+}
+
+#[derive(Default)]
+struct ManagerState {
+    active: Option<(u64, AbortController)>,
+    next: u64,
+}
+
+impl AbortManager {
+    /// A manager with no active lease.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A manager whose leases are children of `parent`: aborting it aborts them.
+    pub fn with_parent(parent: AbortSignal) -> Self {
+        Self {
+            shared: Arc::new(ManagerShared {
+                parent: Some(parent),
+                state: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Starts new work: aborts the active lease (with [`AbortReason::Superseded`]) and
+    /// returns the new active one.
+    pub fn begin(&self) -> AbortLease {
+        let controller = match &self.shared.parent {
+            Some(parent) => parent.child(),
+            None => AbortController::new(),
+        };
+        let signal = controller.signal();
+        let (id, previous) = {
+            let mut state = self.shared.state.lock();
+            state.next += 1;
+            let id = state.next;
+            (id, state.active.replace((id, controller)))
+        };
+        if let Some((_, previous)) = previous {
+            previous.abort(AbortReason::Superseded);
+        }
+        AbortLease {
+            shared: self.shared.clone(),
+            id,
+            signal,
+        }
+    }
+
+    /// Aborts the active lease, if any (on cleanup or unmount). Returns whether one was
+    /// aborted.
+    pub fn abort_active(&self, reason: AbortReason) -> bool {
+        let active = self.shared.state.lock().active.take();
+        match active {
+            Some((_, controller)) => controller.abort(reason),
+            None => false,
+        }
+    }
+
+    /// The signal of the active lease, if any.
+    pub fn active_signal(&self) -> Option<AbortSignal> {
+        self.shared
+            .state
+            .lock()
+            .active
+            .as_ref()
+            .map(|(_, controller)| controller.signal())
+    }
+
+    /// One-shot work: begins a lease, runs `work(signal)` until it completes or the lease
+    /// is aborted (by newer work or [`abort_active`](Self::abort_active)), then ends the
+    /// lease.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops `work`'s future and ends the lease without aborting it.
+    pub async fn with_abort<F, Fut>(&self, work: F) -> Result<Fut::Output, Aborted>
+    where
+        F: FnOnce(AbortSignal) -> Fut,
+        Fut: Future,
+    {
+        let lease = self.begin();
+        let signal = lease.signal();
+        signal.run_until_aborted(work(signal.clone())).await
+    }
+}
+
+impl fmt::Debug for AbortManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let active = self.shared.state.lock().active.as_ref().map(|(id, _)| *id);
+        f.debug_struct("AbortManager")
+            .field("active", &active)
+            .finish()
+    }
+}
+
+/// The active piece of work of an [`AbortManager`]. Dropping it ends the lease without
+/// aborting it.
+pub struct AbortLease {
+    shared: Arc<ManagerShared>,
+    id: u64,
+    signal: AbortSignal,
+}
+
+impl AbortLease {
+    /// The lease's signal, to pass to the work.
+    pub fn signal(&self) -> &AbortSignal {
+        &self.signal
+    }
+
+    /// Whether this lease is still the manager's active one.
+    pub fn is_active(&self) -> bool {
+        matches!(&self.shared.state.lock().active, Some((id, _)) if *id == self.id)
+    }
+}
+
+impl Drop for AbortLease {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        if matches!(&state.active, Some((id, _)) if *id == self.id) {
+            state.active = None;
+        }
+    }
+}
+
+impl fmt::Debug for AbortLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortLease")
+            .field("id", &self.id)
+            .field("signal", &self.signal)
+            .finish()
+    }
+}

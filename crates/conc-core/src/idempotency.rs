@@ -1,0 +1,486 @@
+//! Idempotency keys and the single-flight registry (seed 000, rule 3).
+//!
+//! [`IdempotencyKey`] builds a deterministic key from stable domain identifiers;
+//! [`IdempotencyRegistry::run`] runs one execution per key at a time and shares its result
+//! with every caller that asked meanwhile.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt::{self, Display, Write as _};
+use std::future::{Future, poll_fn};
+use std::hash::{Hash, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use crate::loom::Mutex;
+
+/// A bad idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The scope was empty.
+    #[error("an idempotency key needs a non-empty scope, such as \"db-save-message\"")]
+    EmptyScope,
+}
+
+/// A deterministic key from a scope and stable parts (conversation id, message id, attempt).
+///
+/// The text is `scope:part:part…`, with `\` and `:` escaped inside the scope and each part,
+/// so `["a:b"]` and `["a", "b"]` give different keys.
+///
+/// # Stable hash
+///
+/// [`stable_hash`](Self::stable_hash) is 64-bit FNV-1a over the UTF-8 bytes of
+/// [`as_str`](Self::as_str): the same on every platform, process and version of this crate,
+/// so it can pick a shard ([`shard`](Self::shard)) that other processes agree on.
+///
+/// # Example
+///
+/// ```
+/// use conc_core::IdempotencyKey;
+///
+/// let key = IdempotencyKey::new("db-save-message", ["conv-1", "msg-7"]).unwrap();
+/// assert_eq!(key.as_str(), "db-save-message:conv-1:msg-7");
+/// assert_ne!(
+///     IdempotencyKey::new("s", ["a:b"]).unwrap(),
+///     IdempotencyKey::new("s", ["a", "b"]).unwrap(),
+/// );
+/// assert!(IdempotencyKey::new("", [1]).is_err());
+/// assert!(key.shard(16) < 16);
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyKey {
+    text: Arc<str>,
+    scope_len: usize,
+    hash: u64,
+}
+
+impl IdempotencyKey {
+    /// Builds a key; every part is formatted with `Display`.
+    pub fn new<I>(scope: &str, parts: I) -> Result<Self, KeyError>
+    where
+        I: IntoIterator,
+        I::Item: Display,
+    {
+        if scope.is_empty() {
+            return Err(KeyError::EmptyScope);
+        }
+        let mut text = String::with_capacity(scope.len() + 32);
+        escape_into(&mut text, scope);
+        let scope_len = text.len();
+        let mut part = String::new();
+        for item in parts {
+            part.clear();
+            // Writing to a String cannot fail.
+            let _ = write!(part, "{item}");
+            text.push(':');
+            escape_into(&mut text, &part);
+        }
+        let hash = fnv1a(text.as_bytes());
+        Ok(Self {
+            text: text.into(),
+            scope_len,
+            hash,
+        })
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The scope, as written in the key (escaped).
+    pub fn scope(&self) -> &str {
+        &self.text[..self.scope_len]
+    }
+
+    /// 64-bit FNV-1a of [`as_str`](Self::as_str); stable across platforms and versions.
+    pub fn stable_hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// A shard in `0..shards` from the stable hash; `0` when `shards` is `0`.
+    pub fn shard(&self, shards: u64) -> u64 {
+        self.hash.checked_rem(shards).unwrap_or(0)
+    }
+}
+
+fn escape_into(out: &mut String, raw: &str) {
+    for c in raw.chars() {
+        if c == '\\' || c == ':' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+impl PartialEq for IdempotencyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for IdempotencyKey {}
+
+impl Hash for IdempotencyKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("IdempotencyKey").field(&&*self.text).finish()
+    }
+}
+
+impl Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The error a caller of [`IdempotencyRegistry::run`] gets when the shared execution it
+/// waited for panicked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// The execution for this key panicked; the key was released, so a new call runs afresh.
+    #[error(
+        "the shared execution for idempotency key `{key}` panicked; the key is released and a retry runs afresh"
+    )]
+    Panicked {
+        /// The key's text.
+        key: String,
+    },
+}
+
+/// Runs at most one execution per key at a time; concurrent callers share its result.
+///
+/// - The first caller for a key *leads*: it runs its task. Callers that arrive while it runs
+///   *follow*: they wait and get a clone of the leader's result.
+/// - The key is released when the execution settles (value, panic or cancellation), so a
+///   later call runs afresh: this deduplicates in-flight work, it does not cache.
+/// - If the leader's future is dropped before it settles, a waiting follower takes over and
+///   runs its own task: nobody hangs and nobody gets a spurious error.
+/// - If the task panics, followers get [`IdempotencyError::Panicked`] and the panic resumes
+///   in the leader's caller.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use conc_core::{IdempotencyKey, IdempotencyRegistry};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let registry = IdempotencyRegistry::<u32>::new();
+/// let runs = AtomicUsize::new(0);
+/// let key = IdempotencyKey::new("db-save-message", ["conv-1", "msg-7"]).unwrap();
+/// let save = || async {
+///     runs.fetch_add(1, Ordering::SeqCst);
+///     tokio::task::yield_now().await;
+///     42
+/// };
+/// let (a, b) = tokio::join!(registry.run(key.clone(), save), registry.run(key.clone(), save));
+/// assert_eq!((a, b), (Ok(42), Ok(42)));
+/// assert_eq!(runs.load(Ordering::SeqCst), 1);
+/// assert_eq!(registry.in_flight(), 0);
+/// # });
+/// ```
+pub struct IdempotencyRegistry<T> {
+    flights: Mutex<HashMap<IdempotencyKey, Arc<Flight<T>>>>,
+}
+
+struct Flight<T> {
+    state: Mutex<FlightState<T>>,
+}
+
+struct FlightState<T> {
+    phase: Phase<T>,
+    /// Followers still waiting (not yet settled, taken over or dropped).
+    followers: usize,
+    waiters: Vec<(u64, Waker)>,
+    next_waiter: u64,
+}
+
+enum Phase<T> {
+    /// A caller is running its task.
+    Leading,
+    /// The leader was dropped; the first follower to look takes over.
+    Vacant,
+    /// The result, for the followers.
+    Done(Result<T, IdempotencyError>),
+}
+
+impl<T> Flight<T> {
+    fn leading() -> Self {
+        Flight {
+            state: Mutex::new(FlightState {
+                phase: Phase::Leading,
+                followers: 0,
+                waiters: Vec::new(),
+                next_waiter: 0,
+            }),
+        }
+    }
+}
+
+impl<T> IdempotencyRegistry<T> {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How many keys have an execution in flight.
+    pub fn in_flight(&self) -> usize {
+        self.flights.lock().len()
+    }
+
+    /// Whether `key` has an execution in flight.
+    pub fn contains(&self, key: &IdempotencyKey) -> bool {
+        self.flights.lock().contains_key(key)
+    }
+
+    /// Removes `flight` from the map if it is still the entry for `key`.
+    fn forget(
+        map: &mut HashMap<IdempotencyKey, Arc<Flight<T>>>,
+        key: &IdempotencyKey,
+        flight: &Arc<Flight<T>>,
+    ) {
+        if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(key);
+        }
+    }
+}
+
+impl<T: Clone> IdempotencyRegistry<T> {
+    /// Runs `task` for `key`, unless an execution for `key` is already in flight, in which
+    /// case it waits for that execution and returns a clone of its result.
+    ///
+    /// Returns [`IdempotencyError::Panicked`] to followers whose leader panicked; the leader
+    /// itself resumes the panic.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe for everyone else: dropping a follower's future only withdraws it;
+    /// dropping the leader's future drops its task and hands the key to a waiting follower,
+    /// which runs its own task (or releases the key if none waits).
+    pub async fn run<F, Fut>(&self, key: IdempotencyKey, task: F) -> Result<T, IdempotencyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let (flight, leads) = {
+            let mut map = self.flights.lock();
+            match map.get(&key) {
+                Some(flight) => {
+                    flight.state.lock().followers += 1;
+                    (flight.clone(), false)
+                }
+                None => {
+                    let flight = Arc::new(Flight::leading());
+                    map.insert(key.clone(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if !leads {
+            let mut follower = Follower {
+                registry: self,
+                key: &key,
+                flight: &flight,
+                waiter: None,
+                active: true,
+            };
+            if let Some(result) = poll_fn(|cx| follower.poll(cx)).await {
+                return result;
+            }
+            // The leader was dropped: we lead now.
+        }
+        let mut leader = Leader {
+            registry: self,
+            key: &key,
+            flight: &flight,
+            settled: false,
+        };
+        match catch_unwind_task(task).await {
+            Ok(value) => {
+                leader.settle(|| Ok(value.clone()));
+                Ok(value)
+            }
+            Err(panic) => {
+                leader.settle(|| {
+                    Err(IdempotencyError::Panicked {
+                        key: key.as_str().to_owned(),
+                    })
+                });
+                resume_unwind(panic)
+            }
+        }
+    }
+}
+
+/// Runs `task` and its future, turning a panic in either into `Err`.
+async fn catch_unwind_task<F, Fut>(task: F) -> Result<Fut::Output, Box<dyn Any + Send>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    let future = catch_unwind(AssertUnwindSafe(task))?;
+    let mut future = pin!(future);
+    poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        },
+    )
+    .await
+}
+
+struct Leader<'a, T> {
+    registry: &'a IdempotencyRegistry<T>,
+    key: &'a IdempotencyKey,
+    flight: &'a Arc<Flight<T>>,
+    settled: bool,
+}
+
+impl<T> Leader<'_, T> {
+    /// Publishes the result to the followers (made only if any wait) and releases the key.
+    fn settle(&mut self, result: impl FnOnce() -> Result<T, IdempotencyError>) {
+        self.settled = true;
+        let waiters = {
+            let mut map = self.registry.flights.lock();
+            let mut state = self.flight.state.lock();
+            IdempotencyRegistry::forget(&mut map, self.key, self.flight);
+            drop(map);
+            if state.followers > 0 {
+                state.phase = Phase::Done(result());
+            }
+            std::mem::take(&mut state.waiters)
+        };
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> Drop for Leader<'_, T> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Dropped mid-flight: hand the key to a follower, or release it.
+        let waiters = {
+            let mut map = self.registry.flights.lock();
+            let mut state = self.flight.state.lock();
+            if state.followers == 0 {
+                IdempotencyRegistry::forget(&mut map, self.key, self.flight);
+                return;
+            }
+            state.phase = Phase::Vacant;
+            std::mem::take(&mut state.waiters)
+        };
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+}
+
+struct Follower<'a, T> {
+    registry: &'a IdempotencyRegistry<T>,
+    key: &'a IdempotencyKey,
+    flight: &'a Arc<Flight<T>>,
+    waiter: Option<u64>,
+    /// Still counted in `followers`.
+    active: bool,
+}
+
+impl<T: Clone> Follower<'_, T> {
+    /// `Ready(Some(result))` when the leader settled, `Ready(None)` when we take over.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IdempotencyError>>> {
+        let mut state = self.flight.state.lock();
+        match &state.phase {
+            Phase::Done(result) => {
+                let result = result.clone();
+                state.followers -= 1;
+                self.active = false;
+                Poll::Ready(Some(result))
+            }
+            Phase::Vacant => {
+                state.phase = Phase::Leading;
+                state.followers -= 1;
+                if let Some(id) = self.waiter.take() {
+                    state.waiters.retain(|(w, _)| *w != id);
+                }
+                self.active = false;
+                Poll::Ready(None)
+            }
+            Phase::Leading => {
+                match self.waiter {
+                    Some(id) => {
+                        if let Some((_, waker)) = state.waiters.iter_mut().find(|(w, _)| *w == id) {
+                            if !waker.will_wake(cx.waker()) {
+                                *waker = cx.waker().clone();
+                            }
+                        } else {
+                            // Woken for a phase change that another follower consumed.
+                            state.waiters.push((id, cx.waker().clone()));
+                        }
+                    }
+                    None => {
+                        let id = state.next_waiter;
+                        state.next_waiter += 1;
+                        state.waiters.push((id, cx.waker().clone()));
+                        self.waiter = Some(id);
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Drop for Follower<'_, T> {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        let mut map = self.registry.flights.lock();
+        let mut state = self.flight.state.lock();
+        state.followers -= 1;
+        if let Some(id) = self.waiter {
+            state.waiters.retain(|(w, _)| *w != id);
+        }
+        if matches!(state.phase, Phase::Vacant) && state.followers == 0 {
+            IdempotencyRegistry::forget(&mut map, self.key, self.flight);
+        }
+    }
+}
+
+impl<T> Default for IdempotencyRegistry<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for IdempotencyRegistry<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyRegistry")
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}

@@ -1,0 +1,459 @@
+//! [`Mutex`]: a strictly FIFO async mutex that knows whether it is held (seed 002).
+//!
+//! The seed's promise-chain mutex answered `isLocked()` with `true` for ever. This one keeps
+//! its truth in one atomic word: `is_locked()` is exact at the instant it is read, and the
+//! uncontended path is a single compare-and-swap to lock and one to unlock.
+//!
+//! # Design
+//!
+//! - `state` holds two bits: `LOCKED` and `WAITERS` (the queue is non-empty). Invariant:
+//!   `WAITERS` implies `LOCKED`, because a releasing holder hands the lock straight to the
+//!   first waiter instead of unlocking.
+//! - Waiters queue in a short blocking critical section (`queue`), in arrival order, each
+//!   with an id. On release the front waiter is *granted* the lock (its id is recorded) and
+//!   woken; nobody can barge in between, so the order is strictly FIFO.
+//! - A `lock()` future dropped while queued removes itself; one dropped after it was granted
+//!   but before it saw the grant passes the lock on, so a wake-up is never swallowed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, Waker};
+
+use crate::loom::{AtomicUsize, Mutex as BlockingMutex, Ordering, UnsafeCell};
+
+const LOCKED: usize = 1;
+const WAITERS: usize = 2;
+
+/// A strictly FIFO, runtime-agnostic async mutex with an exact [`is_locked`](Self::is_locked).
+///
+/// Works on any executor (tokio, async-std, smol, a hand-written `block_on`): it needs
+/// nothing but the `Waker` of the task that waits.
+///
+/// # Example
+///
+/// ```
+/// use conc_core::Mutex;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let session = Mutex::new(Vec::<String>::new());
+/// assert!(!session.is_locked());
+///
+/// session
+///     .run_exclusive(async |messages: &mut Vec<String>| {
+///         messages.push("hello".to_owned());
+///     })
+///     .await;
+///
+/// assert!(!session.is_locked());
+/// assert_eq!(session.lock().await.len(), 1);
+/// # });
+/// ```
+pub struct Mutex<T> {
+    state: AtomicUsize,
+    queue: BlockingMutex<Queue>,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the mutex hands out access to `T` to one holder at a time, and a holder on
+// another thread needs `T: Send`; this is std's rule for `Mutex<T>`.
+unsafe impl<T: Send> Send for Mutex<T> {}
+// SAFETY: as above: `&Mutex<T>` only gives exclusive access to `T`, so `T: Send` suffices.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Waiters in arrival order; ids increase, so the deque is sorted by id.
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+    /// The waiter that owns the lock but has not yet observed it.
+    granted: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    waker: Waker,
+}
+
+impl Queue {
+    fn position(&self, id: u64) -> Option<usize> {
+        self.waiters.binary_search_by_key(&id, |w| w.id).ok()
+    }
+}
+
+/// The error of [`Mutex::try_lock`]: the mutex is held, or others are queued for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the mutex is locked or has queued waiters; use `lock().await` to wait for it")]
+pub struct TryLockError(());
+
+impl<T> Mutex<T> {
+    /// A new, unlocked mutex around `value`.
+    pub fn new(value: T) -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+            queue: BlockingMutex::new(Queue::default()),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// Waits for the lock, in FIFO order, and returns a guard that releases it on drop.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. Dropping the future before it completes gives up its
+    /// place in the queue; if the lock had already been handed to it, it is handed on to the
+    /// next waiter (or released), so no other waiter misses its wake-up.
+    pub fn lock(&self) -> Lock<'_, T> {
+        Lock {
+            mutex: self,
+            id: None,
+        }
+    }
+
+    /// Takes the lock if it is free and nobody is queued, without waiting.
+    ///
+    /// A free mutex with queued waiters cannot occur: a release hands the lock to the first
+    /// waiter. So `try_lock` never jumps the queue.
+    pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError> {
+        if self.try_acquire() {
+            Ok(MutexGuard::new(self))
+        } else {
+            Err(TryLockError(()))
+        }
+    }
+
+    /// Like [`lock`](Self::lock) on an `Arc`, with a guard that owns the `Arc` (it can be
+    /// moved into a spawned task).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`lock`](Self::lock) is.
+    pub async fn lock_owned(self: StdArc<Self>) -> OwnedMutexGuard<T> {
+        let guard = self.lock().await;
+        std::mem::forget(guard);
+        OwnedMutexGuard::new(self)
+    }
+
+    /// Like [`try_lock`](Self::try_lock) on an `Arc`, with an owning guard.
+    pub fn try_lock_owned(self: StdArc<Self>) -> Result<OwnedMutexGuard<T>, TryLockError> {
+        if self.try_acquire() {
+            Ok(OwnedMutexGuard::new(self))
+        } else {
+            Err(TryLockError(()))
+        }
+    }
+
+    /// Runs `f` with the lock held and returns its output; the lock is released when `f`
+    /// finishes, returns an error, panics, or is cancelled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future while it waits gives up its place in the queue, as
+    /// [`lock`](Self::lock) does; dropping it while `f` runs drops `f`'s future and releases
+    /// the lock. Whatever `f` had changed in `T` by then stays changed.
+    pub async fn run_exclusive<R>(&self, f: impl AsyncFnOnce(&mut T) -> R) -> R {
+        let mut guard = self.lock().await;
+        f(&mut guard).await
+    }
+
+    /// Whether the lock is held at this instant (by a guard, or granted to a waiter that
+    /// has not yet run).
+    #[inline]
+    pub fn is_locked(&self) -> bool {
+        self.state.load(Ordering::Acquire) & LOCKED != 0
+    }
+
+    /// How many `lock()` futures are queued at this instant.
+    pub fn waiters(&self) -> usize {
+        self.queue.lock().waiters.len()
+    }
+
+    /// The value, through a unique borrow: no locking needed.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+
+    /// Consumes the mutex and returns the value.
+    pub fn into_inner(self) -> T {
+        self.data.into_inner()
+    }
+
+    #[inline]
+    fn try_acquire(&self) -> bool {
+        self.state
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Releases the lock held by the caller, handing it to the first waiter if any.
+    #[inline]
+    fn unlock(&self) {
+        if self
+            .state
+            .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            self.unlock_slow();
+        }
+    }
+
+    #[cold]
+    fn unlock_slow(&self) {
+        let waker = {
+            let mut queue = self.queue.lock();
+            self.hand_off(&mut queue)
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// With the queue locked and the lock held by the caller: grant it to the first waiter
+    /// (returning its waker, to wake after the queue is unlocked) or release it.
+    fn hand_off(&self, queue: &mut Queue) -> Option<Waker> {
+        match queue.waiters.pop_front() {
+            Some(next) => {
+                queue.granted = Some(next.id);
+                if queue.waiters.is_empty() {
+                    self.state.fetch_and(!WAITERS, Ordering::Relaxed);
+                }
+                Some(next.waker)
+            }
+            None => {
+                self.state.store(0, Ordering::Release);
+                None
+            }
+        }
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> From<T> for Mutex<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl<T> fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex")
+            .field("locked", &self.is_locked())
+            .field("waiters", &self.waiters())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Mutex::lock`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Lock<'a, T> {
+    mutex: &'a Mutex<T>,
+    /// Our place in the queue, once queued.
+    id: Option<u64>,
+}
+
+impl<'a, T> Future for Lock<'a, T> {
+    type Output = MutexGuard<'a, T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mutex = self.mutex;
+        match self.id {
+            None => {
+                if mutex.try_acquire() {
+                    return Poll::Ready(MutexGuard::new(mutex));
+                }
+                let mut queue = mutex.queue.lock();
+                let mut state = mutex.state.load(Ordering::Relaxed);
+                loop {
+                    if state & LOCKED == 0 {
+                        match mutex.state.compare_exchange_weak(
+                            state,
+                            state | LOCKED,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        ) {
+                            Ok(_) => return Poll::Ready(MutexGuard::new(mutex)),
+                            Err(now) => state = now,
+                        }
+                    } else {
+                        // Holding the queue lock, no one else changes WAITERS; the holder
+                        // may release concurrently, in which case we try again.
+                        match mutex.state.compare_exchange_weak(
+                            state,
+                            state | WAITERS,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        ) {
+                            Ok(_) => break,
+                            Err(now) => state = now,
+                        }
+                    }
+                }
+                let id = queue.next_id;
+                queue.next_id += 1;
+                queue.waiters.push_back(Waiter {
+                    id,
+                    waker: cx.waker().clone(),
+                });
+                drop(queue);
+                self.id = Some(id);
+                Poll::Pending
+            }
+            Some(id) => {
+                let mut queue = mutex.queue.lock();
+                if queue.granted == Some(id) {
+                    queue.granted = None;
+                    drop(queue);
+                    self.id = None;
+                    return Poll::Ready(MutexGuard::new(mutex));
+                }
+                if let Some(at) = queue.position(id) {
+                    let waiter = &mut queue.waiters[at];
+                    if !waiter.waker.will_wake(cx.waker()) {
+                        waiter.waker = cx.waker().clone();
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Drop for Lock<'_, T> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let mutex = self.mutex;
+        let waker = {
+            let mut queue = mutex.queue.lock();
+            if queue.granted == Some(id) {
+                // The lock was handed to us but we never took it: pass it on.
+                queue.granted = None;
+                mutex.hand_off(&mut queue)
+            } else {
+                if let Some(at) = queue.position(id) {
+                    queue.waiters.remove(at);
+                    if queue.waiters.is_empty() {
+                        mutex.state.fetch_and(!WAITERS, Ordering::Relaxed);
+                    }
+                }
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> fmt::Debug for Lock<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("queued", &self.id.is_some())
+            .finish()
+    }
+}
+
+/// Exclusive access to the value of a [`Mutex`]; the lock is released when it drops.
+///
+/// This is an async lock's guard: holding it across an `.await` is allowed, but keep it to
+/// the critical section (seed 001, 2.1).
+#[must_use = "if unused the Mutex will immediately unlock"]
+pub struct MutexGuard<'a, T> {
+    mutex: &'a Mutex<T>,
+    /// Makes the guard `Sync` only for `T: Sync`, as std's guard is.
+    _marker: PhantomData<&'a mut T>,
+}
+
+impl<'a, T> MutexGuard<'a, T> {
+    fn new(mutex: &'a Mutex<T>) -> Self {
+        Self {
+            mutex,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves the lock is held, so no `&mut T` exists elsewhere.
+        self.mutex.data.with(|ptr| unsafe { &*ptr })
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves the lock is held and `&mut self` that this borrow is unique.
+        self.mutex.data.with_mut(|ptr| unsafe { &mut *ptr })
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        self.mutex.unlock();
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A guard that owns an `Arc` of its [`Mutex`], from [`Mutex::lock_owned`].
+#[must_use = "if unused the Mutex will immediately unlock"]
+pub struct OwnedMutexGuard<T> {
+    mutex: StdArc<Mutex<T>>,
+    /// Makes the guard `Sync` only for `T: Sync`, as std's guard is.
+    _marker: PhantomData<T>,
+}
+
+impl<T> OwnedMutexGuard<T> {
+    fn new(mutex: StdArc<Mutex<T>>) -> Self {
+        Self {
+            mutex,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The mutex this guard holds.
+    pub fn mutex(&self) -> &StdArc<Mutex<T>> {
+        &self.mutex
+    }
+}
+
+impl<T> Deref for OwnedMutexGuard<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves the lock is held, so no `&mut T` exists elsewhere.
+        self.mutex.data.with(|ptr| unsafe { &*ptr })
+    }
+}
+
+impl<T> DerefMut for OwnedMutexGuard<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves the lock is held and `&mut self` that this borrow is unique.
+        self.mutex.data.with_mut(|ptr| unsafe { &mut *ptr })
+    }
+}
+
+impl<T> Drop for OwnedMutexGuard<T> {
+    fn drop(&mut self) {
+        self.mutex.unlock();
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for OwnedMutexGuard<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}

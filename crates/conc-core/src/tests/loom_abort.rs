@@ -1,0 +1,57 @@
+//! Loom: abort against a waiter registering (no lost wake-up), and the child cascade.
+
+use loom::future::block_on;
+use loom::thread;
+
+use crate::{AbortController, AbortManager, AbortReason};
+
+/// A task that starts waiting while another thread aborts is always woken.
+#[test]
+fn abort_against_a_registering_waiter() {
+    loom::model(|| {
+        let controller = AbortController::new();
+        let signal = controller.signal();
+        let waiter = thread::spawn(move || block_on(signal.aborted()));
+        assert!(controller.abort(AbortReason::Timeout));
+        assert_eq!(waiter.join().unwrap(), AbortReason::Timeout);
+    });
+}
+
+/// A child created while its parent is being aborted ends up aborted either way, and a
+/// waiter on the child is woken.
+#[test]
+fn child_cascade_against_abort() {
+    loom::model(|| {
+        let parent = AbortController::new();
+        let signal = parent.signal();
+        let child_thread = thread::spawn(move || {
+            let child = signal.child();
+            let reason = block_on(child.signal().aborted());
+            assert_eq!(reason, AbortReason::Parent(Box::new(AbortReason::Shutdown)));
+        });
+        parent.abort(AbortReason::Shutdown);
+        child_thread.join().unwrap();
+    });
+}
+
+/// Two racing `begin`s: exactly one lease survives, the other is superseded.
+#[test]
+fn racing_begins_leave_one_active() {
+    loom::model(|| {
+        let manager = AbortManager::new();
+        let other = {
+            let manager = manager.clone();
+            thread::spawn(move || {
+                let lease = manager.begin();
+                let signal = lease.signal().clone();
+                std::mem::forget(lease);
+                signal
+            })
+        };
+        let mine = manager.begin();
+        let theirs = other.join().unwrap();
+        assert!(mine.signal().is_aborted() != theirs.is_aborted());
+        assert!(manager.abort_active(AbortReason::Shutdown));
+        assert!(mine.signal().is_aborted() && theirs.is_aborted());
+    });
+}

@@ -1,0 +1,374 @@
+//! `cargo xtask`: the workspace's task runner (see README.md).
+
+use std::env;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use xtask::{report, tidy, workspace_root};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                               fmt, clippy, tidy, test, loom, doc, bench build
+  lint                             fmt check, clippy, tidy
+  tidy                             the repository's own lints
+  test                             every crate's tests, all features
+  loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
+  bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
+  services [--start]               whether PostgreSQL and Redis answer at the test URLs
+";
+
+/// Crates whose loom models `cargo xtask loom` runs; the others are reported as having none.
+const LOOM_CRATES: &[&str] = &["conc-core"];
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let root = workspace_root();
+    if let Err(e) = env::set_current_dir(&root) {
+        eprintln!("xtask: cannot enter {}: {e}", root.display());
+        return ExitCode::FAILURE;
+    }
+    let started = Instant::now();
+    let outcome = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("lint") => lint(),
+        Some("tidy") => step_tidy(),
+        Some("test") => test(),
+        Some("loom") => loom(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("services") => services(args.iter().any(|a| a == "--start")),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match outcome {
+        Ok(()) => {
+            eprintln!("xtask: done in {:.1}s", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one named step, printing the command and its time; fails naming the step.
+fn run(step: &str, cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("==> [{step}] {shown}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("step `{step}` could not start: {e}"))?;
+    let took = started.elapsed().as_secs_f64();
+    if status.success() {
+        eprintln!("<== [{step}] ok in {took:.1}s");
+        Ok(())
+    } else {
+        Err(format!("step `{step}` failed after {took:.1}s ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ci() -> Result {
+    lint()?;
+    test()?;
+    loom(&[])?;
+    doc()?;
+    run(
+        "bench-build",
+        cargo().args(["bench", "--workspace", "--all-features", "--no-run"]),
+    )
+}
+
+fn lint() -> Result {
+    run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step_tidy()
+}
+
+fn step_tidy() -> Result {
+    eprintln!("==> [tidy] repository lints");
+    let started = Instant::now();
+    let problems = tidy::check(Path::new("."));
+    if problems.is_empty() {
+        eprintln!("<== [tidy] ok in {:.1}s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("    {problem}");
+    }
+    Err(format!("step `tidy` failed: {} problem(s)", problems.len()))
+}
+
+fn test() -> Result {
+    run(
+        "test",
+        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+    )
+}
+
+fn doc() -> Result {
+    run(
+        "doc",
+        cargo()
+            .args(["doc", "--workspace", "--all-features", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
+}
+
+fn loom(args: &[String]) -> Result {
+    let mut preemptions = "3".to_owned();
+    let mut only = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--preemptions" => {
+                preemptions = iter.next().ok_or("--preemptions needs a number")?.clone();
+                preemptions
+                    .parse::<u32>()
+                    .map_err(|_| format!("--preemptions `{preemptions}` is not a number"))?;
+            }
+            name => only = Some(name.to_owned()),
+        }
+    }
+    let root = Path::new(".");
+    let mut ran = 0;
+    for krate in tidy::crates(root) {
+        let name = krate
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if only.as_ref().is_some_and(|o| *o != name) || name == "xtask" || name == "benches" {
+            continue;
+        }
+        if !LOOM_CRATES.contains(&name.as_str()) {
+            eprintln!("--- [loom] {name}: no loom models (nothing to run)");
+            continue;
+        }
+        // Own target folder: `--cfg loom` would otherwise throw away the normal build cache.
+        run(
+            &format!("loom {name}"),
+            cargo()
+                .args(["test", "--release", "--lib", "-p", &name])
+                .env("RUSTFLAGS", "--cfg loom")
+                .env("CARGO_TARGET_DIR", "target/loom")
+                .env("LOOM_MAX_PREEMPTIONS", &preemptions),
+        )?;
+        ran += 1;
+    }
+    if let Some(name) = only
+        && ran == 0
+    {
+        return Err(format!(
+            "loom: `{name}` has no loom models (crates with models: {LOOM_CRATES:?})"
+        ));
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result {
+    let quick = args.iter().any(|a| a == "--quick");
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "conc-benches", "--"]);
+    if quick {
+        cmd.args([
+            "--warm-up-time",
+            "0.5",
+            "--measurement-time",
+            "1",
+            "--sample-size",
+            "20",
+        ]);
+    }
+    for f in filter {
+        cmd.arg(f);
+    }
+    run("bench", &mut cmd)?;
+    let machine = machine_description();
+    let (rows, report) = report::write(
+        Path::new("target/criterion"),
+        Path::new("target/conc-bench"),
+        &machine,
+    )
+    .map_err(|e| format!("bench report: {e}"))?;
+    eprintln!(
+        "==> [bench] {} rows written to {} (and ratios.svg)",
+        rows.len(),
+        report.display()
+    );
+    for row in rows.iter().filter(|r| r.verdict() == Some(false)) {
+        eprintln!(
+            "    goal not met: {} vs {}: ratio {:.2}",
+            row.case,
+            row.peer,
+            row.ratio()
+        );
+    }
+    Ok(())
+}
+
+fn machine_description() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{model}, {cpus} threads available, {} {}",
+        env::consts::OS,
+        env::consts::ARCH
+    )
+}
+
+/// A server the tests read from an environment variable.
+struct Service {
+    name: &'static str,
+    var: &'static str,
+    default_port: u16,
+    start: &'static str,
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        name: "PostgreSQL",
+        var: "CONC_TEST_POSTGRES_URL",
+        default_port: 5432,
+        start: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    },
+    Service {
+        name: "Redis",
+        var: "CONC_TEST_REDIS_URL",
+        default_port: 6379,
+        start: "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+    },
+];
+
+/// `host:port` of a `scheme://[user[:pass]@]host[:port][/path]` URL.
+fn host_port(url: &str, default_port: u16) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !host.ends_with(']');
+    Some(if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    })
+}
+
+fn answers(addr: &str) -> bool {
+    addr.to_socket_addrs()
+        .map(|mut addrs| {
+            addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+        })
+        .unwrap_or(false)
+}
+
+fn services(start: bool) -> Result {
+    let mut down = Vec::new();
+    for service in SERVICES {
+        let Ok(url) = env::var(service.var) else {
+            eprintln!(
+                "{}: {} is not set; its tests print `skipped` (set it, e.g. by running .ci/run)",
+                service.name, service.var
+            );
+            continue;
+        };
+        let Some(addr) = host_port(&url, service.default_port) else {
+            down.push(format!(
+                "{}: {} = `{url}` is not a URL",
+                service.name, service.var
+            ));
+            continue;
+        };
+        if answers(&addr) {
+            eprintln!("{}: answers at {addr}", service.name);
+            continue;
+        }
+        if start {
+            eprintln!(
+                "{}: down at {addr}; starting: {}",
+                service.name, service.start
+            );
+            let _ = Command::new("bash").args(["-c", service.start]).status();
+            for _ in 0..30 {
+                if answers(&addr) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            if answers(&addr) {
+                eprintln!("{}: answers at {addr}", service.name);
+                continue;
+            }
+        }
+        down.push(format!(
+            "{}: no answer at {addr} ({})",
+            service.name, service.var
+        ));
+    }
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(down.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_of_service_urls() {
+        assert_eq!(
+            host_port("postgres://postgres@127.0.0.1:5432/test", 1).as_deref(),
+            Some("127.0.0.1:5432")
+        );
+        assert_eq!(
+            host_port("redis://127.0.0.1", 6379).as_deref(),
+            Some("127.0.0.1:6379")
+        );
+        assert_eq!(
+            host_port("redis://u:p@[::1]:6380/0", 1).as_deref(),
+            Some("[::1]:6380")
+        );
+        assert_eq!(host_port("nonsense", 1), None);
+    }
+}

@@ -1,0 +1,369 @@
+//! The benchmark report: criterion's medians, paired with each case's peers, as ratios.
+//!
+//! Bench ids follow one convention: the criterion *group* is the case
+//! (`mutex_uncontended`), the *function* is the implementation (`conc`, `tokio`,
+//! `async-lock`, …), and an optional *parameter* is the load (`4 tasks`). A row compares
+//! conc's median with one peer's: `ratio = conc / peer`, so below 1 means conc is faster.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One measured benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// The case (criterion group).
+    pub group: String,
+    /// The implementation (criterion function).
+    pub function: String,
+    /// The load (criterion parameter), empty when none.
+    pub parameter: String,
+    /// Median time per iteration, in nanoseconds.
+    pub median_ns: f64,
+}
+
+/// A goal from the issues: conc's time at most `max_ratio` times the peer's.
+#[derive(Debug, Clone, Copy)]
+pub struct Goal {
+    /// The case (criterion group).
+    pub group: &'static str,
+    /// The peer the goal names.
+    pub peer: &'static str,
+    /// The largest acceptable `conc / peer` ratio.
+    pub max_ratio: f64,
+    /// The goal as the issue words it.
+    pub text: &'static str,
+}
+
+/// The goals the crate issues set.
+pub const GOALS: &[Goal] = &[
+    Goal {
+        group: "mutex_uncontended",
+        peer: "tokio",
+        max_ratio: 1.0,
+        text: "faster than tokio",
+    },
+    Goal {
+        group: "mutex_uncontended",
+        peer: "async-lock",
+        max_ratio: 1.0,
+        text: "faster than async-lock",
+    },
+    Goal {
+        group: "mutex_contended",
+        peer: "tokio",
+        max_ratio: 1.0,
+        text: "at least tokio's throughput",
+    },
+    Goal {
+        group: "sequence_next_is_current",
+        peer: "atomic",
+        max_ratio: 2.0,
+        text: "within 2x of AtomicU64",
+    },
+    Goal {
+        group: "registry_100_callers",
+        peer: "async_singleflight",
+        max_ratio: 1.0,
+        text: "at least async_singleflight's throughput",
+    },
+];
+
+/// Reads every `new/estimates.json` (with its `benchmark.json`) under `criterion_dir`.
+pub fn read_measurements(criterion_dir: &Path) -> Vec<Measurement> {
+    let mut found = Vec::new();
+    walk(criterion_dir, &mut found);
+    found.sort_by(|a, b| {
+        (&a.group, &a.parameter, &a.function).cmp(&(&b.group, &b.parameter, &b.function))
+    });
+    found
+}
+
+fn walk(dir: &Path, out: &mut Vec<Measurement>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if entry.file_name() == "new" {
+            if let Some(m) = read_one(&path) {
+                out.push(m);
+            }
+        } else if entry.file_name() != "report" {
+            walk(&path, out);
+        }
+    }
+}
+
+fn read_one(new_dir: &Path) -> Option<Measurement> {
+    let bench = fs::read_to_string(new_dir.join("benchmark.json")).ok()?;
+    let estimates = fs::read_to_string(new_dir.join("estimates.json")).ok()?;
+    let median_at = estimates.find("\"median\"")?;
+    Some(Measurement {
+        group: json_string(&bench, "group_id")?,
+        function: json_string(&bench, "function_id").unwrap_or_default(),
+        parameter: json_string(&bench, "value_str").unwrap_or_default(),
+        median_ns: json_number(&estimates[median_at..], "point_estimate")?,
+    })
+}
+
+/// The string value of `"key":"…"` (criterion's JSON has no escapes in these fields).
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let pattern = format!("\"{key}\":");
+    let rest = json[json.find(&pattern)? + pattern.len()..].trim_start();
+    let rest = rest.strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// The first number after `"key":`.
+fn json_number(json: &str, key: &str) -> Option<f64> {
+    let pattern = format!("\"{key}\":");
+    let rest = json[json.find(&pattern)? + pattern.len()..].trim_start();
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))?;
+    rest[..end].parse().ok()
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Case and load.
+    pub case: String,
+    /// The peer compared with.
+    pub peer: String,
+    /// conc's median (ns).
+    pub conc_ns: f64,
+    /// The peer's median (ns).
+    pub peer_ns: f64,
+    /// The goal, if an issue sets one.
+    pub goal: Option<Goal>,
+}
+
+impl Row {
+    /// `conc / peer`: below 1 means conc is faster.
+    pub fn ratio(&self) -> f64 {
+        self.conc_ns / self.peer_ns
+    }
+
+    /// `Some(true)` when the goal is met, `None` without a goal.
+    pub fn verdict(&self) -> Option<bool> {
+        self.goal.map(|g| self.ratio() <= g.max_ratio)
+    }
+}
+
+/// Pairs conc's measurement in each case with every peer's.
+pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
+    let mut cases: BTreeMap<(String, String), Vec<&Measurement>> = BTreeMap::new();
+    for m in measurements {
+        cases
+            .entry((m.group.clone(), m.parameter.clone()))
+            .or_default()
+            .push(m);
+    }
+    let mut rows = Vec::new();
+    for ((group, parameter), ms) in cases {
+        let Some(conc) = ms.iter().find(|m| m.function == "conc") else {
+            continue;
+        };
+        for peer in ms.iter().filter(|m| m.function != "conc") {
+            let case = if parameter.is_empty() {
+                group.clone()
+            } else {
+                format!("{group} ({parameter})")
+            };
+            rows.push(Row {
+                case,
+                peer: peer.function.clone(),
+                conc_ns: conc.median_ns,
+                peer_ns: peer.median_ns,
+                goal: GOALS
+                    .iter()
+                    .copied()
+                    .find(|g| g.group == group && g.peer == peer.function),
+            });
+        }
+    }
+    rows
+}
+
+fn format_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(rows: &[Row], machine: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# conc benchmark report\n\nMachine: {machine}\n");
+    let _ = writeln!(
+        out,
+        "Ratio = conc's median / the peer's median (below 1: conc is faster).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| case | peer | conc | peer time | ratio | goal | verdict |"
+    );
+    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | --- | --- |");
+    for row in rows {
+        let (goal, verdict) = match (row.goal, row.verdict()) {
+            (Some(goal), Some(true)) => (goal.text, "met"),
+            (Some(goal), _) => (goal.text, "NOT MET"),
+            _ => ("", ""),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2} | {} | {} |",
+            row.case,
+            row.peer,
+            format_ns(row.conc_ns),
+            format_ns(row.peer_ns),
+            row.ratio(),
+            goal,
+            verdict
+        );
+    }
+    out
+}
+
+/// A horizontal bar chart of the ratios, as SVG, with the parity line at 1.
+pub fn svg_chart(rows: &[Row]) -> String {
+    let bar_h = 18.0;
+    let label_w = 380.0;
+    let plot_w = 420.0;
+    let height = 40.0 + bar_h * rows.len() as f64 + 30.0;
+    let max_ratio = rows
+        .iter()
+        .map(Row::ratio)
+        .fold(2.0_f64, f64::max)
+        .min(10.0);
+    let scale = plot_w / max_ratio;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        label_w + plot_w + 60.0
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="20" font-size="14">conc / peer (median time; below 1 is faster)</text>"#
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let y = 35.0 + bar_h * i as f64;
+        let ratio = row.ratio().min(max_ratio);
+        let color = match row.verdict() {
+            Some(false) => "#d9534f",
+            _ if row.ratio() <= 1.0 => "#5cb85c",
+            _ => "#f0ad4e",
+        };
+        let label = xml_escape(&format!("{} vs {}", row.case, row.peer));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+            label_w - 6.0,
+            y + 13.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{label_w}" y="{}" width="{:.1}" height="{}" fill="{color}"/>"#,
+            y + 2.0,
+            ratio * scale,
+            bar_h - 4.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}">{:.2}</text>"#,
+            label_w + ratio * scale + 4.0,
+            y + 13.0,
+            row.ratio()
+        );
+    }
+    let x1 = label_w + scale;
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{x1}" y1="30" x2="{x1}" y2="{}" stroke="black" stroke-dasharray="4"/>"#,
+        height - 20.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{x1}" y="{}" text-anchor="middle">1.0</text>"#,
+        height - 6.0
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes `report.md` and `ratios.svg` into `out_dir`, returning the rows.
+pub fn write(
+    criterion_dir: &Path,
+    out_dir: &Path,
+    machine: &str,
+) -> std::io::Result<(Vec<Row>, PathBuf)> {
+    let rows = rows(&read_measurements(criterion_dir));
+    fs::create_dir_all(out_dir)?;
+    let report = out_dir.join("report.md");
+    fs::write(&report, markdown(&rows, machine))?;
+    fs::write(out_dir.join("ratios.svg"), svg_chart(&rows))?;
+    Ok((rows, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_conc_with_its_peers_and_judges_goals() {
+        let m = |function: &str, ns: f64| Measurement {
+            group: "mutex_uncontended".into(),
+            function: function.into(),
+            parameter: String::new(),
+            median_ns: ns,
+        };
+        let rows = rows(&[
+            m("conc", 10.0),
+            m("tokio", 20.0),
+            m("async-lock", 5.0),
+            m("parking_lot", 8.0),
+        ]);
+        assert_eq!(rows.len(), 3);
+        let tokio = rows.iter().find(|r| r.peer == "tokio").unwrap();
+        assert_eq!(tokio.ratio(), 0.5);
+        assert_eq!(tokio.verdict(), Some(true));
+        let async_lock = rows.iter().find(|r| r.peer == "async-lock").unwrap();
+        assert_eq!(async_lock.verdict(), Some(false));
+        assert_eq!(
+            rows.iter()
+                .find(|r| r.peer == "parking_lot")
+                .unwrap()
+                .verdict(),
+            None
+        );
+        let md = markdown(&rows, "test");
+        assert!(md.contains("NOT MET") && md.contains("| 0.50 |"));
+        assert!(svg_chart(&rows).starts_with("<svg"));
+    }
+
+    #[test]
+    fn reads_criterion_json() {
+        let estimates = r#"{"mean":{"point_estimate":12.5},"median":{"confidence_interval":{"lower_bound":1.0},"point_estimate":11.25,"standard_error":0.1}}"#;
+        let at = estimates.find("\"median\"").unwrap();
+        assert_eq!(json_number(&estimates[at..], "point_estimate"), Some(11.25));
+        let bench = r#"{"group_id":"g","function_id":"conc","value_str":null}"#;
+        assert_eq!(json_string(bench, "group_id").as_deref(), Some("g"));
+        assert_eq!(json_string(bench, "value_str"), None);
+    }
+}
