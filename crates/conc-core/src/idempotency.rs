@@ -70,20 +70,38 @@ impl IdempotencyKey {
         let mut text = String::with_capacity(scope.len() + 32);
         escape_into(&mut text, scope);
         let scope_len = text.len();
-        let mut part = String::new();
-        for item in parts {
-            part.clear();
-            // Writing to a String cannot fail.
-            let _ = write!(part, "{item}");
-            text.push(':');
-            escape_into(&mut text, &part);
-        }
+        push_parts(&mut text, parts);
         let hash = fnv1a(text.as_bytes());
         Ok(Self {
             text: text.into(),
             scope_len,
             hash,
         })
+    }
+
+    /// This key with more `parts` appended (same scope): infallible, because the scope was
+    /// checked when this key was made. Handy for a per-flow base key.
+    ///
+    /// ```
+    /// use conc_core::IdempotencyKey;
+    ///
+    /// let base = IdempotencyKey::new("chat-stream", ["conv-1"]).unwrap();
+    /// assert_eq!(base.join([7]), IdempotencyKey::new("chat-stream", ["conv-1", "7"]).unwrap());
+    /// ```
+    pub fn join<I>(&self, parts: I) -> IdempotencyKey
+    where
+        I: IntoIterator,
+        I::Item: Display,
+    {
+        let mut text = String::with_capacity(self.text.len() + 32);
+        text.push_str(&self.text);
+        push_parts(&mut text, parts);
+        let hash = fnv1a(text.as_bytes());
+        IdempotencyKey {
+            text: text.into(),
+            scope_len: self.scope_len,
+            hash,
+        }
     }
 
     /// The key's text.
@@ -104,6 +122,21 @@ impl IdempotencyKey {
     /// A shard in `0..shards` from the stable hash; `0` when `shards` is `0`.
     pub fn shard(&self, shards: u64) -> u64 {
         self.hash.checked_rem(shards).unwrap_or(0)
+    }
+}
+
+fn push_parts<I>(text: &mut String, parts: I)
+where
+    I: IntoIterator,
+    I::Item: Display,
+{
+    let mut part = String::new();
+    for item in parts {
+        part.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(part, "{item}");
+        text.push(':');
+        escape_into(text, &part);
     }
 }
 

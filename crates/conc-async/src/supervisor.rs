@@ -1,0 +1,349 @@
+//! [`Supervisor`]: background tasks that are tracked, cancellable and never fail silently
+//! (seed 001, section 3).
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use conc_core::{AbortController, AbortReason, AbortSignal, is_abort_error};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, debug, error};
+
+use crate::util::catch_unwind;
+
+/// Why a task could not be spawned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// `try_spawn` found `max_tasks` tasks running.
+    #[error(
+        "supervisor `{supervisor}` already runs its maximum of {max} tasks; use `spawn` to wait for a slot"
+    )]
+    Full {
+        /// The supervisor's name.
+        supervisor: String,
+        /// Its task limit.
+        max: usize,
+    },
+    /// The supervisor is shutting down and takes no new tasks.
+    #[error("supervisor `{supervisor}` is shutting down and takes no new tasks")]
+    ShuttingDown {
+        /// The supervisor's name.
+        supervisor: String,
+    },
+}
+
+/// How the supervisor's tasks ended, counted over its whole life; returned by
+/// [`Supervisor::shutdown`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Returned `Ok`.
+    pub finished: u64,
+    /// Stopped by an abort: an `Err` that [`is_abort_error`], or dropped when the grace
+    /// period ran out.
+    pub aborted: u64,
+    /// Returned another `Err` (logged at error level).
+    pub failed: u64,
+    /// Panicked (caught and logged at error level).
+    pub panicked: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    finished: AtomicU64,
+    aborted: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> ShutdownReport {
+        ShutdownReport {
+            finished: self.finished.load(Ordering::Acquire),
+            aborted: self.aborted.load(Ordering::Acquire),
+            failed: self.failed.load(Ordering::Acquire),
+            panicked: self.panicked.load(Ordering::Acquire),
+        }
+    }
+}
+
+struct Inner {
+    name: Cow<'static, str>,
+    tracker: TaskTracker,
+    /// Cooperative cancellation: every task's signal is a child of this one.
+    controller: AbortController,
+    /// Forced stop after the grace period: drops the tasks' futures.
+    kill: CancellationToken,
+    slots: Option<(Arc<Semaphore>, usize)>,
+    counters: Counters,
+}
+
+/// Spawns named background tasks, logs how each one ends, and shuts them all down.
+///
+/// - Start and finish are logged at debug level; an error at error level with the task's
+///   name; a panic is caught, counted and logged, never lost.
+/// - Each task gets a child [`AbortSignal`] of the supervisor's, aborted with
+///   [`AbortReason::Shutdown`] by [`shutdown`](Self::shutdown).
+/// - [`with_max_tasks`](Self::with_max_tasks) bounds how many run at once: `spawn` waits for
+///   a slot (backpressure), `try_spawn` fails.
+///
+/// Cheap to clone; clones share the tasks.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use conc_async::Supervisor;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let supervisor = Supervisor::new("background").with_max_tasks(8);
+/// supervisor
+///     .spawn("refresh-cache", |signal| async move {
+///         signal.run_until_aborted(tokio::time::sleep(Duration::from_secs(3600))).await?;
+///         Ok::<_, conc_core::Aborted>(())
+///     })
+///     .await
+///     .unwrap();
+/// let report = supervisor.shutdown(Duration::from_secs(5)).await;
+/// assert_eq!(report.aborted, 1);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// A supervisor named `name` (the name appears in its log lines and errors).
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Self::build(name.into(), None, None)
+    }
+
+    /// A supervisor whose tasks are also aborted when `parent` is.
+    pub fn with_parent(name: impl Into<Cow<'static, str>>, parent: &AbortSignal) -> Self {
+        Self::build(name.into(), None, Some(parent))
+    }
+
+    fn build(name: Cow<'static, str>, slots: Option<usize>, parent: Option<&AbortSignal>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                tracker: TaskTracker::new(),
+                controller: parent.map_or_else(AbortController::new, AbortSignal::child),
+                kill: CancellationToken::new(),
+                slots: slots.map(|n| (Arc::new(Semaphore::new(n)), n)),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Allows at most `max` tasks at once (a `max` of 0 is taken as 1). Call it before
+    /// spawning: it starts a fresh supervisor with the same name and parent signal.
+    pub fn with_max_tasks(self, max: usize) -> Self {
+        let max = max.max(1);
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                name: inner.name.clone(),
+                tracker: TaskTracker::new(),
+                controller: inner.controller.signal().child(),
+                kill: CancellationToken::new(),
+                slots: Some((Arc::new(Semaphore::new(max)), max)),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The supervisor's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// How many tasks are running now.
+    pub fn running(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
+    /// The counts so far.
+    pub fn report(&self) -> ShutdownReport {
+        self.inner.counters.report()
+    }
+
+    /// The supervisor's signal (the parent of every task's signal).
+    pub fn signal(&self) -> AbortSignal {
+        self.inner.controller.signal()
+    }
+
+    /// Spawns `task(signal)` on the current tokio runtime, waiting for a slot if
+    /// `max_tasks` are running.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future while it waits for a slot spawns nothing.
+    pub async fn spawn<F, Fut, T, E>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        task: F,
+    ) -> Result<(), SpawnError>
+    where
+        F: FnOnce(AbortSignal) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
+    {
+        self.check_open()?;
+        let permit = match &self.inner.slots {
+            Some((slots, _)) => Some(
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| self.shutting_down())?,
+            ),
+            None => None,
+        };
+        self.check_open()?;
+        self.start(name.into(), task, permit);
+        Ok(())
+    }
+
+    /// Spawns `task(signal)` if a slot is free now; fails with [`SpawnError::Full`] if not.
+    pub fn try_spawn<F, Fut, T, E>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        task: F,
+    ) -> Result<(), SpawnError>
+    where
+        F: FnOnce(AbortSignal) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
+    {
+        self.check_open()?;
+        let permit = match &self.inner.slots {
+            Some((slots, max)) => {
+                Some(
+                    slots
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| SpawnError::Full {
+                            supervisor: self.inner.name.to_string(),
+                            max: *max,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        self.start(name.into(), task, permit);
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), SpawnError> {
+        if self.inner.tracker.is_closed() || self.inner.controller.is_aborted() {
+            Err(self.shutting_down())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn shutting_down(&self) -> SpawnError {
+        SpawnError::ShuttingDown {
+            supervisor: self.inner.name.to_string(),
+        }
+    }
+
+    fn start<F, Fut, T, E>(
+        &self,
+        name: Cow<'static, str>,
+        task: F,
+        permit: Option<OwnedSemaphorePermit>,
+    ) where
+        F: FnOnce(AbortSignal) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
+    {
+        let signal = self.inner.controller.signal().child().signal();
+        let future = task(signal);
+        let inner = self.inner.clone();
+        let span = tracing::debug_span!("task", supervisor = %inner.name, task = %name);
+        self.inner.tracker.spawn(
+            async move {
+                let _permit = permit;
+                debug!("task started");
+                let counters = &inner.counters;
+                tokio::select! {
+                    biased;
+                    () = inner.kill.cancelled() => {
+                        counters.aborted.fetch_add(1, Ordering::AcqRel);
+                        debug!("task dropped after the shutdown grace period");
+                    }
+                    outcome = catch_unwind(future) => match outcome {
+                        Ok(Ok(_)) => {
+                            counters.finished.fetch_add(1, Ordering::AcqRel);
+                            debug!("task finished");
+                        }
+                        Ok(Err(e)) => {
+                            let e: Box<dyn StdError + Send + Sync> = e.into();
+                            if is_abort_error(&*e) {
+                                counters.aborted.fetch_add(1, Ordering::AcqRel);
+                                debug!(reason = %e, "task aborted");
+                            } else {
+                                counters.failed.fetch_add(1, Ordering::AcqRel);
+                                error!(error = %e, "task failed");
+                            }
+                        }
+                        Err(panic) => {
+                            counters.panicked.fetch_add(1, Ordering::AcqRel);
+                            error!(panic = %crate::util::panic_message(&*panic), "task panicked");
+                        }
+                    },
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Stops taking tasks, aborts every task's signal with [`AbortReason::Shutdown`], waits up
+    /// to `grace` for them to end, then drops the rest (counted as aborted), and returns the
+    /// counts.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future after it started leaves the supervisor closed and its tasks'
+    /// signals aborted; the tasks that had not ended keep running until they notice.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.inner.tracker.close();
+        if let Some((slots, _)) = &self.inner.slots {
+            slots.close();
+        }
+        self.inner.controller.abort(AbortReason::Shutdown);
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            debug!(supervisor = %self.inner.name, running = self.inner.tracker.len(), "grace period over; dropping the remaining tasks");
+            self.inner.kill.cancel();
+            self.inner.tracker.wait().await;
+        }
+        self.inner.counters.report()
+    }
+}
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("name", &self.inner.name)
+            .field("running", &self.running())
+            .field("max_tasks", &self.inner.slots.as_ref().map(|(_, n)| *n))
+            .field("report", &self.report())
+            .finish()
+    }
+}

@@ -1,0 +1,180 @@
+//! Seed 001, section 3: spawned tasks are tracked, cancellable, and report every failure
+//! through tracing.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conc_async::{SpawnError, Supervisor};
+use conc_core::Aborted;
+
+/// Captures log lines for one test.
+#[derive(Clone, Default)]
+struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One global subscriber for the whole test binary (a per-thread default can miss events
+/// whose callsite interest was cached by another test); each test reads only the lines of
+/// its own supervisor.
+fn logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("one subscriber per test binary");
+        logs
+    })
+}
+
+fn lines_of(supervisor: &str) -> String {
+    let needle = format!("supervisor={supervisor}");
+    logs()
+        .text()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("provider returned 503")]
+struct ProviderDown;
+
+/// Seed 001, 3.1 and 3.3: failures at error level with the task's name, start and finish at
+/// debug, panics caught and reported.
+#[tokio::test(start_paused = true)]
+async fn every_outcome_is_logged_and_counted() {
+    logs();
+    let supervisor = Supervisor::new("logged");
+    supervisor
+        .spawn("ok", |_| async { Ok::<_, ProviderDown>(()) })
+        .await
+        .unwrap();
+    supervisor
+        .spawn("fails", |_| async { Err::<(), _>(ProviderDown) })
+        .await
+        .unwrap();
+    supervisor
+        .spawn("panics", |_| async {
+            if true {
+                panic!("bug in handler")
+            } else {
+                Ok::<(), ProviderDown>(())
+            }
+        })
+        .await
+        .unwrap();
+    let report = supervisor.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        (
+            report.finished,
+            report.failed,
+            report.panicked,
+            report.aborted
+        ),
+        (1, 1, 1, 0)
+    );
+    let text = lines_of("logged");
+    assert!(
+        text.contains("ERROR")
+            && text.contains("task failed")
+            && text.contains("provider returned 503")
+    );
+    assert!(
+        text.contains("task=fails"),
+        "the failure names its task:\n{text}"
+    );
+    assert!(text.contains("task panicked") && text.contains("bug in handler"));
+    assert!(
+        text.contains("DEBUG") && text.contains("task started") && text.contains("task finished")
+    );
+}
+
+/// Abort is an outcome: a task that stops because of its signal is counted as aborted and
+/// not logged as an error.
+#[tokio::test(start_paused = true)]
+async fn shutdown_aborts_cooperative_tasks_and_drops_stubborn_ones() {
+    logs();
+    let supervisor = Supervisor::new("shutdown");
+    supervisor
+        .spawn("cooperative", |signal| async move {
+            signal
+                .run_until_aborted(std::future::pending::<()>())
+                .await?;
+            Ok::<_, Aborted>(())
+        })
+        .await
+        .unwrap();
+    supervisor
+        .spawn("stubborn", |_| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, Aborted>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(supervisor.running(), 2);
+    let report = supervisor.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.aborted, 2);
+    assert_eq!(report.failed, 0);
+    let text = lines_of("shutdown");
+    assert!(
+        text.contains("task aborted") && !text.contains("ERROR"),
+        "{text}"
+    );
+    assert_eq!(supervisor.running(), 0);
+    let refused = supervisor.try_spawn("late", |_| async { Ok::<_, Aborted>(()) });
+    assert!(matches!(refused, Err(SpawnError::ShuttingDown { .. })));
+}
+
+/// `with_max_tasks`: `try_spawn` fails when full, `spawn` waits for a slot.
+#[tokio::test(start_paused = true)]
+async fn max_tasks_gives_backpressure() {
+    let supervisor = Supervisor::new("bounded").with_max_tasks(1);
+    supervisor
+        .spawn("first", |_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, Aborted>(())
+        })
+        .await
+        .unwrap();
+    let full = supervisor.try_spawn("second", |_| async { Ok::<_, Aborted>(()) });
+    assert_eq!(
+        full,
+        Err(SpawnError::Full {
+            supervisor: "bounded".into(),
+            max: 1
+        })
+    );
+    let started = tokio::time::Instant::now();
+    supervisor
+        .spawn("second", |_| async { Ok::<_, Aborted>(()) })
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "spawn waited for the slot"
+    );
+    let report = supervisor.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.finished, 2);
+}
