@@ -22,7 +22,7 @@ commands:
 ";
 
 /// Crates whose loom models `cargo xtask loom` runs; the others are reported as having none.
-const LOOM_CRATES: &[&str] = &["conc-core"];
+const LOOM_CRATES: &[&str] = &["conc-core", "conc-retry"];
 
 type Result<T = ()> = std::result::Result<T, String>;
 

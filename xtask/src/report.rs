@@ -23,7 +23,8 @@ pub struct Measurement {
     pub median_ns: f64,
 }
 
-/// A goal from the issues: conc's time at most `max_ratio` times the peer's.
+/// A goal from the issues: conc's time at most `max_ratio` times the peer's, and (when
+/// set) at most `max_overhead_ns` above it.
 #[derive(Debug, Clone, Copy)]
 pub struct Goal {
     /// The case (criterion group).
@@ -32,42 +33,87 @@ pub struct Goal {
     pub peer: &'static str,
     /// The largest acceptable `conc / peer` ratio.
     pub max_ratio: f64,
+    /// The largest acceptable `conc - peer`, in nanoseconds.
+    pub max_overhead_ns: f64,
     /// The goal as the issue words it.
     pub text: &'static str,
 }
 
+const fn ratio(
+    group: &'static str,
+    peer: &'static str,
+    max_ratio: f64,
+    text: &'static str,
+) -> Goal {
+    Goal {
+        group,
+        peer,
+        max_ratio,
+        max_overhead_ns: f64::INFINITY,
+        text,
+    }
+}
+
+const fn overhead(
+    group: &'static str,
+    peer: &'static str,
+    max_overhead_ns: f64,
+    text: &'static str,
+) -> Goal {
+    Goal {
+        group,
+        peer,
+        max_ratio: f64::INFINITY,
+        max_overhead_ns,
+        text,
+    }
+}
+
 /// The goals the crate issues set.
 pub const GOALS: &[Goal] = &[
-    Goal {
-        group: "mutex_uncontended",
-        peer: "tokio",
-        max_ratio: 1.0,
-        text: "faster than tokio",
-    },
-    Goal {
-        group: "mutex_uncontended",
-        peer: "async-lock",
-        max_ratio: 1.0,
-        text: "faster than async-lock",
-    },
-    Goal {
-        group: "mutex_contended",
-        peer: "tokio",
-        max_ratio: 1.0,
-        text: "at least tokio's throughput",
-    },
-    Goal {
-        group: "sequence_next_is_current",
-        peer: "atomic",
-        max_ratio: 2.0,
-        text: "within 2x of AtomicU64",
-    },
-    Goal {
-        group: "registry_100_callers",
-        peer: "async_singleflight",
-        max_ratio: 1.0,
-        text: "at least async_singleflight's throughput",
-    },
+    ratio("mutex_uncontended", "tokio", 1.0, "faster than tokio"),
+    ratio(
+        "mutex_uncontended",
+        "async-lock",
+        1.0,
+        "faster than async-lock",
+    ),
+    ratio(
+        "mutex_contended",
+        "tokio",
+        1.0,
+        "at least tokio's throughput",
+    ),
+    ratio(
+        "sequence_next_is_current",
+        "atomic",
+        2.0,
+        "within 2x of AtomicU64",
+    ),
+    ratio(
+        "channel_throughput",
+        "tokio-mpsc",
+        1.05,
+        "within 5% of tokio mpsc",
+    ),
+    ratio(
+        "registry_100_callers",
+        "async_singleflight",
+        1.0,
+        "at least async_singleflight's throughput",
+    ),
+    overhead(
+        "retry_success_path",
+        "direct",
+        50.0,
+        "under 50 ns of overhead",
+    ),
+    overhead(
+        "breaker_closed_path",
+        "direct",
+        50.0,
+        "under 50 ns of overhead",
+    ),
 ];
 
 /// Reads every `new/estimates.json` (with its `benchmark.json`) under `criterion_dir`.
@@ -150,7 +196,9 @@ impl Row {
 
     /// `Some(true)` when the goal is met, `None` without a goal.
     pub fn verdict(&self) -> Option<bool> {
-        self.goal.map(|g| self.ratio() <= g.max_ratio)
+        self.goal.map(|g| {
+            self.ratio() <= g.max_ratio && self.conc_ns - self.peer_ns <= g.max_overhead_ns
+        })
     }
 }
 

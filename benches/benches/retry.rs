@@ -1,0 +1,46 @@
+//! conc-retry beside its peers: the success path against a direct call and against backon,
+//! and the circuit breaker's closed path against a direct call.
+
+use std::hint::black_box;
+use std::io;
+
+use backon::{ExponentialBuilder, Retryable as _};
+use conc_benches::ready;
+use conc_retry::{CircuitBreaker, RetryPolicy, retry};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+async fn operation(n: u64) -> Result<u64, io::Error> {
+    Ok(black_box(n) + 1)
+}
+
+fn success_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry_success_path");
+    let policy = RetryPolicy::default();
+    group.bench_function("conc", |b| {
+        b.iter(|| ready(retry(&policy, || operation(1))))
+    });
+    group.bench_function("direct", |b| b.iter(|| ready(operation(1))));
+    let backoff = ExponentialBuilder::default();
+    group.bench_function("backon", |b| {
+        b.iter(|| ready((|| operation(1)).retry(backoff)))
+    });
+    group.finish();
+}
+
+fn breaker_closed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker_closed_path");
+    let breaker = CircuitBreaker::builder().build().expect("breaker");
+    group.bench_function("conc", |b| {
+        b.iter(|| {
+            let permit = breaker.try_acquire().expect("closed");
+            let value = black_box(1u64) + 1;
+            permit.success();
+            value
+        })
+    });
+    group.bench_function("direct", |b| b.iter(|| black_box(1u64) + 1));
+    group.finish();
+}
+
+criterion_group!(benches, success_path, breaker_closed);
+criterion_main!(benches);
