@@ -1,0 +1,462 @@
+//! The conformance suite: one async function per property of a [`LockStore`]; every
+//! backend runs them all (see [`run_all`]). Built with the `conformance` feature.
+//!
+//! The functions panic with a description when a property fails, like assertions in a
+//! test. Each one uses keys under its own `prefix`, and expects no other user of those
+//! keys. [`cleanup_count`] counts everything a store cleans, so [`run_all`] runs the
+//! properties one after the other.
+//!
+//! ```
+//! # #[tokio::main]
+//! # async fn main() {
+//! use std::sync::Arc;
+//! use conc_lock_store::{MemoryLockStore, conformance};
+//!
+//! conformance::run_all(Arc::new(MemoryLockStore::new()), "doc").await;
+//! # }
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::{LockError, LockGuard, LockRequest, LockStore, MAX_KEY_BYTES};
+
+/// Runs every property against `store`, one after the other, under `prefix`.
+pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
+    mutual_exclusion(&store, prefix).await;
+    takeover_after_ttl(&store, prefix).await;
+    monotonic_fence(&store, prefix).await;
+    foreign_release_refused(&store, prefix).await;
+    renew_after_expiry_fails(&store, prefix).await;
+    inspect_is_truthful(&store, prefix).await;
+    list_by_prefix(&store, prefix).await;
+    cleanup_count(&store, prefix).await;
+    wait_timeout_names_holder(&store, prefix).await;
+    dropped_acquire_never_outlives_ttl(&store, prefix).await;
+    bad_input_is_rejected(&store, prefix).await;
+    guard_renews_and_reports_loss(&store, prefix).await;
+}
+
+fn key(prefix: &str, name: &str) -> String {
+    format!("{prefix}:{name}")
+}
+
+/// Many concurrent acquirers: a shared counter never sees two holders.
+pub async fn mutual_exclusion(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "exclusion");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let (store, key, inside, total) =
+            (store.clone(), key.clone(), inside.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let request =
+                    LockRequest::new(&key, format!("worker-{worker}"), Duration::from_secs(10));
+                let lease = store
+                    .acquire(&request, Duration::from_secs(30))
+                    .await
+                    .expect("acquire");
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders of `{key}` at once"
+                );
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                total.fetch_add(1, Ordering::SeqCst);
+                assert!(
+                    store.release(&lease).await.expect("release"),
+                    "release of a held lease"
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("worker");
+    }
+    assert_eq!(total.load(Ordering::SeqCst), 80);
+}
+
+/// A lease that is not renewed can be taken over after its TTL.
+pub async fn takeover_after_ttl(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "takeover");
+    let first = store
+        .try_acquire(&LockRequest::new(&key, "first", Duration::from_millis(150)))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let second = LockRequest::new(&key, "second", Duration::from_secs(5));
+    assert!(
+        store
+            .try_acquire(&second)
+            .await
+            .expect("try_acquire")
+            .is_none(),
+        "held"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken = store
+        .try_acquire(&second)
+        .await
+        .expect("try_acquire")
+        .expect("expired, so free");
+    assert!(taken.fence > first.fence);
+    assert!(
+        !store.release(&first).await.expect("release"),
+        "the expired lease cannot release"
+    );
+    assert!(store.release(&taken).await.expect("release"));
+}
+
+/// Fences strictly increase per key across release, expiry and takeover.
+pub async fn monotonic_fence(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "fence");
+    let mut last = 0;
+    for round in 0..6 {
+        let ttl = if round % 2 == 0 {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(50)
+        };
+        let lease = store
+            .acquire(&LockRequest::new(&key, "f", ttl), Duration::from_secs(5))
+            .await
+            .expect("acquire");
+        assert!(lease.fence > last, "fence {} after {last}", lease.fence);
+        last = lease.fence;
+        if round % 2 == 0 {
+            store.release(&lease).await.expect("release");
+        } else {
+            tokio::time::sleep(Duration::from_millis(120)).await; // let it expire
+        }
+    }
+}
+
+/// A release with another lease's token never frees the lock.
+pub async fn foreign_release_refused(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "foreign");
+    let lease = store
+        .try_acquire(&LockRequest::new(&key, "holder", Duration::from_secs(5)))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let mut forged = lease.clone();
+    forged.token = "not-the-token".into();
+    forged.owner = "intruder".into();
+    assert!(
+        !store.release(&forged).await.expect("release"),
+        "a foreign release succeeded"
+    );
+    assert!(store.is_locked(&key).await.expect("is_locked"));
+    assert!(store.release(&lease).await.expect("release"));
+}
+
+/// Renewing after the lease expired fails with `Lost`, even before anyone took it over.
+pub async fn renew_after_expiry_fails(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "renew");
+    let lease = store
+        .try_acquire(&LockRequest::new(&key, "slow", Duration::from_millis(50)))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let renewed = store
+        .renew(&lease, Duration::from_millis(200))
+        .await
+        .expect("renew while held");
+    assert!(renewed.expires_at >= lease.expires_at);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let error = store
+        .renew(&renewed, Duration::from_secs(5))
+        .await
+        .expect_err("renew after expiry");
+    assert!(matches!(error, LockError::Lost { .. }), "{error}");
+}
+
+/// `inspect` and `is_locked` tell the truth.
+pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "inspect");
+    assert!(store.inspect(&key).await.expect("inspect").is_none());
+    assert!(!store.is_locked(&key).await.expect("is_locked"));
+    let request = LockRequest::new(&key, "owner-1", Duration::from_secs(5))
+        .with_metadata("user_id", "u-1")
+        .with_metadata("message_id", "m=1\nline");
+    let lease = store
+        .try_acquire(&request)
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let info = store.inspect(&key).await.expect("inspect").expect("held");
+    assert_eq!(info.owner, "owner-1");
+    assert_eq!(info.metadata, request.metadata);
+    assert_eq!(info.fence, lease.fence);
+    assert!(info.expires_at > info.acquired_at);
+    assert!(store.is_locked(&key).await.expect("is_locked"));
+    store.release(&lease).await.expect("release");
+    assert!(!store.is_locked(&key).await.expect("is_locked"));
+}
+
+/// `list` returns live leases under a prefix, in key order, up to the limit.
+pub async fn list_by_prefix(store: &Arc<dyn LockStore>, prefix: &str) {
+    let base = key(prefix, "list");
+    let mut leases = Vec::new();
+    for name in ["c", "a", "b"] {
+        let request = LockRequest::new(format!("{base}:{name}"), "lister", Duration::from_secs(5));
+        leases.push(
+            store
+                .try_acquire(&request)
+                .await
+                .expect("try_acquire")
+                .expect("free"),
+        );
+    }
+    let listed = store.list(&format!("{base}:"), 10).await.expect("list");
+    let keys: Vec<_> = listed.iter().map(|i| i.key.clone()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{base}:a"),
+            format!("{base}:b"),
+            format!("{base}:c")
+        ]
+    );
+    assert_eq!(
+        store
+            .list(&format!("{base}:"), 2)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    for lease in &leases {
+        store.release(lease).await.expect("release");
+    }
+    assert!(
+        store
+            .list(&format!("{base}:"), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+/// `cleanup_expired` removes exactly the expired leases.
+pub async fn cleanup_count(store: &Arc<dyn LockStore>, prefix: &str) {
+    store.cleanup_expired().await.expect("cleanup");
+    let live = store
+        .try_acquire(&LockRequest::new(
+            key(prefix, "cleanup:live"),
+            "c",
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    for n in 0..3 {
+        let request = LockRequest::new(
+            key(prefix, &format!("cleanup:{n}")),
+            "c",
+            Duration::from_millis(50),
+        );
+        store
+            .try_acquire(&request)
+            .await
+            .expect("try_acquire")
+            .expect("free");
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(store.cleanup_expired().await.expect("cleanup"), 3);
+    assert_eq!(store.cleanup_expired().await.expect("cleanup"), 0);
+    assert!(store.is_locked(&live.key).await.expect("is_locked"));
+    store.release(&live).await.expect("release");
+}
+
+/// `acquire` gives up after its wait with an error that names the holder.
+pub async fn wait_timeout_names_holder(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "timeout");
+    let held = store
+        .try_acquire(&LockRequest::new(
+            &key,
+            "generator-7",
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let error = store
+        .acquire(
+            &LockRequest::new(&key, "other", Duration::from_secs(5)),
+            Duration::from_millis(100),
+        )
+        .await
+        .expect_err("held");
+    match &error {
+        LockError::Timeout {
+            holder: Some(holder),
+            ..
+        } => assert_eq!(holder.owner, "generator-7"),
+        other => panic!("expected a timeout naming the holder, got {other}"),
+    }
+    assert!(error.to_string().contains("generator-7"), "{error}");
+    store.release(&held).await.expect("release");
+}
+
+/// A dropped `acquire` future never leaves the lock held past its TTL.
+pub async fn dropped_acquire_never_outlives_ttl(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "dropped");
+    let ttl = Duration::from_millis(150);
+    for cut in [0u64, 1, 3] {
+        let request = LockRequest::new(&key, "dropper", ttl);
+        // Cut the call at different points of its flight (0: before the first poll ends).
+        let _ = tokio::time::timeout(
+            Duration::from_millis(cut),
+            store.acquire(&request, Duration::from_secs(1)),
+        )
+        .await;
+        tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+        let next = store
+            .try_acquire(&LockRequest::new(&key, "next", Duration::from_secs(5)))
+            .await
+            .expect("try_acquire")
+            .expect("the dropped caller's lease expired");
+        store.release(&next).await.expect("release");
+    }
+}
+
+/// Every bad input gets a typed error and changes nothing.
+pub async fn bad_input_is_rejected(store: &Arc<dyn LockStore>, prefix: &str) {
+    let ok = Duration::from_secs(1);
+    let check = |error: LockError, expected: fn(&LockError) -> bool| {
+        assert!(expected(&error), "unexpected error: {error}");
+    };
+    let empty_key = store
+        .try_acquire(&LockRequest::new("", "o", ok))
+        .await
+        .expect_err("empty key");
+    check(empty_key, |e| matches!(e, LockError::InvalidKey { .. }));
+    let long = "k".repeat(MAX_KEY_BYTES + 1);
+    let long_key = store
+        .try_acquire(&LockRequest::new(long, "o", ok))
+        .await
+        .expect_err("long key");
+    check(long_key, |e| matches!(e, LockError::InvalidKey { .. }));
+    let empty_owner = store
+        .try_acquire(&LockRequest::new(key(prefix, "bad"), "", ok))
+        .await
+        .expect_err("owner");
+    check(empty_owner, |e| matches!(e, LockError::InvalidOwner));
+    let short = LockRequest::new(key(prefix, "bad"), "o", Duration::from_micros(10));
+    check(store.try_acquire(&short).await.expect_err("ttl"), |e| {
+        matches!(e, LockError::InvalidTtl { .. })
+    });
+    let long_ttl = LockRequest::new(
+        key(prefix, "bad"),
+        "o",
+        store.max_ttl() + Duration::from_secs(1),
+    );
+    check(store.try_acquire(&long_ttl).await.expect_err("ttl"), |e| {
+        matches!(e, LockError::InvalidTtl { .. })
+    });
+    check(store.inspect("").await.expect_err("inspect"), |e| {
+        matches!(e, LockError::InvalidKey { .. })
+    });
+    assert!(
+        !store
+            .is_locked(&key(prefix, "bad"))
+            .await
+            .expect("is_locked"),
+        "nothing was locked"
+    );
+}
+
+/// A [`LockGuard`] keeps a short lease alive past its TTL, and fires `lost` when the lock
+/// is taken from it.
+pub async fn guard_renews_and_reports_loss(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "guard");
+    let request = LockRequest::new(&key, "guarded", Duration::from_millis(300));
+    let guard = LockGuard::acquire(store.clone(), request, Duration::from_secs(1))
+        .await
+        .expect("acquire");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!guard.lost().is_aborted(), "renewals keep it");
+    assert!(store.is_locked(&key).await.expect("is_locked"));
+    assert!(store.force_release(&key).await.expect("force"));
+    let reason = tokio::time::timeout(Duration::from_secs(2), guard.lost().aborted()).await;
+    assert!(reason.is_ok(), "lost() fired after the lock was taken away");
+    assert!(!guard.release().await.expect("release"), "already lost");
+}
+
+/// A resource that remembers the highest fence it accepted and refuses older ones: the
+/// storage side of fencing, kept in a file that several processes share.
+#[derive(Debug, Clone)]
+pub struct FencedFile {
+    path: PathBuf,
+}
+
+/// The fenced resource refused a write.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The fence is older than one already accepted.
+    #[error("stale fence {fence}: the resource already accepted {highest}")]
+    Stale {
+        /// The fence offered.
+        fence: u64,
+        /// The highest accepted.
+        highest: u64,
+    },
+    /// The file could not be used.
+    #[error("fenced file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FencedFile {
+    /// A fenced resource in `path` (created on first write).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+        }
+    }
+
+    /// Accepts a write with `fence` if it is at least the highest seen, remembering it.
+    pub fn write(&self, fence: u64) -> Result<(), FenceError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)?;
+        file.lock()?;
+        let outcome = Self::check_and_store(&mut file, fence);
+        file.unlock()?;
+        outcome
+    }
+
+    fn check_and_store(file: &mut File, fence: u64) -> Result<(), FenceError> {
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let highest = text.trim().parse::<u64>().unwrap_or(0);
+        if fence < highest {
+            return Err(FenceError::Stale { fence, highest });
+        }
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        write!(file, "{fence}")?;
+        file.sync_data()?;
+        Ok(())
+    }
+
+    /// The highest fence accepted so far.
+    pub fn highest(&self) -> Result<u64, FenceError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(text.trim().parse().unwrap_or(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! [`LockError`]: every way a lock operation can fail, with a message a user can act on.
+
+use std::time::Duration;
+
+use crate::request::LockInfo;
+
+/// A lock operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The key is empty or too long.
+    #[error("invalid lock key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The owner is empty.
+    #[error("invalid lock owner: the owner must not be empty (use a worker, user or process id)")]
+    InvalidOwner,
+    /// The TTL is outside what the store accepts.
+    #[error("invalid lock ttl {ttl:?}: it must be between {min:?} and {max:?}")]
+    InvalidTtl {
+        /// The TTL asked for.
+        ttl: Duration,
+        /// The shortest accepted.
+        min: Duration,
+        /// The longest accepted.
+        max: Duration,
+    },
+    /// `acquire` waited its whole limit.
+    #[error("timed out after {waited:?} waiting for lock `{key}`{}", match .holder {
+        Some(h) => format!("; held by `{}` since {} (fence {})", h.owner, crate::request::format_time(h.acquired_at), h.fence),
+        None => String::new(),
+    })]
+    Timeout {
+        /// The key.
+        key: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Who holds it now, if known.
+        holder: Option<Box<LockInfo>>,
+    },
+    /// The lease expired or was taken: the holder must stop using the resource.
+    #[error("lease on `{key}` lost: it expired or was taken over (fence {fence})")]
+    Lost {
+        /// The key.
+        key: String,
+        /// The lost lease's fence.
+        fence: u64,
+    },
+    /// The backend failed (I/O, a server error, a dropped connection, a timeout).
+    #[error("{backend} lock store failed: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl LockError {
+    /// A backend error with its source.
+    pub fn backend(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        LockError::Backend {
+            backend,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Whether retrying the operation may help (a backend failure).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LockError::Backend { .. })
+    }
+}

@@ -1,0 +1,184 @@
+//! Leased, fenced named locks behind one [`LockStore`] trait.
+//!
+//! The generation lock of a chat conversation (seed 003) lives in a store that every
+//! process shares, with an expiry so a crashed generator cannot block the conversation for
+//! ever. This crate makes it safer than the seed's table:
+//!
+//! - every [`Lease`] carries a **fencing token** ([`Lease::fence`]), a number that strictly
+//!   increases per key across release, expiry and takeover, and is never reused: pass it to
+//!   the protected resource, which rejects a write with a smaller fence than it has seen
+//!   (Kleppmann's fix for the paused-holder problem);
+//! - release and renewal are checked against the lease's random token, so a holder whose
+//!   lease expired can never free or extend someone else's lock;
+//! - a [`LockGuard`] renews the lease in the background and fires [`LockGuard::lost`] the
+//!   moment the lease is known to be gone.
+//!
+//! Backends: [`MemoryLockStore`] (one process), [`SqliteLockStore`] (feature `sqlite`, the
+//! default: one machine, several processes), and PostgreSQL and Redis for many machines.
+//! Each one passes the same [`conformance`] suite (feature `conformance`).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use conc_lock_store::{LockGuard, LockRequest, LockStore, MemoryLockStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), conc_lock_store::LockError> {
+//! let store: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
+//! let request = LockRequest::new("conversation:42", "worker-1", Duration::from_secs(30))
+//!     .with_metadata("message_id", "m-7");
+//!
+//! let guard = LockGuard::acquire(store.clone(), request, Duration::from_secs(1)).await?;
+//! assert!(store.is_locked("conversation:42").await?);
+//! let fence = guard.fence(); // hand this to the resource you write to
+//! assert!(fence > 0);
+//! assert!(!guard.lost().is_aborted());
+//! guard.release().await?;
+//! assert!(!store.is_locked("conversation:42").await?);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod guard;
+mod memory;
+mod request;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use error::LockError;
+pub use guard::LockGuard;
+pub use memory::MemoryLockStore;
+pub use request::{
+    Lease, LockInfo, LockRequest, MAX_KEY_BYTES, MIN_TTL, Metadata, format_time, validate_key,
+};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteConfig, SqliteLockStore};
+
+/// A store of leased, fenced named locks.
+///
+/// Every method is cancel safe in the sense that matters for locks: a dropped call never
+/// leaves a lock held past its TTL. A dropped `try_acquire` may still take the lock on the
+/// backend; nobody holds its lease, so the lock expires after the request's TTL.
+#[async_trait::async_trait]
+pub trait LockStore: Send + Sync + fmt::Debug {
+    /// Takes the lock if it is free or its lease has expired; `Ok(None)` if someone holds
+    /// it.
+    ///
+    /// # Cancel safety
+    ///
+    /// See the trait: a dropped call leaves at most a lease nobody holds, which expires.
+    async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError>;
+
+    /// Releases the lock if `lease` still holds it. `Ok(false)` when the lease was already
+    /// lost (expired, taken over or released): it never frees a lock someone else holds.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have released; the lease expires either way.
+    async fn release(&self, lease: &Lease) -> Result<bool, LockError>;
+
+    /// Extends the lease to `ttl` from now; [`LockError::Lost`] once it expired or was
+    /// taken.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have renewed; the lease keeps its old or new expiry.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError>;
+
+    /// The live lease on `key`, if any.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError>;
+
+    /// Live leases whose key starts with `prefix`, in key order, at most `limit`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError>;
+
+    /// Removes expired leases; returns how many it removed.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may have removed some; expired leases are dead either way.
+    async fn cleanup_expired(&self) -> Result<u64, LockError>;
+
+    /// Frees `key` whoever holds it (for operators: `conc locks release KEY --force`).
+    /// Returns whether a live lease was removed. Its holder learns at its next renewal.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have released.
+    async fn force_release(&self, key: &str) -> Result<bool, LockError>;
+
+    /// The longest TTL this store accepts.
+    fn max_ttl(&self) -> Duration;
+
+    /// Whether `key` has a live lease.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    async fn is_locked(&self, key: &str) -> Result<bool, LockError> {
+        Ok(self.inspect(key).await?.is_some())
+    }
+
+    /// Waits up to `wait` for the lock (the seed's "queue mode"), retrying with a short,
+    /// jittered backoff; then fails with [`LockError::Timeout`] naming the holder.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    async fn acquire(&self, request: &LockRequest, wait: Duration) -> Result<Lease, LockError> {
+        request.validate(self.max_ttl())?;
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        let mut seed = request::random_u64();
+        loop {
+            if let Some(lease) = self.try_acquire(request).await? {
+                return Ok(lease);
+            }
+            let waited = started.elapsed();
+            if waited >= wait {
+                let holder = self.inspect(&request.key).await.ok().flatten();
+                return Err(LockError::Timeout {
+                    key: request.key.clone(),
+                    waited,
+                    holder: holder.map(Box::new),
+                });
+            }
+            // Full jitter over a pause that doubles up to 100 ms, never past the deadline.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let jittered = pause.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
+            tokio::time::sleep(jittered.max(Duration::from_millis(1)).min(wait - waited)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for wall-clock expiry shared between processes.
+pub(crate) fn unix_millis(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// The inverse of [`unix_millis`].
+pub(crate) fn from_unix_millis(millis: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}

@@ -1,0 +1,254 @@
+//! [`LockRequest`], [`Lease`] and [`LockInfo`], and the input checks every backend shares.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::error::LockError;
+
+/// The longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// The shortest TTL.
+pub const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// Free-form metadata kept with a lease (the seed keeps the user id and message id).
+pub type Metadata = BTreeMap<String, String>;
+
+/// What to lock, for whom, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRequest {
+    /// The lock's name, such as `conversation:42`.
+    pub key: String,
+    /// Who asks: a worker, process or user id, shown to operators and in timeout errors.
+    pub owner: String,
+    /// How long the lease lasts unless renewed.
+    pub ttl: Duration,
+    /// Free metadata kept with the lease.
+    pub metadata: Metadata,
+}
+
+impl LockRequest {
+    /// A request for `key` by `owner` for `ttl`.
+    pub fn new(key: impl Into<String>, owner: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            key: key.into(),
+            owner: owner.into(),
+            ttl,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(name.into(), value.into());
+        self
+    }
+
+    /// Checks the key, the owner and the TTL against `max_ttl`.
+    pub fn validate(&self, max_ttl: Duration) -> Result<(), LockError> {
+        validate_key(&self.key)?;
+        if self.owner.trim().is_empty() {
+            return Err(LockError::InvalidOwner);
+        }
+        validate_ttl(self.ttl, max_ttl)
+    }
+}
+
+/// Checks a key: non-empty, at most [`MAX_KEY_BYTES`].
+pub fn validate_key(key: &str) -> Result<(), LockError> {
+    if key.is_empty() {
+        return Err(LockError::InvalidKey {
+            reason: "the key must not be empty (name what you lock, such as `conversation:42`)"
+                .into(),
+        });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(LockError::InvalidKey {
+            reason: format!(
+                "the key is {} bytes; the limit is {MAX_KEY_BYTES} (hash long names)",
+                key.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_ttl(ttl: Duration, max: Duration) -> Result<(), LockError> {
+    if ttl < MIN_TTL || ttl > max {
+        return Err(LockError::InvalidTtl {
+            ttl,
+            min: MIN_TTL,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// A held lock. Keep it to release or renew; pass [`fence`](Self::fence) to the resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The key.
+    pub key: String,
+    /// The owner.
+    pub owner: String,
+    /// A random token that proves this lease (release and renew compare it).
+    pub token: String,
+    /// The fencing token: strictly increasing per key, never reused.
+    pub fence: u64,
+    /// When it was acquired.
+    pub acquired_at: SystemTime,
+    /// When it expires unless renewed (the backend's clock).
+    pub expires_at: SystemTime,
+    /// The TTL it was taken or last renewed with.
+    pub ttl: Duration,
+}
+
+impl Lease {
+    /// The fencing token.
+    pub fn fence(&self) -> u64 {
+        self.fence
+    }
+}
+
+/// What `inspect` and `list` report about a live lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    /// The key.
+    pub key: String,
+    /// The holder.
+    pub owner: String,
+    /// The holder's metadata.
+    pub metadata: Metadata,
+    /// The lease's fence.
+    pub fence: u64,
+    /// When it was acquired.
+    pub acquired_at: SystemTime,
+    /// When it expires unless renewed.
+    pub expires_at: SystemTime,
+}
+
+/// A random 128-bit token, hex encoded (unique, not secret).
+pub(crate) fn random_token() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// A random u64 from std's per-process random SipHash keys, a counter and the clock.
+pub(crate) fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), for messages and operators.
+pub fn format_time(time: SystemTime) -> String {
+    let millis = crate::unix_millis(time);
+    let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(784_111_777_123);
+        assert_eq!(format_time(t), "1994-11-06T08:49:37.123Z");
+        assert_eq!(
+            format_time(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn tokens_are_unique() {
+        let tokens: std::collections::HashSet<_> = (0..1000).map(|_| random_token()).collect();
+        assert_eq!(tokens.len(), 1000);
+    }
+}
+
+/// Encodes metadata as `name=value` lines, with `\`, `=` and newlines escaped; the form
+/// every SQL backend stores.
+pub(crate) fn encode_metadata(metadata: &Metadata) -> String {
+    let mut out = String::new();
+    for (name, value) in metadata {
+        escape_into(&mut out, name);
+        out.push('=');
+        escape_into(&mut out, value);
+        out.push('\n');
+    }
+    out
+}
+
+fn escape_into(out: &mut String, raw: &str) {
+    for c in raw.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '=' => out.push_str("\\="),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The inverse of [`encode_metadata`]; malformed lines are skipped.
+pub(crate) fn decode_metadata(text: &str) -> Metadata {
+    let mut metadata = Metadata::new();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let mut name = String::new();
+        let mut value = String::new();
+        let mut in_value = false;
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            let target = if in_value { &mut value } else { &mut name };
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => target.push('\n'),
+                    Some(other) => target.push(other),
+                    None => {}
+                },
+                '=' if !in_value => in_value = true,
+                c => target.push(c),
+            }
+        }
+        if in_value {
+            metadata.insert(name, value);
+        }
+    }
+    metadata
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_through_its_text_form() {
+        let mut m = Metadata::new();
+        m.insert("user=id".into(), "a\\b\nc".into());
+        m.insert("message_id".into(), "m-1".into());
+        m.insert(String::new(), String::new());
+        assert_eq!(decode_metadata(&encode_metadata(&m)), m);
+    }
+}

@@ -1,0 +1,468 @@
+//! [`SqliteLockStore`]: leases in a SQLite file (or `:memory:`), safe for several
+//! processes on one machine.
+//!
+//! One dedicated thread owns the connection; async calls send it jobs over a bounded
+//! channel, so blocking SQLite work never runs on the async executor. The file is in WAL
+//! mode with a busy timeout; every write is one statement (one transaction that takes the
+//! write lock up front), so processes queue on SQLite's lock instead of deadlocking. Expiry uses the wall clock,
+//! which the processes of one machine share. Fences come from one counter row (moved by
+//! triggers in the acquiring statement), so they strictly increase per key (and across
+//! keys) and survive release, expiry and cleanup.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::LockError;
+use crate::request::{
+    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, validate_key,
+    validate_ttl,
+};
+use crate::{LockStore, from_unix_millis, unix_millis};
+
+const BACKEND: &str = "sqlite";
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Settings for [`SqliteLockStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// How long a statement waits for another process's write lock (default 5 s).
+    pub busy_timeout: Duration,
+    /// The limit on each whole operation, queueing included (default 10 s).
+    pub op_timeout: Duration,
+    /// The longest TTL accepted (default 1 h).
+    pub max_ttl: Duration,
+    /// Jobs that may queue for the connection's thread (default 1024).
+    pub queue: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(10),
+            max_ttl: Duration::from_secs(3600),
+            queue: 1024,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A [`LockStore`] in a SQLite file.
+///
+/// ```
+/// use std::time::Duration;
+/// use conc_lock_store::{LockRequest, LockStore, SqliteLockStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), conc_lock_store::LockError> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SqliteLockStore::open(dir.path().join("locks.db")).await?;
+/// let lease = store
+///     .try_acquire(&LockRequest::new("conversation:1", "worker-a", Duration::from_secs(30)))
+///     .await?
+///     .expect("free");
+/// assert_eq!(store.inspect("conversation:1").await?.unwrap().owner, "worker-a");
+/// assert!(store.release(&lease).await?);
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqliteLockStore {
+    jobs: mpsc::Sender<Job>,
+    config: SqliteConfig,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteLockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteLockStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sql_error(context: &str) -> impl FnOnce(rusqlite::Error) -> LockError + '_ {
+    move |e| LockError::backend(BACKEND, format!("{context}: {e}"), e)
+}
+
+impl SqliteLockStore {
+    /// Opens (creating if needed) the lock table in the SQLite file at `path` (or
+    /// `":memory:"`), with the default settings.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the schema created; nothing else.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, LockError> {
+        Self::open_with(path, SqliteConfig::default()).await
+    }
+
+    /// Opens with `config`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`open`](Self::open).
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        config: SqliteConfig,
+    ) -> Result<Self, LockError> {
+        let path = path.as_ref().to_path_buf();
+        let (jobs, mut inbox) = mpsc::channel::<Job>(config.queue.max(1));
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (thread_path, busy) = (path.clone(), config.busy_timeout);
+        std::thread::Builder::new()
+            .name("conc-sqlite-locks".into())
+            .spawn(move || {
+                let mut connection = match open_connection(&thread_path, busy) {
+                    Ok(connection) => {
+                        let _ = ready_tx.send(Ok(()));
+                        connection
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(job) = next_job(&mut inbox) {
+                    job(&mut connection);
+                }
+            })
+            .map_err(|e| LockError::backend(BACKEND, "could not start the connection thread", e))?;
+        let opened = tokio::time::timeout(config.op_timeout, ready_rx)
+            .await
+            .map_err(|_| LockError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "opening {} took longer than {:?}",
+                    path.display(),
+                    config.op_timeout
+                ),
+                source: None,
+            })?;
+        match opened {
+            Ok(Ok(())) => Ok(Self { jobs, config, path }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(LockError::Backend {
+                backend: BACKEND,
+                message: "the connection thread stopped while opening".into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// The file this store uses.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection's thread, within the operation timeout.
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, LockError> + Send + 'static,
+    ) -> Result<R, LockError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            let _ = reply.send(f(connection));
+        });
+        let limit = self.config.op_timeout;
+        let timed_out = || LockError::Backend {
+            backend: BACKEND,
+            message: format!("the operation took longer than {limit:?}"),
+            source: None,
+        };
+        let stopped = || LockError::Backend {
+            backend: BACKEND,
+            message: "the connection thread has stopped".into(),
+            source: None,
+        };
+        let exchange = async {
+            self.jobs.send(job).await.map_err(|_| stopped())?;
+            // Most operations finish in tens of microseconds: poll for the answer while
+            // yielding to other tasks (never blocking the executor) before parking, which
+            // saves the costly wake-up of a parked runtime thread.
+            let mut answer = answer;
+            let spin_until = std::time::Instant::now() + Duration::from_micros(60);
+            while std::time::Instant::now() < spin_until {
+                match answer.try_recv() {
+                    Ok(result) => return result,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(stopped()),
+                    Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                }
+            }
+            answer.await.map_err(|_| stopped())?
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| timed_out())?
+    }
+}
+
+/// The next job: polls briefly (yielding the CPU) before parking, because a lock's
+/// acquire is usually followed at once by more work, and waking a parked thread costs tens
+/// of microseconds.
+fn next_job(inbox: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    let spin_until = std::time::Instant::now() + Duration::from_micros(50);
+    loop {
+        match inbox.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < spin_until => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return inbox.blocking_recv(),
+        }
+    }
+}
+
+fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LockError> {
+    let mut connection = Connection::open(path).map_err(sql_error("open"))?;
+    connection
+        .busy_timeout(busy)
+        .map_err(sql_error("busy_timeout"))?;
+    if path != Path::new(":memory:") {
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql_error("journal_mode"))?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql_error("synchronous"))?;
+    }
+    migrate(&mut connection)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), LockError> {
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error("begin migration"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sql_error("read schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(LockError::Backend {
+            backend: BACKEND,
+            message: format!(
+                "the lock schema is version {version}, newer than this build's {SCHEMA_VERSION}: upgrade conc"
+            ),
+            source: None,
+        });
+    }
+    if version < 1 {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS conc_locks (
+                 key TEXT PRIMARY KEY,
+                 owner TEXT NOT NULL,
+                 token TEXT NOT NULL,
+                 fence INTEGER NOT NULL,
+                 metadata TEXT NOT NULL,
+                 acquired_at INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS conc_locks_expires_at ON conc_locks (expires_at);
+             CREATE TABLE IF NOT EXISTS conc_lock_fence (
+                 id INTEGER PRIMARY KEY CHECK (id = 0),
+                 value INTEGER NOT NULL
+             );
+             INSERT OR IGNORE INTO conc_lock_fence (id, value) VALUES (0, 0);
+             CREATE TRIGGER IF NOT EXISTS conc_locks_fence_on_insert AFTER INSERT ON conc_locks
+             BEGIN UPDATE conc_lock_fence SET value = NEW.fence WHERE id = 0 AND value < NEW.fence; END;
+             CREATE TRIGGER IF NOT EXISTS conc_locks_fence_on_update AFTER UPDATE OF fence ON conc_locks
+             BEGIN UPDATE conc_lock_fence SET value = NEW.fence WHERE id = 0 AND value < NEW.fence; END;
+             PRAGMA user_version = 1;",
+        )
+        .map_err(sql_error("create the lock schema"))?;
+    }
+    tx.commit().map_err(sql_error("commit migration"))
+}
+
+fn now_millis() -> i64 {
+    unix_millis(SystemTime::now())
+}
+
+fn ttl_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+const INFO_COLUMNS: &str = "key, owner, metadata, fence, acquired_at, expires_at";
+
+fn info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
+    Ok(LockInfo {
+        key: row.get(0)?,
+        owner: row.get(1)?,
+        metadata: decode_metadata(&row.get::<_, String>(2)?),
+        fence: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        acquired_at: from_unix_millis(row.get(4)?),
+        expires_at: from_unix_millis(row.get(5)?),
+    })
+}
+
+#[async_trait::async_trait]
+impl LockStore for SqliteLockStore {
+    async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
+        request.validate(self.config.max_ttl)?;
+        let request = request.clone();
+        self.call(move |connection| {
+            let now = now_millis();
+            let token = random_token();
+            let expires_at = now.saturating_add(ttl_millis(request.ttl));
+            // One statement, so one commit: take the key if free or expired, with the next
+            // fence; the triggers move the store's fence counter along.
+            let fence: Option<i64> = connection
+                .prepare_cached(
+                    "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
+                     VALUES (?1, ?2, ?3, (SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?4, ?5, ?6)
+                     ON CONFLICT (key) DO UPDATE SET
+                         owner = excluded.owner, token = excluded.token, fence = excluded.fence,
+                         metadata = excluded.metadata, acquired_at = excluded.acquired_at,
+                         expires_at = excluded.expires_at
+                     WHERE conc_locks.expires_at <= ?5
+                     RETURNING fence",
+                )
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            request.key,
+                            request.owner,
+                            token,
+                            encode_metadata(&request.metadata),
+                            now,
+                            expires_at
+                        ],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                })
+                .map_err(sql_error("acquire"))?;
+            let Some(fence) = fence else {
+                return Ok(None);
+            };
+            Ok(Some(Lease {
+                key: request.key,
+                owner: request.owner,
+                token,
+                fence: u64::try_from(fence).unwrap_or(0),
+                acquired_at: from_unix_millis(now),
+                expires_at: from_unix_millis(expires_at),
+                ttl: request.ttl,
+            }))
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
+        let (key, token) = (lease.key.clone(), lease.token.clone());
+        self.call(move |connection| {
+            let removed = connection
+                .prepare_cached(
+                    "DELETE FROM conc_locks WHERE key = ?1 AND token = ?2 AND expires_at > ?3",
+                )
+                .and_then(|mut s| s.execute(params![key, token, now_millis()]))
+                .map_err(sql_error("release"))?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        validate_ttl(ttl, self.config.max_ttl)?;
+        let lease = lease.clone();
+        self.call(move |connection| {
+            let now = now_millis();
+            let expires_at = now.saturating_add(ttl_millis(ttl));
+            let renewed = connection
+                .prepare_cached(
+                    "UPDATE conc_locks SET expires_at = ?4 WHERE key = ?1 AND token = ?2 AND expires_at > ?3",
+                )
+                .and_then(|mut s| s.execute(params![lease.key, lease.token, now, expires_at]))
+                .map_err(sql_error("renew"))?;
+            if renewed == 1 {
+                Ok(Lease {
+                    expires_at: from_unix_millis(expires_at),
+                    ttl,
+                    ..lease
+                })
+            } else {
+                Err(LockError::Lost {
+                    key: lease.key,
+                    fence: lease.fence,
+                })
+            }
+        })
+        .await
+    }
+
+    async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
+        validate_key(key)?;
+        let key = key.to_owned();
+        self.call(move |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {INFO_COLUMNS} FROM conc_locks WHERE key = ?1 AND expires_at > ?2"
+                ))
+                .and_then(|mut s| {
+                    s.query_row(params![key, now_millis()], info_from_row)
+                        .optional()
+                })
+                .map_err(sql_error("inspect"))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError> {
+        let prefix = prefix.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |connection| {
+            let upper = format!("{prefix}\u{10FFFF}");
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {INFO_COLUMNS} FROM conc_locks
+                     WHERE key >= ?1 AND key < ?2 AND expires_at > ?3 ORDER BY key LIMIT ?4"
+                ))
+                .map_err(sql_error("list"))?;
+            let rows = statement
+                .query_map(params![prefix, upper, now_millis(), limit], info_from_row)
+                .map_err(sql_error("list"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let info = row.map_err(sql_error("list"))?;
+                if info.key.starts_with(&prefix) {
+                    out.push(info);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64, LockError> {
+        self.call(|connection| {
+            connection
+                .prepare_cached("DELETE FROM conc_locks WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([now_millis()]))
+                .map(|n| n as u64)
+                .map_err(sql_error("cleanup"))
+        })
+        .await
+    }
+
+    async fn force_release(&self, key: &str) -> Result<bool, LockError> {
+        validate_key(key)?;
+        let key = key.to_owned();
+        self.call(move |connection| {
+            let expires_at: Option<i64> = connection
+                .prepare_cached("DELETE FROM conc_locks WHERE key = ?1 RETURNING expires_at")
+                .and_then(|mut s| s.query_row([&key], |row| row.get(0)).optional())
+                .map_err(sql_error("force release"))?;
+            Ok(expires_at.is_some_and(|e| e > now_millis()))
+        })
+        .await
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.config.max_ttl
+    }
+}

@@ -1,0 +1,236 @@
+//! Several processes on one SQLite file: 4 children contend for 500 acquisitions in all;
+//! one is killed with SIGKILL while it holds the lock. Expected: no overlap, no stale write
+//! accepted, the lock recovered within the TTL plus a small margin.
+//!
+//! A `harness = false` test: the same binary is the parent and, with `CONC_LOCK_CHILD`
+//! set, each child.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conc_lock_store::conformance::{FenceError, FencedFile};
+use conc_lock_store::{LockRequest, LockStore, SqliteLockStore};
+
+const CHILDREN: usize = 4;
+const TOTAL: u64 = 500;
+const TTL: Duration = Duration::from_millis(1000);
+const VICTIM_AFTER: u64 = 10;
+const KEY: &str = "conversation:processes";
+
+fn millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn log(path: &Path, line: String) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log");
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("log write");
+}
+
+fn child(dir: PathBuf, victim: bool) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = SqliteLockStore::open(dir.join("locks.db"))
+            .await
+            .expect("open");
+        let fenced = FencedFile::new(dir.join("resource"));
+        let counter = dir.join("count");
+        let events = dir.join("events.log");
+        let pid = std::process::id();
+        let mut mine = 0;
+        loop {
+            let request = LockRequest::new(KEY, format!("pid-{pid}"), TTL);
+            let lease = store
+                .acquire(&request, Duration::from_secs(60))
+                .await
+                .expect("acquire");
+            let count: u64 = std::fs::read_to_string(&counter)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            if count >= TOTAL {
+                store.release(&lease).await.expect("release");
+                return ExitCode::SUCCESS;
+            }
+            log(&events, format!("enter {pid} {} {}", lease.fence, millis()));
+            if let Err(e) = fenced.write(lease.fence) {
+                eprintln!("child {pid}: fenced write refused: {e}");
+                return ExitCode::FAILURE;
+            }
+            std::fs::write(&counter, (count + 1).to_string()).expect("count");
+            mine += 1;
+            if victim && mine == VICTIM_AFTER {
+                log(
+                    &events,
+                    format!("victim {pid} {} {}", lease.fence, millis()),
+                );
+                std::fs::write(dir.join("victim-holding"), lease.fence.to_string())
+                    .expect("marker");
+                // Hold the lock until the parent kills us.
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            log(&events, format!("exit {pid} {} {}", lease.fence, millis()));
+            store.release(&lease).await.expect("release");
+        }
+    })
+}
+
+struct Event {
+    kind: String,
+    pid: u32,
+    fence: u64,
+    at: u128,
+}
+
+fn parent() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(SqliteLockStore::open(dir.path().join("locks.db")))
+        .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut children: Vec<_> = (0..CHILDREN)
+        .map(|i| {
+            Command::new(&exe)
+                .env("CONC_LOCK_CHILD", dir.path())
+                .env("CONC_LOCK_VICTIM", if i == 0 { "1" } else { "0" })
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    // Kill the victim while it holds the lock.
+    let marker = dir.path().join("victim-holding");
+    while !marker.exists() {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the victim never held the lock".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    children[0].kill().map_err(|e| e.to_string())?; // SIGKILL
+    let killed_at = millis();
+    children[0].wait().map_err(|e| e.to_string())?;
+    for child in &mut children[1..] {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("a child failed: {status}"));
+        }
+    }
+    let count = std::fs::read_to_string(dir.path().join("count")).map_err(|e| e.to_string())?;
+    if count.trim() != TOTAL.to_string() {
+        return Err(format!(
+            "{count} acquisitions counted, expected {TOTAL}: an update was lost"
+        ));
+    }
+    let text = std::fs::read_to_string(dir.path().join("events.log")).map_err(|e| e.to_string())?;
+    let events: Vec<Event> = text
+        .lines()
+        .map(|l| {
+            let p: Vec<&str> = l.split(' ').collect();
+            Event {
+                kind: p[0].into(),
+                pid: p[1].parse().unwrap(),
+                fence: p[2].parse().unwrap(),
+                at: p[3].parse().unwrap(),
+            }
+        })
+        .collect();
+    // No overlap: every enter is followed by its own exit (or the victim's mark) before the
+    // next enter; fences strictly increase.
+    let mut holder: Option<&Event> = None;
+    let mut last_fence = 0;
+    let mut victim: Option<&Event> = None;
+    let mut recovered_at = None;
+    for event in &events {
+        match event.kind.as_str() {
+            "enter" => {
+                if let Some(h) = holder {
+                    return Err(format!(
+                        "overlap: pid {} entered (fence {}) while pid {} held fence {}",
+                        event.pid, event.fence, h.pid, h.fence
+                    ));
+                }
+                if event.fence <= last_fence {
+                    return Err(format!("fence {} after {last_fence}", event.fence));
+                }
+                last_fence = event.fence;
+                holder = Some(event);
+                if let Some(v) = victim
+                    && recovered_at.is_none()
+                {
+                    if event.at < v.at + TTL.as_millis() {
+                        return Err("the victim's lock was taken before its TTL".into());
+                    }
+                    recovered_at = Some(event.at);
+                }
+            }
+            "exit" => holder = None,
+            "victim" => {
+                victim = Some(event);
+                holder = None; // it holds until its lease expires; checked above
+            }
+            other => return Err(format!("unknown event {other}")),
+        }
+    }
+    let victim = victim.ok_or("no victim event")?;
+    let recovered_at = recovered_at.ok_or("nobody acquired after the victim")?;
+    let recovery = recovered_at.saturating_sub(killed_at.max(victim.at));
+    if recovered_at > victim.at + TTL.as_millis() + 1500 {
+        return Err(format!(
+            "recovered {recovery} ms after the kill; the TTL is {} ms",
+            TTL.as_millis()
+        ));
+    }
+    // The killed holder's fence is stale now.
+    let fenced = FencedFile::new(dir.path().join("resource"));
+    match fenced.write(victim.fence) {
+        Err(FenceError::Stale { .. }) => {}
+        other => {
+            return Err(format!(
+                "the victim's stale fence was not refused: {other:?}"
+            ));
+        }
+    }
+    println!(
+        "lock_store_processes: {} acquisitions by {CHILDREN} processes, no overlap, fences increasing; \
+         lock recovered {} ms after the holder was killed (TTL {} ms); stale fence refused",
+        events.iter().filter(|e| e.kind == "enter").count(),
+        recovered_at - victim.at,
+        TTL.as_millis()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if let Ok(dir) = std::env::var("CONC_LOCK_CHILD") {
+        let victim = std::env::var("CONC_LOCK_VICTIM").as_deref() == Ok("1");
+        return child(PathBuf::from(dir), victim);
+    }
+    match parent() {
+        Ok(()) => {
+            println!("several_processes_contend_on_one_sqlite_file: 1 passed, 0 failed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("several_processes_contend_on_one_sqlite_file FAILED: {e}");
+            println!("lock_store_processes: 0 passed, 1 failed");
+            ExitCode::FAILURE
+        }
+    }
+}
