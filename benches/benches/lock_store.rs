@@ -125,5 +125,108 @@ fn live_keys(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, acquire_release, live_keys);
+/// PostgreSQL and Redis, when their test URLs are set: the store's acquire+release against
+/// the same kind of raw statements sent by one client to the same server.
+fn servers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let request = LockRequest::new("bench:server", "bench", Duration::from_secs(30));
+    let mut group = c.benchmark_group("lock_server_acquire_release");
+    match std::env::var("CONC_TEST_POSTGRES_URL") {
+        Err(_) => println!(
+            "skipped: CONC_TEST_POSTGRES_URL is not set, so the PostgreSQL lock bench does not run"
+        ),
+        Ok(url) => {
+            let config = conc_lock_store::PostgresConfig {
+                schema: "conc_bench".into(),
+                ..Default::default()
+            };
+            let store: Arc<dyn LockStore> = Arc::new(
+                rt.block_on(conc_lock_store::PostgresLockStore::connect(&url, config))
+                    .expect("connect"),
+            );
+            group.bench_function(BenchmarkId::new("conc", "postgres"), |b| {
+                b.iter(|| pair(&rt, &store, &request))
+            });
+            let client = rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("raw");
+                tokio::spawn(connection);
+                client
+            });
+            let (insert, delete) = rt.block_on(async {
+                let insert = client
+                    .prepare(
+                        "INSERT INTO conc_bench.conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
+                         VALUES ($1, 'raw', 't', 1, '', clock_timestamp(), clock_timestamp() + interval '30 seconds')",
+                    )
+                    .await
+                    .expect("prepare");
+                let delete = client.prepare("DELETE FROM conc_bench.conc_locks WHERE key = $1 AND token = 't'").await.expect("prepare");
+                (insert, delete)
+            });
+            group.bench_function(BenchmarkId::new("raw-tokio-postgres", "postgres"), |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        client
+                            .execute(&insert, &[&"bench:raw"])
+                            .await
+                            .expect("insert");
+                        client
+                            .execute(&delete, &[&"bench:raw"])
+                            .await
+                            .expect("delete");
+                    })
+                })
+            });
+        }
+    }
+    match std::env::var("CONC_TEST_REDIS_URL") {
+        Err(_) => println!(
+            "skipped: CONC_TEST_REDIS_URL is not set, so the Redis lock bench does not run"
+        ),
+        Ok(url) => {
+            let config = conc_lock_store::RedisConfig {
+                prefix: "conc-bench:".into(),
+                ..Default::default()
+            };
+            let store: Arc<dyn LockStore> = Arc::new(
+                rt.block_on(conc_lock_store::RedisLockStore::connect(&url, config))
+                    .expect("connect"),
+            );
+            group.bench_function(BenchmarkId::new("conc", "redis"), |b| {
+                b.iter(|| pair(&rt, &store, &request))
+            });
+            let mut raw = rt
+                .block_on(
+                    redis::Client::open(url.as_str())
+                        .expect("url")
+                        .get_multiplexed_async_connection(),
+                )
+                .expect("raw");
+            group.bench_function(BenchmarkId::new("raw-redis", "redis"), |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let _: Option<String> = redis::cmd("SET")
+                            .arg(&["conc-bench:raw", "t", "NX", "PX", "30000"])
+                            .query_async(&mut raw)
+                            .await
+                            .expect("set");
+                        let _: i64 = redis::cmd("DEL")
+                            .arg("conc-bench:raw")
+                            .query_async(&mut raw)
+                            .await
+                            .expect("del");
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, acquire_release, live_keys, servers);
 criterion_main!(benches);

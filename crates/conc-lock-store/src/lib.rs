@@ -44,6 +44,10 @@
 mod error;
 mod guard;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod request;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -57,6 +61,10 @@ use std::time::Duration;
 pub use error::LockError;
 pub use guard::LockGuard;
 pub use memory::MemoryLockStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresConfig, PostgresLockStore};
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisConfig, RedisLockStore};
 pub use request::{
     Lease, LockInfo, LockRequest, MAX_KEY_BYTES, MIN_TTL, Metadata, format_time, validate_key,
 };

@@ -1,6 +1,7 @@
-//! Several processes on one SQLite file: 4 children contend for 500 acquisitions in all;
-//! one is killed with SIGKILL while it holds the lock. Expected: no overlap, no stale write
-//! accepted, the lock recovered within the TTL plus a small margin.
+//! Several processes on one store: 4 children contend for 500 acquisitions in all; one is
+//! killed with SIGKILL while it holds the lock. Expected: no overlap, no stale write
+//! accepted, the lock recovered within the TTL plus a small margin. Run on a SQLite file,
+//! and on PostgreSQL and Redis when their test URLs are set.
 //!
 //! A `harness = false` test: the same binary is the parent and, with `CONC_LOCK_CHILD`
 //! set, each child.
@@ -12,12 +13,14 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conc_lock_store::conformance::{FenceError, FencedFile};
+use std::sync::Arc;
+
 use conc_lock_store::{LockRequest, LockStore, SqliteLockStore};
 
 const CHILDREN: usize = 4;
 const TOTAL: u64 = 500;
 const TTL: Duration = Duration::from_millis(1000);
-const VICTIM_AFTER: u64 = 10;
+const VICTIM_AFTER: u64 = 3;
 const KEY: &str = "conversation:processes";
 
 fn millis() -> u128 {
@@ -37,15 +40,55 @@ fn log(path: &Path, line: String) {
         .expect("log write");
 }
 
+/// Opens the store a run uses: `sqlite`, `postgres` or `redis`, isolated by `scope`.
+async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
+    match backend {
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let url = std::env::var("CONC_TEST_POSTGRES_URL").expect("url");
+            let config = conc_lock_store::PostgresConfig {
+                schema: scope.to_owned(),
+                ..Default::default()
+            };
+            Arc::new(
+                conc_lock_store::PostgresLockStore::connect(&url, config)
+                    .await
+                    .expect("connect"),
+            )
+        }
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let url = std::env::var("CONC_TEST_REDIS_URL").expect("url");
+            let config = conc_lock_store::RedisConfig {
+                prefix: format!("{scope}:"),
+                ..Default::default()
+            };
+            Arc::new(
+                conc_lock_store::RedisLockStore::connect(&url, config)
+                    .await
+                    .expect("connect"),
+            )
+        }
+        _ => {
+            let _ = scope;
+            Arc::new(
+                SqliteLockStore::open(dir.join("locks.db"))
+                    .await
+                    .expect("open"),
+            )
+        }
+    }
+}
+
 fn child(dir: PathBuf, victim: bool) -> ExitCode {
+    let backend = std::env::var("CONC_LOCK_BACKEND").unwrap_or_default();
+    let scope = std::env::var("CONC_LOCK_SCOPE").unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let store = SqliteLockStore::open(dir.join("locks.db"))
-            .await
-            .expect("open");
+        let store = open(&backend, &dir, &scope).await;
         let fenced = FencedFile::new(dir.join("resource"));
         let counter = dir.join("count");
         let events = dir.join("events.log");
@@ -84,6 +127,9 @@ fn child(dir: PathBuf, victim: bool) -> ExitCode {
             }
             log(&events, format!("exit {pid} {} {}", lease.fence, millis()));
             store.release(&lease).await.expect("release");
+            // Step back a moment so that the others (the victim too) get their turns:
+            // polling acquirers would otherwise lose to whoever just released.
+            tokio::time::sleep(Duration::from_millis(2 + u64::from(pid % 3))).await;
         }
     })
 }
@@ -95,21 +141,26 @@ struct Event {
     at: u128,
 }
 
-fn parent() -> Result<(), String> {
+fn parent(backend: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let scope = format!("conc_test_processes_{}_{nanos}", std::process::id());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime
-        .block_on(SqliteLockStore::open(dir.path().join("locks.db")))
-        .map_err(|e| e.to_string())?;
+    runtime.block_on(open(backend, dir.path(), &scope));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut children: Vec<_> = (0..CHILDREN)
         .map(|i| {
             Command::new(&exe)
                 .env("CONC_LOCK_CHILD", dir.path())
+                .env("CONC_LOCK_BACKEND", backend)
+                .env("CONC_LOCK_SCOPE", &scope)
                 .env("CONC_LOCK_VICTIM", if i == 0 { "1" } else { "0" })
                 .spawn()
                 .expect("spawn child")
@@ -207,8 +258,9 @@ fn parent() -> Result<(), String> {
             ));
         }
     }
+    cleanup(backend, &scope);
     println!(
-        "lock_store_processes: {} acquisitions by {CHILDREN} processes, no overlap, fences increasing; \
+        "lock_store_processes ({backend}): {} acquisitions by {CHILDREN} processes, no overlap, fences increasing; \
          lock recovered {} ms after the holder was killed (TTL {} ms); stale fence refused",
         events.iter().filter(|e| e.kind == "enter").count(),
         recovered_at - victim.at,
@@ -217,20 +269,92 @@ fn parent() -> Result<(), String> {
     Ok(())
 }
 
+/// Leaves no rows or keys behind on the shared servers.
+fn cleanup(backend: &str, scope: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        match backend {
+            #[cfg(feature = "postgres")]
+            "postgres" => {
+                let url = std::env::var("CONC_TEST_POSTGRES_URL").expect("url");
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("admin");
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP SCHEMA \"{scope}\" CASCADE"))
+                    .await
+                    .expect("drop schema");
+            }
+            #[cfg(feature = "redis")]
+            "redis" => {
+                let url = std::env::var("CONC_TEST_REDIS_URL").expect("url");
+                let mut admin = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("admin");
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{scope}:*"))
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap();
+                }
+            }
+            _ => {}
+        }
+    });
+}
+
 fn main() -> ExitCode {
     if let Ok(dir) = std::env::var("CONC_LOCK_CHILD") {
         let victim = std::env::var("CONC_LOCK_VICTIM").as_deref() == Ok("1");
         return child(PathBuf::from(dir), victim);
     }
-    match parent() {
-        Ok(()) => {
-            println!("several_processes_contend_on_one_sqlite_file: 1 passed, 0 failed");
-            ExitCode::SUCCESS
+    let mut backends = vec!["sqlite"];
+    for (backend, var, enabled) in [
+        (
+            "postgres",
+            "CONC_TEST_POSTGRES_URL",
+            cfg!(feature = "postgres"),
+        ),
+        ("redis", "CONC_TEST_REDIS_URL", cfg!(feature = "redis")),
+    ] {
+        if std::env::var(var).is_err() {
+            println!(
+                "skipped: {var} is not set, so the several-process test does not run on {backend}"
+            );
+        } else if !enabled {
+            println!(
+                "skipped: the `{backend}` feature is off, so the several-process test does not run on {backend}"
+            );
+        } else {
+            backends.push(backend);
         }
-        Err(e) => {
-            eprintln!("several_processes_contend_on_one_sqlite_file FAILED: {e}");
-            println!("lock_store_processes: 0 passed, 1 failed");
-            ExitCode::FAILURE
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for backend in backends {
+        match parent(backend) {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                eprintln!("several processes on {backend} FAILED: {e}");
+                failed += 1;
+            }
         }
+    }
+    println!("lock_store_processes: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

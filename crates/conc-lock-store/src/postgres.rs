@@ -1,0 +1,403 @@
+//! [`PostgresLockStore`]: leases in a PostgreSQL table, for services on many machines.
+//!
+//! - A lease table, not session advisory locks: advisory locks belong to one connection and
+//!   break under pooling and PgBouncer.
+//! - Acquire is one statement: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE the lease has
+//!   expired RETURNING fence`. Fences come from a sequence, which survives release, expiry
+//!   and cleanup, so they strictly increase and are never reused.
+//! - Time is the database's (`clock_timestamp()`), never the application's.
+//! - Schema and table names are configurable; they are created on connect.
+//! - Every call has a timeout; a call that fails on a dropped connection is retried on a
+//!   fresh one.
+//! - Work against the primary only: a replica's table would lag.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::LockStore;
+use crate::error::LockError;
+use crate::request::{
+    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, validate_key,
+    validate_ttl,
+};
+
+const BACKEND: &str = "postgres";
+
+/// Settings for [`PostgresLockStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// The schema of the lease table (default `public`).
+    pub schema: String,
+    /// The lease table (default `conc_locks`); its fence sequence is `<table>_fence`.
+    pub table: String,
+    /// The limit on each operation, waiting for a connection included (default 5 s).
+    pub op_timeout: Duration,
+    /// The limit on opening a connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Connections in the pool (default 8).
+    pub pool_size: usize,
+    /// The longest TTL accepted (default 1 h).
+    pub max_ttl: Duration,
+    /// The `application_name` the store's connections report (default `conc-lock-store`).
+    pub application_name: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            schema: "public".into(),
+            table: "conc_locks".into(),
+            op_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            pool_size: 8,
+            max_ttl: Duration::from_secs(3600),
+            application_name: "conc-lock-store".into(),
+        }
+    }
+}
+
+struct Sql {
+    acquire: String,
+    release: String,
+    renew: String,
+    inspect: String,
+    list: String,
+    cleanup: String,
+    force: String,
+}
+
+/// A [`LockStore`] in PostgreSQL.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use conc_lock_store::{LockRequest, LockStore, PostgresConfig, PostgresLockStore};
+///
+/// # async fn example() -> Result<(), conc_lock_store::LockError> {
+/// let store = PostgresLockStore::connect("postgres://postgres@127.0.0.1/test", PostgresConfig::default()).await?;
+/// let request = LockRequest::new("conversation:1", "worker-a", Duration::from_secs(30));
+/// if let Some(lease) = store.try_acquire(&request).await? {
+///     store.release(&lease).await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresLockStore {
+    pool: Pool,
+    config: PostgresConfig,
+    sql: Sql,
+}
+
+impl fmt::Debug for PostgresLockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLockStore")
+            .field("schema", &self.config.schema)
+            .field("table", &self.config.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn identifier(name: &str, what: &str) -> Result<String, LockError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(LockError::Backend {
+            backend: BACKEND,
+            message: format!(
+                "invalid {what} name `{name}`: use 1 to 63 lowercase letters, digits or `_`, not starting with a digit"
+            ),
+            source: None,
+        })
+    }
+}
+
+fn pg_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> LockError {
+    move |e| LockError::backend(BACKEND, format!("{context}: {e}"), e)
+}
+
+/// Whether an error means the connection is gone (worth one more try on a fresh one).
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.is_closed()
+        || error.code().is_some_and(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+        })
+        || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+impl PostgresLockStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), creating the schema, table and
+    /// sequence if needed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the schema created; nothing else.
+    pub async fn connect(url: &str, config: PostgresConfig) -> Result<Self, LockError> {
+        let schema = identifier(&config.schema, "schema")?;
+        let table = identifier(&config.table, "table")?;
+        let sequence = identifier(&format!("{}_fence", config.table), "sequence")?;
+        let mut pg: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| LockError::Backend {
+                    backend: BACKEND,
+                    message: format!("bad PostgreSQL URL: {e}"),
+                    source: Some(Box::new(e)),
+                })?;
+        pg.connect_timeout(config.connect_timeout);
+        pg.application_name(&config.application_name);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.op_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.op_timeout))
+            .build()
+            .map_err(|e| LockError::backend(BACKEND, "could not build the connection pool", e))?;
+        let t = format!("{schema}.{table}");
+        let s = format!("{schema}.{sequence}");
+        let live = "expires_at > clock_timestamp()";
+        let info = "key, owner, metadata, fence, acquired_at, expires_at";
+        let sql = Sql {
+            acquire: format!(
+                "INSERT INTO {t} (key, owner, token, fence, metadata, acquired_at, expires_at)
+                 VALUES ($1, $2, $3, nextval('{s}'), $4, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
+                 ON CONFLICT (key) DO UPDATE SET
+                     owner = EXCLUDED.owner, token = EXCLUDED.token, fence = EXCLUDED.fence,
+                     metadata = EXCLUDED.metadata, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
+                 WHERE {t}.expires_at <= clock_timestamp()
+                 RETURNING fence, acquired_at, expires_at"
+            ),
+            release: format!("DELETE FROM {t} WHERE key = $1 AND token = $2 AND {live}"),
+            renew: format!(
+                "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                 WHERE key = $1 AND token = $2 AND {live} RETURNING expires_at"
+            ),
+            inspect: format!("SELECT {info} FROM {t} WHERE key = $1 AND {live}"),
+            list: format!(
+                "SELECT {info} FROM {t} WHERE starts_with(key, $1) AND {live} ORDER BY key LIMIT $2"
+            ),
+            cleanup: format!("DELETE FROM {t} WHERE expires_at <= clock_timestamp()"),
+            force: format!("DELETE FROM {t} WHERE key = $1 RETURNING expires_at > clock_timestamp()"),
+        };
+        let store = Self { pool, config, sql };
+        store.migrate(&schema, &t, &s).await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, schema: &str, table: &str, sequence: &str) -> Result<(), LockError> {
+        let mut client = self.client().await?;
+        let work = async {
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg_error("begin migration"))?;
+            // Concurrent first connections must not race on CREATE … IF NOT EXISTS.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('conc_lock_store_migrate'))",
+                &[],
+            )
+            .await
+            .map_err(pg_error("migration lock"))?;
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema};
+                 CREATE SEQUENCE IF NOT EXISTS {sequence};
+                 CREATE TABLE IF NOT EXISTS {table} (
+                     key TEXT PRIMARY KEY,
+                     owner TEXT NOT NULL,
+                     token TEXT NOT NULL,
+                     fence BIGINT NOT NULL,
+                     acquired_at TIMESTAMPTZ NOT NULL,
+                     expires_at TIMESTAMPTZ NOT NULL
+                 );
+                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata TEXT NOT NULL DEFAULT '';"
+            ))
+            .await
+            .map_err(pg_error("create the lock schema"))?;
+            tx.commit().await.map_err(pg_error("commit migration"))
+        };
+        tokio::time::timeout(self.config.op_timeout * 2, work)
+            .await
+            .map_err(|_| self.timed_out("migration"))?
+    }
+
+    fn timed_out(&self, what: &str) -> LockError {
+        LockError::Backend {
+            backend: BACKEND,
+            message: format!("{what} took longer than {:?}", self.config.op_timeout),
+            source: None,
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, LockError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| LockError::backend(BACKEND, "no connection", e))
+    }
+
+    /// Runs `query` (returning rows), retrying on a fresh connection when the connection
+    /// was lost; each try within the operation timeout.
+    async fn rows(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, LockError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let attempt = async {
+                let client = self.client().await?;
+                let statement = client.prepare_cached(sql).await;
+                let outcome = match statement {
+                    Ok(statement) => client.query(&statement, params).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(rows) => Ok(Ok(rows)),
+                    Err(e) if connection_lost(&e) => {
+                        // Throw this connection away rather than return it to the pool.
+                        let _ = deadpool_postgres::Object::take(client);
+                        Ok(Err(e))
+                    }
+                    Err(e) => Err(pg_error(what)(e)),
+                }
+            };
+            match tokio::time::timeout(self.config.op_timeout, attempt).await {
+                Err(_) => return Err(self.timed_out(what)),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Ok(rows))) => return Ok(rows),
+                Ok(Ok(Err(e))) if tries < 3 => {
+                    tracing::debug!(error = %e, tries, "postgres connection lost; retrying on a fresh one");
+                }
+                Ok(Ok(Err(e))) => return Err(pg_error(what)(e)),
+            }
+        }
+    }
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+fn info_from_row(row: &Row) -> LockInfo {
+    LockInfo {
+        key: row.get(0),
+        owner: row.get(1),
+        metadata: decode_metadata(row.get::<_, &str>(2)),
+        fence: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+        acquired_at: row.get::<_, SystemTime>(4),
+        expires_at: row.get::<_, SystemTime>(5),
+    }
+}
+
+#[async_trait::async_trait]
+impl LockStore for PostgresLockStore {
+    async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
+        request.validate(self.config.max_ttl)?;
+        let token = random_token();
+        let metadata = encode_metadata(&request.metadata);
+        let ttl = millis(request.ttl);
+        let rows = self
+            .rows(
+                "acquire",
+                &self.sql.acquire,
+                &[&request.key, &request.owner, &token, &metadata, &ttl],
+            )
+            .await?;
+        Ok(rows.first().map(|row| Lease {
+            key: request.key.clone(),
+            owner: request.owner.clone(),
+            token,
+            fence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            acquired_at: row.get(1),
+            expires_at: row.get(2),
+            ttl: request.ttl,
+        }))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
+        let rows = self
+            .rows(
+                "release",
+                &format!("{} RETURNING 1", self.sql.release),
+                &[&lease.key, &lease.token],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        validate_ttl(ttl, self.config.max_ttl)?;
+        let rows = self
+            .rows(
+                "renew",
+                &self.sql.renew,
+                &[&lease.key, &lease.token, &millis(ttl)],
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => Ok(Lease {
+                expires_at: row.get(0),
+                ttl,
+                ..lease.clone()
+            }),
+            None => Err(LockError::Lost {
+                key: lease.key.clone(),
+                fence: lease.fence,
+            }),
+        }
+    }
+
+    async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
+        validate_key(key)?;
+        let rows = self.rows("inspect", &self.sql.inspect, &[&key]).await?;
+        Ok(rows.first().map(info_from_row))
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .rows("list", &self.sql.list, &[&prefix, &limit])
+            .await?;
+        Ok(rows.iter().map(info_from_row).collect())
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64, LockError> {
+        let rows = self
+            .rows("cleanup", &format!("{} RETURNING 1", self.sql.cleanup), &[])
+            .await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn force_release(&self, key: &str) -> Result<bool, LockError> {
+        validate_key(key)?;
+        let rows = self.rows("force release", &self.sql.force, &[&key]).await?;
+        Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.config.max_ttl
+    }
+}

@@ -1,0 +1,135 @@
+//! The conformance suite and fault tests on PostgreSQL (`CONC_TEST_POSTGRES_URL`). Each run
+//! uses its own schema and drops it at the end.
+
+#![cfg(all(feature = "postgres", feature = "conformance"))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conc_lock_store::{
+    LockGuard, LockRequest, LockStore, PostgresConfig, PostgresLockStore, conformance,
+};
+
+fn url() -> Option<String> {
+    match std::env::var("CONC_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            println!(
+                "skipped: CONC_TEST_POSTGRES_URL is not set, so the PostgreSQL lock store is not tested"
+            );
+            None
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("conc_test_{name}_{}_{nanos}", std::process::id())
+}
+
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(url, tokio_postgres::NoTls),
+    )
+    .await
+    .expect("PostgreSQL answers within 10 s (CONC_TEST_POSTGRES_URL is set, so it must)")
+    .expect("connect to PostgreSQL");
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("admin connection ended: {e}");
+        }
+    });
+    client
+}
+
+async fn store(url: &str, schema: &str) -> PostgresLockStore {
+    let config = PostgresConfig {
+        schema: schema.to_owned(),
+        application_name: schema.to_owned(),
+        ..PostgresConfig::default()
+    };
+    PostgresLockStore::connect(url, config)
+        .await
+        .expect("connect the store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    let Some(url) = url() else { return };
+    let schema = unique("conform");
+    let admin = admin(&url).await;
+    conformance::run_all(Arc::new(store(&url, &schema).await), "pg").await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// `pg_terminate_backend` on the store's connections while leases are held and renewing:
+/// the store recovers on fresh connections, no second holder appears, and `lost()` does not
+/// fire, because no lease really lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_are_replaced_without_losing_leases() {
+    let Some(url) = url() else { return };
+    let schema = unique("terminate");
+    let admin = admin(&url).await;
+    let store: Arc<dyn LockStore> = Arc::new(store(&url, &schema).await);
+    let mut guards = Vec::new();
+    for n in 0..3 {
+        let request = LockRequest::new(format!("conv:{n}"), "holder", Duration::from_millis(900));
+        guards.push(
+            LockGuard::acquire(store.clone(), request, Duration::from_secs(2))
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..4 {
+        let killed: Vec<tokio_postgres::Row> = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&schema],
+            )
+            .await
+            .unwrap();
+        assert!(!killed.is_empty(), "the store had connections to terminate");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let intruder = LockRequest::new("conv:0", "intruder", Duration::from_secs(5));
+        assert!(
+            store.try_acquire(&intruder).await.unwrap().is_none(),
+            "no second holder"
+        );
+    }
+    for guard in &guards {
+        assert!(
+            !guard.lost().is_aborted(),
+            "lost() fired but the lease never lapsed"
+        );
+    }
+    for guard in guards {
+        assert!(guard.release().await.unwrap());
+    }
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_names_and_urls_are_clear_errors() {
+    let error = PostgresLockStore::connect("not a url", PostgresConfig::default())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("bad PostgreSQL URL"), "{error}");
+    let config = PostgresConfig {
+        table: "Robert'); DROP TABLE students;--".into(),
+        ..PostgresConfig::default()
+    };
+    let error = PostgresLockStore::connect("postgres://u@127.0.0.1/x", config)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("invalid table name"), "{error}");
+}
