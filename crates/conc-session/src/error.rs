@@ -1,0 +1,83 @@
+//! [`SessionError`] and [`GenerationError`].
+
+use std::time::{Duration, SystemTime};
+
+use conc_lock_store::LockError;
+
+/// A session operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// No session with this id.
+    #[error("no session `{0}`")]
+    NotFound(String),
+    /// A session with this id exists already.
+    #[error("session `{0}` already exists")]
+    AlreadyExists(String),
+    /// The session changed since it was read (a stale write was refused).
+    #[error("session `{id}` changed since version {expected}: reload and apply the update again")]
+    Conflict {
+        /// The session.
+        id: String,
+        /// The version the write expected.
+        expected: u64,
+    },
+    /// The update kept conflicting with other writers.
+    #[error("session `{id}` kept changing under {attempts} update attempts; try again")]
+    TooManyConflicts {
+        /// The session.
+        id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A session is being processed; switching now would lose its work.
+    #[error("session `{session}` is being processed; wait for it to finish before switching")]
+    Busy {
+        /// The session in process.
+        session: String,
+    },
+    /// Waiting for the processing lock took too long.
+    #[error("waited {0:?} for the processing lock; another request is still processing")]
+    ProcessingTimeout(Duration),
+    /// The flow that holds the processing lock asked for it again (it would wait for itself).
+    #[error("this flow already holds the processing lock; asking again would wait for ever")]
+    CircularWait,
+    /// The current session changed while waiting for the processing lock.
+    #[error("the session changed from `{expected}` to `{actual}` while waiting to process it")]
+    SessionSwitched {
+        /// The session the caller meant to process.
+        expected: String,
+        /// The current session now.
+        actual: String,
+    },
+    /// An empty or oversized id.
+    #[error("invalid session id: {0}")]
+    InvalidId(String),
+    /// The store failed.
+    #[error("{backend} session store failed: {message}")]
+    Store {
+        /// Which backend.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Starting or running a generation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenerationError {
+    /// Another generation runs in this conversation (`Reject` mode, or `Queue` past its wait).
+    #[error(
+        "A response is already being generated for this conversation. Please wait for it to finish."
+    )]
+    InProgress {
+        /// Who started it.
+        holder: String,
+        /// When it started.
+        started_at: SystemTime,
+    },
+    /// The lock store failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}

@@ -1,0 +1,690 @@
+//! [`SessionManager`]: atomic session updates, the processing lock (seed 002) and the
+//! per-conversation generation lock (seed 003).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use conc_async::Supervisor;
+use conc_core::{AbortController, AbortReason, AbortSignal, Mutex as AsyncMutex, OwnedMutexGuard};
+use conc_lock_store::{LockError, LockGuard, LockRequest, LockStore};
+
+use crate::data::{Message, SessionData};
+use crate::error::{GenerationError, SessionError};
+use crate::store::{SessionStore, check_id};
+
+/// Settings of a [`SessionManager`].
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How many times an update is retried on a version conflict (default 20).
+    pub max_update_attempts: u32,
+    /// How long `begin_processing` waits (default 5 s).
+    pub processing_timeout: Duration,
+    /// The generation lock's lease, renewed while the generation runs (default 30 s).
+    pub generation_ttl: Duration,
+    /// The key prefix of generation locks (default `generation:`).
+    pub lock_prefix: String,
+    /// Who this process is, in lock owners (default `pid-<pid>`).
+    pub instance: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_update_attempts: 20,
+            processing_timeout: Duration::from_secs(5),
+            generation_ttl: Duration::from_secs(30),
+            lock_prefix: "generation:".into(),
+            instance: format!("pid-{}", std::process::id()),
+        }
+    }
+}
+
+/// Everything the manager needs, in one bundle (seed 001, section 4).
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// Where sessions live.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Where generation locks live.
+    pub locks: Arc<dyn LockStore>,
+    /// Settings.
+    pub config: SessionConfig,
+}
+
+/// What `start_generation` does when a generation already runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationMode {
+    /// Fail at once with [`GenerationError::InProgress`].
+    Reject,
+    /// Wait up to `max_wait` for it to finish, then fail the same way.
+    Queue {
+        /// The longest wait.
+        max_wait: Duration,
+    },
+}
+
+/// Counters since the manager started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Starts that found a generation already running (seed 003's counter).
+    pub concurrent_attempts: u64,
+    /// Of those, rejected.
+    pub rejected: u64,
+    /// Of those, queued (waited).
+    pub queued: u64,
+    /// Total time queued starts waited, in milliseconds.
+    pub waited_ms: u64,
+    /// Generations whose lease was lost while running.
+    pub leases_lost: u64,
+    /// Results dropped because the generation had been stopped or had lost its lease.
+    pub stale_results_dropped: u64,
+    /// Update attempts retried after a version conflict.
+    pub conflicts_retried: u64,
+    /// Generations started.
+    pub generations_started: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    concurrent_attempts: AtomicU64,
+    rejected: AtomicU64,
+    queued: AtomicU64,
+    waited_ms: AtomicU64,
+    leases_lost: AtomicU64,
+    stale_results_dropped: AtomicU64,
+    conflicts_retried: AtomicU64,
+    generations_started: AtomicU64,
+}
+
+/// A flow of control: the tokio task it runs in, or the thread for code outside a task
+/// (a `block_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+impl Flow {
+    fn current() -> Self {
+        match tokio::task::try_id() {
+            Some(id) => Flow::Task(id),
+            None => Flow::Thread(std::thread::current().id()),
+        }
+    }
+}
+
+struct Inner {
+    context: SessionContext,
+    current: parking_lot::Mutex<Option<String>>,
+    /// Per-session locks for updates in this process (the store's version check covers
+    /// other processes).
+    update_locks: parking_lot::Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    processing: Arc<AsyncMutex<Option<String>>>,
+    /// The flow that holds the processing lock, to refuse a circular wait.
+    processing_task: parking_lot::Mutex<Option<Flow>>,
+    /// Generations running in this process, to stop them at once.
+    running: parking_lot::Mutex<HashMap<String, (u64, Arc<AbortController>)>>,
+    next_generation: AtomicU64,
+    counters: Counters,
+}
+
+/// The session manager. Cheap to clone; clones share everything.
+///
+/// ```
+/// use std::sync::Arc;
+/// use conc_lock_store::MemoryLockStore;
+/// use conc_session::{GenerationMode, Message, MemorySessionStore, Role, SessionConfig, SessionContext, SessionManager};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let manager = SessionManager::new(SessionContext {
+///     sessions: Arc::new(MemorySessionStore::new()),
+///     locks: Arc::new(MemoryLockStore::new()),
+///     config: SessionConfig::default(),
+/// });
+/// let session = manager.create_session("conv-1").await.unwrap();
+/// let generation = manager
+///     .start_generation(&session.id, "user-1", "m-1", GenerationMode::Reject)
+///     .await
+///     .unwrap();
+/// // A second send while it runs gets the please-wait error.
+/// let busy = manager.start_generation(&session.id, "user-1", "m-2", GenerationMode::Reject).await;
+/// assert!(busy.unwrap_err().to_string().contains("Please wait"));
+/// manager.append_message(&session.id, Message::new("m-1", Role::Assistant, "Hello!")).await.unwrap();
+/// generation.finish().await.unwrap();
+/// assert!(!manager.is_generating(&session.id).await.unwrap());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+impl SessionManager {
+    /// A manager over `context`.
+    pub fn new(context: SessionContext) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                context,
+                current: parking_lot::Mutex::new(None),
+                update_locks: parking_lot::Mutex::new(HashMap::new()),
+                processing: Arc::new(AsyncMutex::new(None)),
+                processing_task: parking_lot::Mutex::new(None),
+                running: parking_lot::Mutex::new(HashMap::new()),
+                next_generation: AtomicU64::new(0),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The context bundle.
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.context
+    }
+
+    /// Creates a session and makes it current.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have created the session.
+    pub async fn create_session(&self, id: &str) -> Result<SessionData, SessionError> {
+        let created = self
+            .inner
+            .context
+            .sessions
+            .create(&SessionData::new(id))
+            .await?;
+        *self.inner.current.lock() = Some(created.id.clone());
+        Ok(created)
+    }
+
+    /// A copy of the current session, if one is set.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn current_session(&self) -> Result<Option<SessionData>, SessionError> {
+        let current = self.inner.current.lock().clone();
+        match current {
+            Some(id) => self.inner.context.sessions.load(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The current session's id.
+    pub fn current_session_id(&self) -> Option<String> {
+        self.inner.current.lock().clone()
+    }
+
+    /// Makes `id` current; refused with [`SessionError::Busy`] while a session is being
+    /// processed.
+    pub fn switch_session(&self, id: &str) -> Result<(), SessionError> {
+        check_id(id)?;
+        if let Ok(guard) = self.inner.processing.try_lock() {
+            *self.inner.current.lock() = Some(id.to_owned());
+            drop(guard);
+            return Ok(());
+        }
+        let session = self.inner.current.lock().clone().unwrap_or_default();
+        Err(SessionError::Busy { session })
+    }
+
+    /// A copy of the session `id`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn session(&self, id: &str) -> Result<SessionData, SessionError> {
+        self.inner
+            .context
+            .sessions
+            .load(id)
+            .await?
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))
+    }
+
+    /// Applies `update` to session `id` atomically and returns the saved copy.
+    ///
+    /// Updates of one session in this process queue on a per-session lock; against other
+    /// processes, the store's version check refuses a stale save, and the update is applied
+    /// again to a fresh copy (up to `max_update_attempts`). `update` may therefore run more
+    /// than once; it gets a copy, so the manager's state can never be changed behind its back.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call either saved its update or did not; it never saves half of one.
+    pub async fn update_session(
+        &self,
+        id: &str,
+        mut update: impl FnMut(&mut SessionData) + Send,
+    ) -> Result<SessionData, SessionError> {
+        let lock = {
+            let mut locks = self.inner.update_locks.lock();
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        let guard = lock.lock().await;
+        let sessions = &self.inner.context.sessions;
+        let attempts = self.inner.context.config.max_update_attempts.max(1);
+        let mut outcome = Err(SessionError::TooManyConflicts {
+            id: id.to_owned(),
+            attempts,
+        });
+        for attempt in 1..=attempts {
+            let mut copy = sessions
+                .load(id)
+                .await?
+                .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+            update(&mut copy);
+            match sessions.save(&copy).await {
+                Ok(saved) => {
+                    outcome = Ok(saved);
+                    break;
+                }
+                Err(SessionError::Conflict { .. }) => {
+                    self.inner
+                        .counters
+                        .conflicts_retried
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Another process wrote in between: back off a little and reapply.
+                    let pause = Duration::from_micros(200 * u64::from(attempt.min(20)));
+                    tokio::time::sleep(pause).await;
+                }
+                Err(other) => {
+                    outcome = Err(other);
+                    break;
+                }
+            }
+        }
+        drop(guard);
+        self.forget_update_lock(id, &lock);
+        outcome
+    }
+
+    /// Drops the per-session lock from the map when nobody else holds or waits for it.
+    fn forget_update_lock(&self, id: &str, lock: &Arc<AsyncMutex<()>>) {
+        let mut locks = self.inner.update_locks.lock();
+        // Ours and the map's: no one else has a clone.
+        if Arc::strong_count(lock) == 2 && !lock.is_locked() {
+            locks.remove(id);
+        }
+    }
+
+    /// Appends `message` unless a message with its id is already there (idempotent).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`update_session`](Self::update_session).
+    pub async fn append_message(
+        &self,
+        id: &str,
+        message: Message,
+    ) -> Result<SessionData, SessionError> {
+        self.update_session(id, |data| {
+            if !data.has_message(&message.id) {
+                data.messages.push(message.clone());
+            }
+        })
+        .await
+    }
+
+    /// Takes the processing lock for `expected_session` (seed 002): while the guard lives,
+    /// [`switch_session`](Self::switch_session) is refused.
+    ///
+    /// Errors instead of hangs: [`SessionError::ProcessingTimeout`] after the configured
+    /// wait, [`SessionError::CircularWait`] when the task holding it asks again, and
+    /// [`SessionError::SessionSwitched`] when the current session changed while waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call gives up its place in the queue.
+    pub async fn begin_processing(
+        &self,
+        expected_session: &str,
+    ) -> Result<ProcessingGuard, SessionError> {
+        let me = Flow::current();
+        if *self.inner.processing_task.lock() == Some(me) {
+            return Err(SessionError::CircularWait);
+        }
+        let limit = self.inner.context.config.processing_timeout;
+        let lock = self.inner.processing.clone().lock_owned();
+        let mut guard = tokio::time::timeout(limit, lock)
+            .await
+            .map_err(|_| SessionError::ProcessingTimeout(limit))?;
+        let current = self.inner.current.lock().clone().unwrap_or_default();
+        if current != expected_session {
+            return Err(SessionError::SessionSwitched {
+                expected: expected_session.to_owned(),
+                actual: current,
+            });
+        }
+        *guard = Some(expected_session.to_owned());
+        *self.inner.processing_task.lock() = Some(me);
+        Ok(ProcessingGuard {
+            manager: self.clone(),
+            guard: Some(guard),
+        })
+    }
+
+    /// Whether a session is being processed now.
+    pub fn is_processing(&self) -> bool {
+        self.inner.processing.is_locked()
+    }
+
+    fn lock_key(&self, conversation: &str) -> String {
+        format!("{}{conversation}", self.inner.context.config.lock_prefix)
+    }
+
+    /// Starts a generation in `conversation` for `user`'s message `message_id` (seed 003):
+    /// one at a time per conversation, across every process that shares the lock store.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call leaves at most a lease nobody holds, which expires after its TTL.
+    pub async fn start_generation(
+        &self,
+        conversation: &str,
+        user: &str,
+        message_id: &str,
+        mode: GenerationMode,
+    ) -> Result<GenerationGuard, GenerationError> {
+        let config = &self.inner.context.config;
+        let request = LockRequest::new(
+            self.lock_key(conversation),
+            format!("{}/{user}", config.instance),
+            config.generation_ttl,
+        )
+        .with_metadata("user_id", user)
+        .with_metadata("message_id", message_id);
+        let locks = self.inner.context.locks.clone();
+        let counters = &self.inner.counters;
+        let guard = match LockGuard::try_acquire(locks.clone(), request.clone()).await? {
+            Some(guard) => guard,
+            None => {
+                counters.concurrent_attempts.fetch_add(1, Ordering::Relaxed);
+                match mode {
+                    GenerationMode::Reject => {
+                        counters.rejected.fetch_add(1, Ordering::Relaxed);
+                        return Err(self.in_progress(conversation).await);
+                    }
+                    GenerationMode::Queue { max_wait } => {
+                        counters.queued.fetch_add(1, Ordering::Relaxed);
+                        let started = tokio::time::Instant::now();
+                        let outcome = LockGuard::acquire(locks, request, max_wait).await;
+                        counters
+                            .waited_ms
+                            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        match outcome {
+                            Ok(guard) => guard,
+                            Err(LockError::Timeout { holder, .. }) => {
+                                return Err(match holder {
+                                    Some(h) => GenerationError::InProgress {
+                                        holder: h.owner,
+                                        started_at: h.acquired_at,
+                                    },
+                                    None => self.in_progress(conversation).await,
+                                });
+                            }
+                            Err(other) => return Err(other.into()),
+                        }
+                    }
+                }
+            }
+        };
+        counters.generations_started.fetch_add(1, Ordering::Relaxed);
+        let controller = Arc::new(guard.lost().child());
+        let id = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .running
+            .lock()
+            .insert(conversation.to_owned(), (id, controller.clone()));
+        Ok(GenerationGuard {
+            manager: self.clone(),
+            conversation: conversation.to_owned(),
+            id,
+            controller,
+            lock: Some(guard),
+        })
+    }
+
+    async fn in_progress(&self, conversation: &str) -> GenerationError {
+        match self
+            .inner
+            .context
+            .locks
+            .inspect(&self.lock_key(conversation))
+            .await
+        {
+            Ok(Some(info)) => GenerationError::InProgress {
+                holder: info.owner,
+                started_at: info.acquired_at,
+            },
+            // It finished in between; still a collision from the caller's point of view.
+            Ok(None) => GenerationError::InProgress {
+                holder: String::from("(just finished)"),
+                started_at: SystemTime::now(),
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Whether a generation runs in `conversation` (in any process), so a UI can disable
+    /// its input.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn is_generating(&self, conversation: &str) -> Result<bool, GenerationError> {
+        Ok(self
+            .inner
+            .context
+            .locks
+            .is_locked(&self.lock_key(conversation))
+            .await?)
+    }
+
+    /// Stops the generation running in `conversation`: at once if it runs in this process;
+    /// otherwise its lock is released in the store, and the holder's `signal()` fires at its
+    /// next renewal. Returns whether a generation was running.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have released the lock in the store.
+    pub async fn stop_generation(&self, conversation: &str) -> Result<bool, GenerationError> {
+        let local = self
+            .inner
+            .running
+            .lock()
+            .get(conversation)
+            .map(|(_, c)| c.clone());
+        if let Some(controller) = &local {
+            controller.abort(AbortReason::user("generation stopped by the user"));
+        }
+        let released = self
+            .inner
+            .context
+            .locks
+            .force_release(&self.lock_key(conversation))
+            .await?;
+        Ok(released || local.is_some())
+    }
+
+    /// Starts a supervised task that removes expired locks every `every`, so a crashed
+    /// generator's lock disappears from listings after its TTL.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future while it waits for a slot spawns nothing.
+    pub async fn spawn_lock_cleanup(
+        &self,
+        supervisor: &Supervisor,
+        every: Duration,
+    ) -> Result<(), conc_async::SpawnError> {
+        let locks = self.inner.context.locks.clone();
+        supervisor
+            .spawn(
+                "session-lock-cleanup",
+                move |signal: AbortSignal| async move {
+                    loop {
+                        if signal
+                            .run_until_aborted(tokio::time::sleep(every))
+                            .await
+                            .is_err()
+                        {
+                            return Ok::<(), LockError>(());
+                        }
+                        let removed = locks.cleanup_expired().await?;
+                        if removed > 0 {
+                            tracing::debug!(removed, "expired generation locks removed");
+                        }
+                    }
+                },
+            )
+            .await
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> SessionStats {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SessionStats {
+            concurrent_attempts: load(&c.concurrent_attempts),
+            rejected: load(&c.rejected),
+            queued: load(&c.queued),
+            waited_ms: load(&c.waited_ms),
+            leases_lost: load(&c.leases_lost),
+            stale_results_dropped: load(&c.stale_results_dropped),
+            conflicts_retried: load(&c.conflicts_retried),
+            generations_started: load(&c.generations_started),
+        }
+    }
+}
+
+impl fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("current", &self.current_session_id())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The processing lock, held; dropping it ends processing.
+pub struct ProcessingGuard {
+    manager: SessionManager,
+    guard: Option<OwnedMutexGuard<Option<String>>>,
+}
+
+impl ProcessingGuard {
+    /// The session being processed.
+    pub fn session(&self) -> &str {
+        self.guard
+            .as_ref()
+            .and_then(|g| g.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ProcessingGuard {
+    fn drop(&mut self) {
+        *self.manager.inner.processing_task.lock() = None;
+        if let Some(mut guard) = self.guard.take() {
+            *guard = None;
+        }
+    }
+}
+
+impl fmt::Debug for ProcessingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessingGuard")
+            .field("session", &self.session())
+            .finish()
+    }
+}
+
+/// A running generation: holds the conversation's lock (renewed in the background).
+///
+/// Watch [`signal`](Self::signal): it fires when the user stops the generation or the
+/// lease is lost. [`commit`](Self::commit) runs the result's commit only while neither
+/// happened. The lock is released by [`finish`](Self::finish), and on drop (error, panic,
+/// cancellation) too.
+pub struct GenerationGuard {
+    manager: SessionManager,
+    conversation: String,
+    id: u64,
+    controller: Arc<AbortController>,
+    lock: Option<LockGuard>,
+}
+
+impl GenerationGuard {
+    /// Fires when the generation is stopped or its lease is lost.
+    pub fn signal(&self) -> AbortSignal {
+        self.controller.signal()
+    }
+
+    /// The lease's fence, for every write the generation makes.
+    pub fn fence(&self) -> u64 {
+        self.lock.as_ref().map_or(0, LockGuard::fence)
+    }
+
+    /// The conversation.
+    pub fn conversation(&self) -> &str {
+        &self.conversation
+    }
+
+    /// Runs `commit` if the generation was neither stopped nor lost its lease; otherwise
+    /// counts a dropped stale result and returns `None`.
+    pub fn commit<R>(&self, commit: impl FnOnce() -> R) -> Option<R> {
+        if self.controller.is_aborted() {
+            let counters = &self.manager.inner.counters;
+            counters
+                .stale_results_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            if self.lock.as_ref().is_some_and(|l| l.lost().is_aborted()) {
+                counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
+        Some(commit())
+    }
+
+    /// Ends the generation and releases the lock. `Ok(false)` if the lease had been lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future still releases the lock, best effort, or lets it expire.
+    pub async fn finish(mut self) -> Result<bool, GenerationError> {
+        self.unregister();
+        match self.lock.take() {
+            Some(lock) => Ok(lock.release().await?),
+            None => Ok(false),
+        }
+    }
+
+    fn unregister(&self) {
+        let mut running = self.manager.inner.running.lock();
+        if running
+            .get(&self.conversation)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            running.remove(&self.conversation);
+        }
+    }
+}
+
+impl Drop for GenerationGuard {
+    fn drop(&mut self) {
+        self.unregister();
+        // The LockGuard's own drop releases the lease, best effort.
+    }
+}
+
+impl fmt::Debug for GenerationGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenerationGuard")
+            .field("conversation", &self.conversation)
+            .field("stopped", &self.controller.is_aborted())
+            .finish()
+    }
+}

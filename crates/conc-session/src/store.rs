@@ -1,0 +1,477 @@
+//! [`SessionStore`]: where sessions live, with optimistic versioning; memory, SQLite and
+//! PostgreSQL backends.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::data::SessionData;
+use crate::error::SessionError;
+
+/// Keeps sessions. `save` compares versions, so a stale write fails with
+/// [`SessionError::Conflict`] instead of overwriting a newer one.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + fmt::Debug {
+    /// Stores a new session (its version becomes 0).
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have created the session.
+    async fn create(&self, session: &SessionData) -> Result<SessionData, SessionError>;
+
+    /// The session with `id`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError>;
+
+    /// Writes `session` if the stored version is still `session.version`; returns the saved
+    /// copy at the next version.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have saved; a retried save then sees a conflict and
+    /// reloads, so nothing is applied twice by the manager.
+    async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError>;
+
+    /// Session ids, at most `limit`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError>;
+}
+
+pub(crate) fn check_id(id: &str) -> Result<(), SessionError> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(SessionError::InvalidId(format!(
+            "`{id}`: a session id must have 1 to 256 bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Sessions in memory, for one process.
+#[derive(Debug, Default)]
+pub struct MemorySessionStore {
+    sessions: parking_lot::Mutex<HashMap<String, SessionData>>,
+}
+
+impl MemorySessionStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for MemorySessionStore {
+    async fn create(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+        check_id(&session.id)?;
+        let mut sessions = self.sessions.lock();
+        if sessions.contains_key(&session.id) {
+            return Err(SessionError::AlreadyExists(session.id.clone()));
+        }
+        let stored = SessionData {
+            version: 0,
+            ..session.clone()
+        };
+        sessions.insert(session.id.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
+        Ok(self.sessions.lock().get(id).cloned())
+    }
+
+    async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+        let mut sessions = self.sessions.lock();
+        let stored = sessions
+            .get_mut(&session.id)
+            .ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
+        if stored.version != session.version {
+            return Err(SessionError::Conflict {
+                id: session.id.clone(),
+                expected: session.version,
+            });
+        }
+        *stored = SessionData {
+            version: session.version + 1,
+            ..session.clone()
+        };
+        Ok(stored.clone())
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
+        let mut ids: Vec<String> = self.sessions.lock().keys().cloned().collect();
+        ids.sort();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+}
+
+fn encode(session: &SessionData) -> Result<String, SessionError> {
+    serde_json::to_string(session).map_err(|e| SessionError::Store {
+        backend: "json",
+        message: format!("could not encode session `{}`: {e}", session.id),
+    })
+}
+
+fn decode(backend: &'static str, text: &str, version: u64) -> Result<SessionData, SessionError> {
+    let mut data: SessionData = serde_json::from_str(text).map_err(|e| SessionError::Store {
+        backend,
+        message: format!("a stored session is not valid: {e}"),
+    })?;
+    data.version = version;
+    Ok(data)
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rusqlite::{Connection, OptionalExtension, params};
+
+    use super::{SessionStore, check_id, decode, encode};
+    use crate::data::SessionData;
+    use crate::error::SessionError;
+
+    const BACKEND: &str = "sqlite";
+
+    fn store_error(e: impl std::fmt::Display) -> SessionError {
+        SessionError::Store {
+            backend: BACKEND,
+            message: e.to_string(),
+        }
+    }
+
+    /// Sessions in a SQLite file shared by the processes of one machine (WAL mode, busy
+    /// timeout). Each call runs on tokio's blocking pool, off the async executor, within a
+    /// time limit.
+    #[derive(Debug, Clone)]
+    pub struct SqliteSessionStore {
+        connection: Arc<parking_lot::Mutex<Connection>>,
+        op_timeout: Duration,
+    }
+
+    impl SqliteSessionStore {
+        /// Opens (creating if needed) the session table in the file at `path`.
+        ///
+        /// # Cancel safety
+        ///
+        /// Dropping the future may leave the table created; nothing else.
+        pub async fn open(path: impl AsRef<Path>) -> Result<Self, SessionError> {
+            let path = path.as_ref().to_path_buf();
+            let connection =
+                tokio::task::spawn_blocking(move || -> Result<Connection, SessionError> {
+                    let connection = Connection::open(&path).map_err(store_error)?;
+                    connection
+                        .busy_timeout(Duration::from_secs(5))
+                        .map_err(store_error)?;
+                    if path != Path::new(":memory:") {
+                        connection
+                            .pragma_update(None, "journal_mode", "WAL")
+                            .map_err(store_error)?;
+                        connection
+                            .pragma_update(None, "synchronous", "NORMAL")
+                            .map_err(store_error)?;
+                    }
+                    connection
+                        .execute_batch(
+                            "CREATE TABLE IF NOT EXISTS conc_sessions (
+                             id TEXT PRIMARY KEY,
+                             version INTEGER NOT NULL,
+                             data TEXT NOT NULL
+                         ) WITHOUT ROWID;",
+                        )
+                        .map_err(store_error)?;
+                    Ok(connection)
+                })
+                .await
+                .map_err(store_error)??;
+            Ok(Self {
+                connection: Arc::new(parking_lot::Mutex::new(connection)),
+                op_timeout: Duration::from_secs(10),
+            })
+        }
+
+        async fn call<R: Send + 'static>(
+            &self,
+            f: impl FnOnce(&Connection) -> Result<R, SessionError> + Send + 'static,
+        ) -> Result<R, SessionError> {
+            let connection = self.connection.clone();
+            let work = tokio::task::spawn_blocking(move || f(&connection.lock()));
+            match tokio::time::timeout(self.op_timeout, work).await {
+                Ok(joined) => joined.map_err(store_error)?,
+                Err(_) => Err(store_error(format!(
+                    "the operation took longer than {:?}",
+                    self.op_timeout
+                ))),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for SqliteSessionStore {
+        async fn create(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+            check_id(&session.id)?;
+            let stored = SessionData {
+                version: 0,
+                ..session.clone()
+            };
+            let text = encode(&stored)?;
+            let id = stored.id.clone();
+            let inserted = self
+                .call(move |c| {
+                    c.execute("INSERT OR IGNORE INTO conc_sessions (id, version, data) VALUES (?1, 0, ?2)", params![id, text])
+                        .map_err(store_error)
+                })
+                .await?;
+            if inserted == 0 {
+                return Err(SessionError::AlreadyExists(stored.id));
+            }
+            Ok(stored)
+        }
+
+        async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
+            let id = id.to_owned();
+            let row: Option<(i64, String)> = self
+                .call(move |c| {
+                    c.prepare_cached("SELECT version, data FROM conc_sessions WHERE id = ?1")
+                        .and_then(|mut s| {
+                            s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+                        })
+                        .map_err(store_error)
+                })
+                .await?;
+            row.map(|(version, text)| decode(BACKEND, &text, version as u64))
+                .transpose()
+        }
+
+        async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+            let saved = SessionData {
+                version: session.version + 1,
+                ..session.clone()
+            };
+            let text = encode(&saved)?;
+            let (id, expected) = (session.id.clone(), session.version as i64);
+            let changed = self
+                .call(move |c| {
+                    c.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3 WHERE id = ?1 AND version = ?2")
+                        .and_then(|mut s| s.execute(params![id, expected, text]))
+                        .map_err(store_error)
+                })
+                .await?;
+            if changed == 1 {
+                return Ok(saved);
+            }
+            match self.load(&session.id).await? {
+                None => Err(SessionError::NotFound(session.id.clone())),
+                Some(_) => Err(SessionError::Conflict {
+                    id: session.id.clone(),
+                    expected: session.version,
+                }),
+            }
+        }
+
+        async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
+            let limit = limit as i64;
+            self.call(move |c| {
+                let mut statement = c
+                    .prepare_cached("SELECT id FROM conc_sessions ORDER BY id LIMIT ?1")
+                    .map_err(store_error)?;
+                let rows = statement
+                    .query_map([limit], |r| r.get(0))
+                    .map_err(store_error)?;
+                rows.collect::<Result<Vec<String>, _>>()
+                    .map_err(store_error)
+            })
+            .await
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteSessionStore;
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::Duration;
+
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+    use tokio_postgres::NoTls;
+
+    use super::{SessionStore, check_id, decode, encode};
+    use crate::data::SessionData;
+    use crate::error::SessionError;
+
+    const BACKEND: &str = "postgres";
+
+    fn store_error(e: impl std::fmt::Display) -> SessionError {
+        SessionError::Store {
+            backend: BACKEND,
+            message: e.to_string(),
+        }
+    }
+
+    /// Sessions in PostgreSQL (a pooled client, a timeout on every call), shared by every
+    /// machine of a service.
+    #[derive(Debug, Clone)]
+    pub struct PostgresSessionStore {
+        pool: Pool,
+        table: String,
+        op_timeout: Duration,
+    }
+
+    impl PostgresSessionStore {
+        /// Connects to `url` and creates `schema.conc_sessions` if needed. `schema` must be
+        /// lowercase letters, digits and `_`.
+        ///
+        /// # Cancel safety
+        ///
+        /// Dropping the future may leave the table created; nothing else.
+        pub async fn connect(url: &str, schema: &str) -> Result<Self, SessionError> {
+            let valid = !schema.is_empty()
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !schema.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(store_error(format!("invalid schema name `{schema}`")));
+            }
+            let mut config: tokio_postgres::Config = url
+                .parse()
+                .map_err(|e| store_error(format!("bad PostgreSQL URL: {e}")))?;
+            config.connect_timeout(Duration::from_secs(5));
+            let manager = Manager::from_config(
+                config,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            let pool = Pool::builder(manager)
+                .max_size(8)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(5)))
+                .create_timeout(Some(Duration::from_secs(5)))
+                .build()
+                .map_err(store_error)?;
+            let store = Self {
+                pool,
+                table: format!("\"{schema}\".conc_sessions"),
+                op_timeout: Duration::from_secs(5),
+            };
+            let client = store.client().await?;
+            let create = format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+                 CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL);",
+                store.table
+            );
+            let tx_work = async {
+                client
+                    .batch_execute("SELECT pg_advisory_lock(hashtext('conc_session_migrate'))")
+                    .await?;
+                let outcome = client.batch_execute(&create).await;
+                client
+                    .batch_execute("SELECT pg_advisory_unlock(hashtext('conc_session_migrate'))")
+                    .await?;
+                outcome
+            };
+            tokio::time::timeout(store.op_timeout * 2, tx_work)
+                .await
+                .map_err(|_| store_error("creating the session table timed out"))?
+                .map_err(store_error)?;
+            Ok(store)
+        }
+
+        async fn client(&self) -> Result<deadpool_postgres::Object, SessionError> {
+            self.pool.get().await.map_err(store_error)
+        }
+
+        async fn timed<R>(
+            &self,
+            work: impl std::future::Future<Output = Result<R, tokio_postgres::Error>>,
+        ) -> Result<R, SessionError> {
+            tokio::time::timeout(self.op_timeout, work)
+                .await
+                .map_err(|_| {
+                    store_error(format!(
+                        "the operation took longer than {:?}",
+                        self.op_timeout
+                    ))
+                })?
+                .map_err(store_error)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for PostgresSessionStore {
+        async fn create(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+            check_id(&session.id)?;
+            let stored = SessionData {
+                version: 0,
+                ..session.clone()
+            };
+            let text = encode(&stored)?;
+            let client = self.client().await?;
+            let sql = format!(
+                "INSERT INTO {} (id, version, data) VALUES ($1, 0, $2) ON CONFLICT (id) DO NOTHING",
+                self.table
+            );
+            let inserted = self
+                .timed(client.execute(&sql, &[&stored.id, &text]))
+                .await?;
+            if inserted == 0 {
+                return Err(SessionError::AlreadyExists(stored.id));
+            }
+            Ok(stored)
+        }
+
+        async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
+            let client = self.client().await?;
+            let sql = format!("SELECT version, data FROM {} WHERE id = $1", self.table);
+            let row = self.timed(client.query_opt(&sql, &[&id])).await?;
+            row.map(|r| decode(BACKEND, r.get::<_, &str>(1), r.get::<_, i64>(0) as u64))
+                .transpose()
+        }
+
+        async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+            let saved = SessionData {
+                version: session.version + 1,
+                ..session.clone()
+            };
+            let text = encode(&saved)?;
+            let client = self.client().await?;
+            let sql = format!(
+                "UPDATE {} SET version = version + 1, data = $3 WHERE id = $1 AND version = $2",
+                self.table
+            );
+            let changed = self
+                .timed(client.execute(&sql, &[&session.id, &(session.version as i64), &text]))
+                .await?;
+            if changed == 1 {
+                return Ok(saved);
+            }
+            match self.load(&session.id).await? {
+                None => Err(SessionError::NotFound(session.id.clone())),
+                Some(_) => Err(SessionError::Conflict {
+                    id: session.id.clone(),
+                    expected: session.version,
+                }),
+            }
+        }
+
+        async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
+            let client = self.client().await?;
+            let sql = format!("SELECT id FROM {} ORDER BY id LIMIT $1", self.table);
+            let rows = self.timed(client.query(&sql, &[&(limit as i64)])).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresSessionStore;
