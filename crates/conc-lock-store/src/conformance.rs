@@ -39,6 +39,7 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     dropped_acquire_never_outlives_ttl(&store, prefix).await;
     bad_input_is_rejected(&store, prefix).await;
     guard_renews_and_reports_loss(&store, prefix).await;
+    take_over_fences_off_the_holder(&store, prefix).await;
 }
 
 fn key(prefix: &str, name: &str) -> String {
@@ -390,6 +391,42 @@ pub async fn guard_renews_and_reports_loss(store: &Arc<dyn LockStore>, prefix: &
     let reason = tokio::time::timeout(Duration::from_secs(2), guard.lost().aborted()).await;
     assert!(reason.is_ok(), "lost() fired after the lock was taken away");
     assert!(!guard.release().await.expect("release"), "already lost");
+}
+
+/// `take_over` takes a held lock with a higher fence; the previous holder can neither
+/// renew nor release it any more.
+pub async fn take_over_fences_off_the_holder(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "take-over");
+    let holder = store
+        .try_acquire(&LockRequest::new(&key, "holder", Duration::from_secs(5)))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let taker = store
+        .take_over(&LockRequest::new(&key, "operator", Duration::from_secs(5)))
+        .await
+        .expect("take_over");
+    assert!(taker.fence > holder.fence);
+    assert_eq!(
+        store
+            .inspect(&key)
+            .await
+            .expect("inspect")
+            .expect("held")
+            .owner,
+        "operator"
+    );
+    assert!(matches!(
+        store.renew(&holder, Duration::from_secs(5)).await,
+        Err(LockError::Lost { .. })
+    ));
+    assert!(!store.release(&holder).await.expect("release"));
+    assert!(store.release(&taker).await.expect("release"));
+    let free = store
+        .take_over(&LockRequest::new(&key, "operator", Duration::from_secs(5)))
+        .await
+        .expect("take_over a free key");
+    store.release(&free).await.expect("release");
 }
 
 /// A resource that remembers the highest fence it accepted and refuses older ones: the

@@ -131,6 +131,15 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// A dropped call may or may not have released.
     async fn force_release(&self, key: &str) -> Result<bool, LockError>;
 
+    /// Takes the lock whoever holds it, with a new fence: the previous holder's lease is
+    /// lost (its renewals fail, its release returns `false`). For operators and for
+    /// stopping a holder in another process without letting a third party in meanwhile.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have taken the lock; a lease nobody holds expires.
+    async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError>;
+
     /// The longest TTL this store accepts.
     fn max_ttl(&self) -> Duration;
 

@@ -75,28 +75,16 @@ impl Default for MemoryLockStore {
 }
 
 impl MemoryLockStore {
-    /// An empty store accepting TTLs up to one hour.
-    pub fn new() -> Self {
-        Self::with_max_ttl(Duration::from_secs(3600))
-    }
-
-    /// An empty store accepting TTLs up to `max_ttl`.
-    pub fn with_max_ttl(max_ttl: Duration) -> Self {
-        Self {
-            state: parking_lot::Mutex::new(State::default()),
-            max_ttl,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl LockStore for MemoryLockStore {
-    async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
+    fn acquire_inner(
+        &self,
+        request: &LockRequest,
+        force: bool,
+    ) -> Result<Option<Lease>, LockError> {
         request.validate(self.max_ttl)?;
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut state = self.state.lock();
-        if state.locks.get(&request.key).is_some_and(|e| e.live(now)) {
+        if !force && state.locks.get(&request.key).is_some_and(|e| e.live(now)) {
             return Ok(None);
         }
         state.fence += 1;
@@ -121,6 +109,37 @@ impl LockStore for MemoryLockStore {
         };
         state.locks.insert(request.key.clone(), entry);
         Ok(Some(lease))
+    }
+
+    /// An empty store accepting TTLs up to one hour.
+    pub fn new() -> Self {
+        Self::with_max_ttl(Duration::from_secs(3600))
+    }
+
+    /// An empty store accepting TTLs up to `max_ttl`.
+    pub fn with_max_ttl(max_ttl: Duration) -> Self {
+        Self {
+            state: parking_lot::Mutex::new(State::default()),
+            max_ttl,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LockStore for MemoryLockStore {
+    async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
+        self.acquire_inner(request, false)
+    }
+
+    async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
+        match self.acquire_inner(request, true)? {
+            Some(lease) => Ok(lease),
+            None => Err(LockError::Backend {
+                backend: "memory",
+                message: "take-over did not take the lock".into(),
+                source: None,
+            }),
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {

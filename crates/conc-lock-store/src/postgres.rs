@@ -62,6 +62,7 @@ impl Default for PostgresConfig {
 
 struct Sql {
     acquire: String,
+    take_over: String,
     release: String,
     renew: String,
     inspect: String,
@@ -188,6 +189,14 @@ impl PostgresLockStore {
                  WHERE {t}.expires_at <= clock_timestamp()
                  RETURNING fence, acquired_at, expires_at"
             ),
+            take_over: format!(
+                "INSERT INTO {t} (key, owner, token, fence, metadata, acquired_at, expires_at)
+                 VALUES ($1, $2, $3, nextval('{s}'), $4, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
+                 ON CONFLICT (key) DO UPDATE SET
+                     owner = EXCLUDED.owner, token = EXCLUDED.token, fence = EXCLUDED.fence,
+                     metadata = EXCLUDED.metadata, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
+                 RETURNING fence, acquired_at, expires_at"
+            ),
             release: format!("DELETE FROM {t} WHERE key = $1 AND token = $2 AND {live}"),
             renew: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
@@ -239,6 +248,37 @@ impl PostgresLockStore {
         tokio::time::timeout(self.config.op_timeout * 2, work)
             .await
             .map_err(|_| self.timed_out("migration"))?
+    }
+
+    async fn acquire_inner(
+        &self,
+        request: &LockRequest,
+        force: bool,
+    ) -> Result<Option<Lease>, LockError> {
+        request.validate(self.config.max_ttl)?;
+        let token = random_token();
+        let metadata = encode_metadata(&request.metadata);
+        let ttl = millis(request.ttl);
+        let rows = self
+            .rows(
+                "acquire",
+                if force {
+                    &self.sql.take_over
+                } else {
+                    &self.sql.acquire
+                },
+                &[&request.key, &request.owner, &token, &metadata, &ttl],
+            )
+            .await?;
+        Ok(rows.first().map(|row| Lease {
+            key: request.key.clone(),
+            owner: request.owner.clone(),
+            token,
+            fence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            acquired_at: row.get(1),
+            expires_at: row.get(2),
+            ttl: request.ttl,
+        }))
     }
 
     fn timed_out(&self, what: &str) -> LockError {
@@ -315,26 +355,17 @@ fn info_from_row(row: &Row) -> LockInfo {
 #[async_trait::async_trait]
 impl LockStore for PostgresLockStore {
     async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
-        request.validate(self.config.max_ttl)?;
-        let token = random_token();
-        let metadata = encode_metadata(&request.metadata);
-        let ttl = millis(request.ttl);
-        let rows = self
-            .rows(
-                "acquire",
-                &self.sql.acquire,
-                &[&request.key, &request.owner, &token, &metadata, &ttl],
-            )
-            .await?;
-        Ok(rows.first().map(|row| Lease {
-            key: request.key.clone(),
-            owner: request.owner.clone(),
-            token,
-            fence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-            acquired_at: row.get(1),
-            expires_at: row.get(2),
-            ttl: request.ttl,
-        }))
+        self.acquire_inner(request, false).await
+    }
+
+    async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
+        self.acquire_inner(request, true)
+            .await?
+            .ok_or_else(|| LockError::Backend {
+                backend: BACKEND,
+                message: "take-over did not take the lock".into(),
+                source: None,
+            })
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {

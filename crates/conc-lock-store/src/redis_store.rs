@@ -57,10 +57,11 @@ const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: lock, fence, index, expiries. ARGV: key, owner, token, metadata, ttl, grace.
+/// KEYS: lock, fence, index, expiries. ARGV: key, owner, token, metadata, ttl, grace,
+/// force (`1` takes the key whoever holds it).
 const ACQUIRE: &str = "
 local exp = redis.call('HGET', KEYS[1], 'expires_at')
-if exp and tonumber(exp) > now then return false end
+if ARGV[7] ~= '1' and exp and tonumber(exp) > now then return false end
 local fence = redis.call('INCR', KEYS[2])
 local expires = now + tonumber(ARGV[5])
 redis.call('DEL', KEYS[1])
@@ -230,6 +231,38 @@ impl RedisLockStore {
         })
     }
 
+    async fn acquire_inner(
+        &self,
+        request: &LockRequest,
+        force: bool,
+    ) -> Result<Option<Lease>, LockError> {
+        request.validate(self.config.max_ttl)?;
+        let token = random_token();
+        let mut invocation = self.scripts.acquire.prepare_invoke();
+        invocation
+            .key(self.lock_key(&request.key))
+            .key(self.fence_key(&request.key))
+            .key(self.index_key())
+            .key(self.expiries_key())
+            .arg(&request.key)
+            .arg(&request.owner)
+            .arg(&token)
+            .arg(encode_metadata(&request.metadata))
+            .arg(ms(request.ttl))
+            .arg(ms(self.config.grace))
+            .arg(if force { "1" } else { "0" });
+        let taken: Option<(u64, i64, i64)> = self.run("acquire", &invocation).await?;
+        Ok(taken.map(|(fence, now, expires)| Lease {
+            key: request.key.clone(),
+            owner: request.owner.clone(),
+            token,
+            fence,
+            acquired_at: from_unix_millis(now),
+            expires_at: from_unix_millis(expires),
+            ttl: request.ttl,
+        }))
+    }
+
     fn lock_key(&self, key: &str) -> String {
         format!("{}lock:{key}", self.config.prefix)
     }
@@ -297,30 +330,17 @@ fn info(key: String, (owner, metadata, fence, acquired_at, expires_at): InfoFiel
 #[async_trait::async_trait]
 impl LockStore for RedisLockStore {
     async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
-        request.validate(self.config.max_ttl)?;
-        let token = random_token();
-        let mut invocation = self.scripts.acquire.prepare_invoke();
-        invocation
-            .key(self.lock_key(&request.key))
-            .key(self.fence_key(&request.key))
-            .key(self.index_key())
-            .key(self.expiries_key())
-            .arg(&request.key)
-            .arg(&request.owner)
-            .arg(&token)
-            .arg(encode_metadata(&request.metadata))
-            .arg(ms(request.ttl))
-            .arg(ms(self.config.grace));
-        let taken: Option<(u64, i64, i64)> = self.run("acquire", &invocation).await?;
-        Ok(taken.map(|(fence, now, expires)| Lease {
-            key: request.key.clone(),
-            owner: request.owner.clone(),
-            token,
-            fence,
-            acquired_at: from_unix_millis(now),
-            expires_at: from_unix_millis(expires),
-            ttl: request.ttl,
-        }))
+        self.acquire_inner(request, false).await
+    }
+
+    async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
+        self.acquire_inner(request, true)
+            .await?
+            .ok_or_else(|| LockError::Backend {
+                backend: BACKEND,
+                message: "take-over did not take the lock".into(),
+                source: None,
+            })
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {

@@ -91,6 +91,52 @@ fn sql_error(context: &str) -> impl FnOnce(rusqlite::Error) -> LockError + '_ {
 }
 
 impl SqliteLockStore {
+    async fn acquire_inner(
+        &self,
+        request: &LockRequest,
+        force: bool,
+    ) -> Result<Option<Lease>, LockError> {
+        request.validate(self.config.max_ttl)?;
+        let request = request.clone();
+        self.call(move |connection| {
+            let now = now_millis();
+            let token = random_token();
+            let expires_at = now.saturating_add(ttl_millis(request.ttl));
+            // One statement, so one commit: take the key if free or expired, with the next
+            // fence; the triggers move the store's fence counter along.
+            let fence: Option<i64> = connection
+                .prepare_cached(if force { TAKE_OVER_SQL } else { ACQUIRE_SQL })
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            request.key,
+                            request.owner,
+                            token,
+                            encode_metadata(&request.metadata),
+                            now,
+                            expires_at
+                        ],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                })
+                .map_err(sql_error("acquire"))?;
+            let Some(fence) = fence else {
+                return Ok(None);
+            };
+            Ok(Some(Lease {
+                key: request.key,
+                owner: request.owner,
+                token,
+                fence: u64::try_from(fence).unwrap_or(0),
+                acquired_at: from_unix_millis(now),
+                expires_at: from_unix_millis(expires_at),
+                ttl: request.ttl,
+            }))
+        })
+        .await
+    }
+
     /// Opens (creating if needed) the lock table in the SQLite file at `path` (or
     /// `":memory:"`), with the default settings.
     ///
@@ -224,9 +270,16 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LockError>
         .busy_timeout(busy)
         .map_err(sql_error("busy_timeout"))?;
     if path != Path::new(":memory:") {
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql_error("journal_mode"))?;
+        // Switching to WAL needs a moment alone with the file; another process opening it
+        // at the same time makes it busy without calling the busy handler, so retry.
+        let mut tries = 0;
+        while let Err(e) = connection.pragma_update(None, "journal_mode", "WAL") {
+            tries += 1;
+            if tries > 100 {
+                return Err(sql_error("journal_mode")(e));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql_error("synchronous"))?;
@@ -287,6 +340,28 @@ fn ttl_millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// Takes the key if free or expired, with the next fence; the triggers move the store's
+/// fence counter along. One statement, so one commit.
+const ACQUIRE_SQL: &str =
+    "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
+     VALUES (?1, ?2, ?3, (SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?4, ?5, ?6)
+     ON CONFLICT (key) DO UPDATE SET
+         owner = excluded.owner, token = excluded.token, fence = excluded.fence,
+         metadata = excluded.metadata, acquired_at = excluded.acquired_at,
+         expires_at = excluded.expires_at
+     WHERE conc_locks.expires_at <= ?5
+     RETURNING fence";
+
+/// As [`ACQUIRE_SQL`], whoever holds the key.
+const TAKE_OVER_SQL: &str =
+    "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
+     VALUES (?1, ?2, ?3, (SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?4, ?5, ?6)
+     ON CONFLICT (key) DO UPDATE SET
+         owner = excluded.owner, token = excluded.token, fence = excluded.fence,
+         metadata = excluded.metadata, acquired_at = excluded.acquired_at,
+         expires_at = excluded.expires_at
+     RETURNING fence";
+
 const INFO_COLUMNS: &str = "key, owner, metadata, fence, acquired_at, expires_at";
 
 fn info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
@@ -303,54 +378,17 @@ fn info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LockInfo> {
 #[async_trait::async_trait]
 impl LockStore for SqliteLockStore {
     async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
-        request.validate(self.config.max_ttl)?;
-        let request = request.clone();
-        self.call(move |connection| {
-            let now = now_millis();
-            let token = random_token();
-            let expires_at = now.saturating_add(ttl_millis(request.ttl));
-            // One statement, so one commit: take the key if free or expired, with the next
-            // fence; the triggers move the store's fence counter along.
-            let fence: Option<i64> = connection
-                .prepare_cached(
-                    "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-                     VALUES (?1, ?2, ?3, (SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?4, ?5, ?6)
-                     ON CONFLICT (key) DO UPDATE SET
-                         owner = excluded.owner, token = excluded.token, fence = excluded.fence,
-                         metadata = excluded.metadata, acquired_at = excluded.acquired_at,
-                         expires_at = excluded.expires_at
-                     WHERE conc_locks.expires_at <= ?5
-                     RETURNING fence",
-                )
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            request.key,
-                            request.owner,
-                            token,
-                            encode_metadata(&request.metadata),
-                            now,
-                            expires_at
-                        ],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                })
-                .map_err(sql_error("acquire"))?;
-            let Some(fence) = fence else {
-                return Ok(None);
-            };
-            Ok(Some(Lease {
-                key: request.key,
-                owner: request.owner,
-                token,
-                fence: u64::try_from(fence).unwrap_or(0),
-                acquired_at: from_unix_millis(now),
-                expires_at: from_unix_millis(expires_at),
-                ttl: request.ttl,
-            }))
-        })
-        .await
+        self.acquire_inner(request, false).await
+    }
+
+    async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
+        self.acquire_inner(request, true)
+            .await?
+            .ok_or_else(|| LockError::Backend {
+                backend: BACKEND,
+                message: "take-over did not take the lock".into(),
+                source: None,
+            })
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {

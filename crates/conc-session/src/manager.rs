@@ -484,13 +484,15 @@ impl SessionManager {
             .await?)
     }
 
-    /// Stops the generation running in `conversation`: at once if it runs in this process;
-    /// otherwise its lock is released in the store, and the holder's `signal()` fires at its
-    /// next renewal. Returns whether a generation was running.
+    /// Stops the generation running in `conversation`. In this process its signal fires at
+    /// once, and it releases the lock when it ends. In another process, the lock is taken
+    /// over by a short "stopping" lease: the holder's next renewal fails, its signal fires,
+    /// and nobody can start a new generation before the holder must have noticed (its
+    /// renewal interval, plus a margin). Returns whether a generation was running.
     ///
     /// # Cancel safety
     ///
-    /// A dropped call may or may not have released the lock in the store.
+    /// A dropped call may or may not have taken the lock over; a stopping lease expires.
     pub async fn stop_generation(&self, conversation: &str) -> Result<bool, GenerationError> {
         let local = self
             .inner
@@ -498,16 +500,21 @@ impl SessionManager {
             .lock()
             .get(conversation)
             .map(|(_, c)| c.clone());
-        if let Some(controller) = &local {
+        if let Some(controller) = local {
             controller.abort(AbortReason::user("generation stopped by the user"));
+            return Ok(true);
         }
-        let released = self
-            .inner
-            .context
-            .locks
-            .force_release(&self.lock_key(conversation))
-            .await?;
-        Ok(released || local.is_some())
+        let key = self.lock_key(conversation);
+        let locks = &self.inner.context.locks;
+        if !locks.is_locked(&key).await? {
+            return Ok(false);
+        }
+        let config = &self.inner.context.config;
+        let hold = config.generation_ttl / 3 + Duration::from_secs(1);
+        let request = LockRequest::new(key, format!("stopping/{}", config.instance), hold)
+            .with_metadata("stopped_by", config.instance.clone());
+        locks.take_over(&request).await?;
+        Ok(true)
     }
 
     /// Starts a supervised task that removes expired locks every `every`, so a crashed

@@ -171,9 +171,16 @@ mod sqlite {
                         .busy_timeout(Duration::from_secs(5))
                         .map_err(store_error)?;
                     if path != Path::new(":memory:") {
-                        connection
-                            .pragma_update(None, "journal_mode", "WAL")
-                            .map_err(store_error)?;
+                        // Another process switching the same new file to WAL makes it busy
+                        // without calling the busy handler: retry for a while.
+                        let mut tries = 0;
+                        while let Err(e) = connection.pragma_update(None, "journal_mode", "WAL") {
+                            tries += 1;
+                            if tries > 100 {
+                                return Err(store_error(e));
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
                         connection
                             .pragma_update(None, "synchronous", "NORMAL")
                             .map_err(store_error)?;

@@ -1,0 +1,250 @@
+//! `conc`: the demo of the conc crates, and lock-store operations for on-call.
+//!
+//! ```text
+//! conc demo [--locks SPEC] [--sessions SPEC] [--users N] [--conversations N]
+//!           [--duration 10s] [--failure-rate 0.2] [--seed N]
+//! conc locks list [--prefix P] [--limit N] [--json] --locks SPEC
+//! conc locks inspect KEY [--json] --locks SPEC
+//! conc locks release KEY --force [--json] --locks SPEC
+//! conc locks cleanup [--json] --locks SPEC
+//! ```
+//!
+//! A SPEC is `memory`, `sqlite:PATH`, `postgres://USER@HOST/DB` or `redis://HOST:PORT`.
+
+mod demo;
+mod locks;
+mod stores;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// The conc demo, and lock-store operations for on-call.
+#[derive(Debug, Parser)]
+#[command(name = "conc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a chat backend under load and check its invariants (about 10 s).
+    Demo {
+        /// Lock store: memory, sqlite:PATH, postgres://…, redis://… (default: a SQLite file
+        /// in a temporary folder, shared with the sessions).
+        #[arg(long)]
+        locks: Option<String>,
+        /// Session store: memory, sqlite:PATH, postgres://… (default: as for --locks).
+        #[arg(long)]
+        sessions: Option<String>,
+        /// Simulated users.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        users: u16,
+        /// Conversations they share.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        conversations: u16,
+        /// How long to run, such as `10s` or `500ms`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Share of provider calls that fail (429, 503 or a hang), 0 to 1.
+        #[arg(long, default_value_t = 0.2, value_parser = parse_rate)]
+        failure_rate: f64,
+        /// Seed of the simulation's randomness.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Inspect and operate locks.
+    Locks {
+        /// The lock store: memory, sqlite:PATH, postgres://…, redis://….
+        #[arg(long, global = true)]
+        locks: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: LockAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LockAction {
+    /// Live locks, by key.
+    List {
+        /// Only keys that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Who holds KEY, since when, with which fence.
+    Inspect {
+        /// The lock's key.
+        key: String,
+    },
+    /// Free KEY whoever holds it (its holder learns at its next renewal).
+    Release {
+        /// The lock's key.
+        key: String,
+        /// Required: this frees a lock someone else holds.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove expired locks.
+    Cleanup,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |at| text.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 10s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("`{text}`: the unit must be ms, s or m")),
+    };
+    if !(0.05..=3600.0).contains(&seconds) {
+        return Err(format!(
+            "`{text}`: the duration must be between 50ms and 60m"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "`{text}`: the failure rate must be between 0 and 1"
+        ))
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Demo {
+            locks,
+            sessions,
+            users,
+            conversations,
+            duration,
+            failure_rate,
+            seed,
+        } => {
+            let temp =
+                tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
+            let default = format!("sqlite:{}", temp.path().join("conc-demo.db").display());
+            let lock_spec = locks.unwrap_or_else(|| default.clone());
+            let session_spec = sessions.unwrap_or(default);
+            let lock_store = stores::locks(&lock_spec).await.map_err(|e| e.to_string())?;
+            let session_store = stores::sessions(&session_spec)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "conc demo: {users} users, {conversations} conversations, {duration:?}, failure rate {failure_rate}, seed {seed}\n  locks: {lock_spec}\n  sessions: {session_spec}"
+            );
+            let options = demo::DemoOptions {
+                users: usize::from(users),
+                conversations: usize::from(conversations),
+                duration,
+                failure_rate,
+                seed,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let report = demo::run(options, lock_store, session_store).await?;
+            println!("{}", report.render());
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Locks {
+            locks,
+            json,
+            action,
+        } => {
+            let spec = locks.ok_or(
+                "`conc locks` needs --locks SPEC (memory, sqlite:PATH, postgres://…, redis://…)",
+            )?;
+            let store = stores::locks(&spec).await.map_err(|e| e.to_string())?;
+            let output = match action {
+                LockAction::List { prefix, limit } => {
+                    locks::list(&*store, &prefix, limit, json).await?
+                }
+                LockAction::Inspect { key } => locks::inspect(&*store, &key, json).await?,
+                LockAction::Release { key, force } => {
+                    if !force {
+                        return Err(format!(
+                            "releasing `{key}` frees a lock someone else holds: add --force if you mean it"
+                        ));
+                    }
+                    locks::release(&*store, &key, json).await?
+                }
+                LockAction::Cleanup => locks::cleanup(&*store, json).await?,
+            };
+            println!("{output}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with success; mistakes get clap's message.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("conc: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("conc: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_rates_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert!(parse_rate("2").is_err());
+    }
+}

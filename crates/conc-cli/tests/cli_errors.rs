@@ -1,0 +1,92 @@
+//! Every error path: a one-line message and a non-zero exit, never a panic or a backtrace.
+
+use std::process::Command;
+
+fn fails(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_conc"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run conc");
+    assert!(
+        !output.status.success(),
+        "`conc {}` succeeded",
+        args.join(" ")
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "{stderr}"
+    );
+    stderr
+}
+
+fn one_line(stderr: String) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn a_bad_store_url_is_one_line() {
+    let line = one_line(fails(&["locks", "list", "--locks", "mysql://nope"]));
+    assert!(
+        line.starts_with("conc: unknown store `mysql://nope`"),
+        "{line}"
+    );
+    let line = one_line(fails(&["demo", "--sessions", "redis://127.0.0.1:6379"]));
+    assert!(line.contains("sessions cannot live in Redis"), "{line}");
+    let line = one_line(fails(&["locks", "list"]));
+    assert!(line.contains("needs --locks"), "{line}");
+}
+
+#[test]
+fn an_unreachable_server_is_one_line() {
+    let line = one_line(fails(&[
+        "locks",
+        "list",
+        "--locks",
+        "postgres://postgres@127.0.0.1:1/test",
+    ]));
+    assert!(
+        line.starts_with("conc: cannot open the PostgreSQL lock store"),
+        "{line}"
+    );
+    let line = one_line(fails(&["locks", "list", "--locks", "redis://127.0.0.1:1"]));
+    assert!(
+        line.starts_with("conc: cannot open the Redis lock store"),
+        "{line}"
+    );
+    let line = one_line(fails(&[
+        "locks",
+        "list",
+        "--locks",
+        "sqlite:/nonexistent-dir/x/locks.db",
+    ]));
+    assert!(
+        line.starts_with("conc: cannot open the SQLite lock store"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_bad_flag_gets_clap_s_message_and_exit_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_conc"))
+        .args(["demo", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap()
+            .contains("unexpected argument '--bogus'"),
+        "{stderr}"
+    );
+    let stderr = fails(&["demo", "--failure-rate", "7"]);
+    assert!(stderr.contains("between 0 and 1"), "{stderr}");
+    let stderr = fails(&["demo", "--duration", "forever"]);
+    assert!(stderr.contains("not a duration"), "{stderr}");
+}
