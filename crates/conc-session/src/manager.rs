@@ -86,6 +86,16 @@ pub struct SessionStats {
     pub generations_started: u64,
 }
 
+/// Adds `n` to a counter, and to the `metrics` facade under `name` with the `metrics`
+/// feature.
+fn count(counter: &AtomicU64, name: &'static str, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name).increment(n);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
 #[derive(Default)]
 struct Counters {
     concurrent_attempts: AtomicU64,
@@ -283,10 +293,11 @@ impl SessionManager {
                     break;
                 }
                 Err(SessionError::Conflict { .. }) => {
-                    self.inner
-                        .counters
-                        .conflicts_retried
-                        .fetch_add(1, Ordering::Relaxed);
+                    count(
+                        &self.inner.counters.conflicts_retried,
+                        "conc_session_update_conflicts_retried",
+                        1,
+                    );
                     // Another process wrote in between: back off a little and reapply.
                     let pause = Duration::from_micros(200 * u64::from(attempt.min(20)));
                     tokio::time::sleep(pause).await;
@@ -402,19 +413,25 @@ impl SessionManager {
         let guard = match LockGuard::try_acquire(locks.clone(), request.clone()).await? {
             Some(guard) => guard,
             None => {
-                counters.concurrent_attempts.fetch_add(1, Ordering::Relaxed);
+                count(
+                    &counters.concurrent_attempts,
+                    "conc_session_concurrent_attempts",
+                    1,
+                );
                 match mode {
                     GenerationMode::Reject => {
-                        counters.rejected.fetch_add(1, Ordering::Relaxed);
+                        count(&counters.rejected, "conc_session_rejected", 1);
                         return Err(self.in_progress(conversation).await);
                     }
                     GenerationMode::Queue { max_wait } => {
-                        counters.queued.fetch_add(1, Ordering::Relaxed);
+                        count(&counters.queued, "conc_session_queued", 1);
                         let started = tokio::time::Instant::now();
                         let outcome = LockGuard::acquire(locks, request, max_wait).await;
-                        counters
-                            .waited_ms
-                            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        count(
+                            &counters.waited_ms,
+                            "conc_session_waited_ms",
+                            started.elapsed().as_millis() as u64,
+                        );
                         match outcome {
                             Ok(guard) => guard,
                             Err(LockError::Timeout { holder, .. }) => {
@@ -432,7 +449,11 @@ impl SessionManager {
                 }
             }
         };
-        counters.generations_started.fetch_add(1, Ordering::Relaxed);
+        count(
+            &counters.generations_started,
+            "conc_session_generations_started",
+            1,
+        );
         let controller = Arc::new(guard.lost().child());
         let id = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         self.inner
@@ -645,11 +666,13 @@ impl GenerationGuard {
     pub fn commit<R>(&self, commit: impl FnOnce() -> R) -> Option<R> {
         if self.controller.is_aborted() {
             let counters = &self.manager.inner.counters;
-            counters
-                .stale_results_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            count(
+                &counters.stale_results_dropped,
+                "conc_session_stale_results_dropped",
+                1,
+            );
             if self.lock.as_ref().is_some_and(|l| l.lost().is_aborted()) {
-                counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+                count(&counters.leases_lost, "conc_session_leases_lost", 1);
             }
             return None;
         }
