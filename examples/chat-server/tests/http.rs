@@ -1,0 +1,274 @@
+//! Every endpoint over HTTP semantics, through the router itself: the happy path, the 409
+//! please-wait, stop, and bad input (unknown conversation, empty message, oversized body,
+//! malformed JSON), each a clear 4xx JSON error, with the server still up afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chat_server::{AppState, MAX_BODY, ModelConfig, router};
+use conc_lock_store::MemoryLockStore;
+use conc_session::{MemorySessionStore, SessionConfig, SessionContext, SessionManager};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+fn app(token_delay: Duration) -> axum::Router {
+    let manager = SessionManager::new(SessionContext {
+        sessions: Arc::new(MemorySessionStore::new()),
+        locks: Arc::new(MemoryLockStore::new()),
+        config: SessionConfig::default(),
+    });
+    let model = ModelConfig {
+        token_delay,
+        tokens: 4,
+        failure_rate: 0.0,
+    };
+    router(AppState::new(manager, model, None))
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    (status, value)
+}
+
+#[tokio::test]
+async fn a_conversation_round_trip_with_please_wait_and_stop() {
+    let app = app(Duration::from_millis(100));
+    let (status, body) = call(&app, "POST", "/api/conversations", Some(r#"{"id":"c1"}"#)).await;
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (StatusCode::CREATED, Some("c1"))
+    );
+    let (status, body) = call(&app, "GET", "/api/conversations", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["conversations"], json!(["c1"]));
+
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/conversations/c1/messages",
+        Some(r#"{"content":"hello"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/conversations/c1/messages",
+        Some(r#"{"content":"again"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"].as_str().unwrap().contains("Please wait"),
+        "{body}"
+    );
+    let (_, body) = call(&app, "GET", "/api/conversations/c1", None).await;
+    assert_eq!(body["generating"], true);
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, body) = call(&app, "GET", "/api/conversations/c1", None).await;
+    assert_eq!(body["generating"], false);
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{body}");
+    assert_eq!(messages[1]["role"], "assistant");
+
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/conversations/c1/messages",
+        Some(r#"{"content":"long one"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = call(&app, "POST", "/api/conversations/c1/stop", None).await;
+    assert_eq!(
+        (status, body["stopped"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = call(&app, "GET", "/api/conversations/c1", None).await;
+    assert_eq!(body["generating"], false);
+    assert_eq!(
+        body["messages"].as_array().unwrap().len(),
+        3,
+        "the stopped reply was not saved: {body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_4xx_json_errors_and_the_server_stays_up() {
+    let app = app(Duration::from_millis(10));
+    call(&app, "POST", "/api/conversations", Some(r#"{"id":"c1"}"#)).await;
+    let cases: Vec<(&str, &str, Option<String>, StatusCode, &str)> = vec![
+        (
+            "GET",
+            "/api/conversations/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "no conversation",
+        ),
+        (
+            "POST",
+            "/api/conversations/nope/messages",
+            Some(r#"{"content":"hi"}"#.into()),
+            StatusCode::NOT_FOUND,
+            "no conversation",
+        ),
+        (
+            "POST",
+            "/api/conversations/nope/stop",
+            None,
+            StatusCode::NOT_FOUND,
+            "no conversation",
+        ),
+        (
+            "POST",
+            "/api/conversations/c1/messages",
+            Some(r#"{"content":"   "}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            "POST",
+            "/api/conversations/c1/messages",
+            Some("{not json".into()),
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            "POST",
+            "/api/conversations/c1/messages",
+            Some(r#"{"text":"wrong field"}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            "POST",
+            "/api/conversations/c1/messages",
+            Some(format!(r#"{{"content":"{}"}}"#, "x".repeat(MAX_BODY + 10))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than",
+        ),
+        (
+            "POST",
+            "/api/conversations",
+            Some(r#"{"id":"c1"}"#.into()),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            "POST",
+            "/api/conversations",
+            Some(r#"{"id":""}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "session id",
+        ),
+    ];
+    for (method, uri, body, status, text) in cases {
+        let (got, value) = call(&app, method, uri, body.as_deref()).await;
+        assert_eq!(got, status, "{method} {uri}: {value}");
+        let error = value["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(text),
+            "{method} {uri}: `{error}` lacks `{text}`"
+        );
+    }
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/conversations/c1/messages",
+        Some(r#"{"content":"still up"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, page) = call(&app, "GET", "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.as_str().unwrap().contains("id=\"chat-input\""));
+}
+
+/// Two server processes on one SQLite store keep one generation per conversation between
+/// them (two routers with their own managers stand for the two processes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_store_keep_one_generation_per_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let manager = SessionManager::new(SessionContext {
+            sessions: Arc::new(conc_session::SqliteSessionStore::open(&path).await.unwrap()),
+            locks: Arc::new(conc_lock_store::SqliteLockStore::open(&path).await.unwrap()),
+            config: SessionConfig::default(),
+        });
+        let model = ModelConfig {
+            token_delay: Duration::from_millis(100),
+            tokens: 5,
+            failure_rate: 0.0,
+        };
+        servers.push(router(AppState::new(manager, model, None)));
+    }
+    let (status, _) = call(
+        &servers[0],
+        "POST",
+        "/api/conversations",
+        Some(r#"{"id":"shared"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call(
+        &servers[0],
+        "POST",
+        "/api/conversations/shared/messages",
+        Some(r#"{"content":"one"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = call(
+        &servers[1],
+        "POST",
+        "/api/conversations/shared/messages",
+        Some(r#"{"content":"two"}"#),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the other server refuses: {body}"
+    );
+    let (_, body) = call(&servers[1], "GET", "/api/conversations/shared", None).await;
+    assert_eq!(body["generating"], true, "the other server sees the lock");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (status, _) = call(
+        &servers[1],
+        "POST",
+        "/api/conversations/shared/messages",
+        Some(r#"{"content":"two"}"#),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "free again once the first finished"
+    );
+}
