@@ -75,6 +75,19 @@ impl LockError {
         }
     }
 
+    /// The outcome of a take-over that must take the lock (a backend that found nothing
+    /// taken reports an error rather than panicking).
+    pub(crate) fn taken(
+        backend: &'static str,
+        lease: Option<crate::Lease>,
+    ) -> Result<crate::Lease, LockError> {
+        lease.ok_or_else(|| LockError::Backend {
+            backend,
+            message: "take-over did not take the lock".into(),
+            source: None,
+        })
+    }
+
     /// Whether retrying the operation may help (a backend failure).
     pub fn is_transient(&self) -> bool {
         matches!(self, LockError::Backend { .. })

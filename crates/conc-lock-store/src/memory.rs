@@ -132,14 +132,7 @@ impl LockStore for MemoryLockStore {
     }
 
     async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
-        match self.acquire_inner(request, true)? {
-            Some(lease) => Ok(lease),
-            None => Err(LockError::Backend {
-                backend: "memory",
-                message: "take-over did not take the lock".into(),
-                source: None,
-            }),
-        }
+        LockError::taken("memory", self.acquire_inner(request, true)?)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {

@@ -382,13 +382,7 @@ impl LockStore for SqliteLockStore {
     }
 
     async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
-        self.acquire_inner(request, true)
-            .await?
-            .ok_or_else(|| LockError::Backend {
-                backend: BACKEND,
-                message: "take-over did not take the lock".into(),
-                source: None,
-            })
+        LockError::taken(BACKEND, self.acquire_inner(request, true).await?)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
