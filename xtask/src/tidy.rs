@@ -5,7 +5,8 @@
 //! - an unbounded channel constructor in library code;
 //! - a leftover `todo!`, `unimplemented!` or `dbg!`;
 //! - an `#[ignore]` without a reason;
-//! - a workspace crate without a README.md.
+//! - a workspace crate without a README.md;
+//! - a `pub async fn` in library code whose doc comment has no `# Cancel safety` section.
 
 use std::fmt;
 use std::fs;
@@ -92,6 +93,8 @@ pub fn check_file(rel: &Path, text: &str, problems: &mut Vec<Problem>) {
         concat!("mpsc::", "channel()"),
     ];
     let ignore = concat!("#[", "ignore");
+    let cancel_safety = concat!("# Cancel", " safety");
+    let lines: Vec<&str> = text.lines().collect();
     for (index, line) in text.lines().enumerate() {
         let code = line.trim_start();
         if code.starts_with("//") && !code.starts_with("///") {
@@ -119,6 +122,19 @@ pub fn check_file(rel: &Path, text: &str, problems: &mut Vec<Problem>) {
                         ),
                     );
                 }
+            }
+        }
+        if library && code.starts_with(concat!("pub async", " fn ")) {
+            let doc = lines[..index]
+                .iter()
+                .rev()
+                .take_while(|l| {
+                    let l = l.trim_start();
+                    l.starts_with("///") || l.starts_with("#[")
+                })
+                .any(|l| l.contains(cancel_safety));
+            if !doc {
+                push(n, "public async fn without a `# Cancel safety` section in its docs (seed 001, 2.2)".into());
             }
         }
         if let Some(rest) = code.strip_prefix(ignore)
@@ -211,5 +227,16 @@ mod tests {
         );
         assert!(problems("crates/a/tests/t.rs", &reasoned).is_empty());
         assert!(problems("crates/a/src/lib.rs", "//! fine\n").is_empty());
+        let undocumented = format!(
+            "//! x\n/// Does it.\n{} go() {{}}",
+            concat!("pub async", " fn")
+        );
+        assert!(problems("crates/a/src/lib.rs", &undocumented)[0].contains("Cancel safety"));
+        let documented = format!(
+            "//! x\n/// Does it.\n///\n/// # Cancel{} safety\n///\n/// Safe.\n{} go() {{}}",
+            "",
+            concat!("pub async", " fn")
+        );
+        assert!(problems("crates/a/src/lib.rs", &documented).is_empty());
     }
 }

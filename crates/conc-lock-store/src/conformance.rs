@@ -26,6 +26,10 @@ use std::time::Duration;
 use crate::{LockError, LockGuard, LockRequest, LockStore, MAX_KEY_BYTES};
 
 /// Runs every property against `store`, one after the other, under `prefix`.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     mutual_exclusion(&store, prefix).await;
     takeover_after_ttl(&store, prefix).await;
@@ -47,6 +51,10 @@ fn key(prefix: &str, name: &str) -> String {
 }
 
 /// Many concurrent acquirers: a shared counter never sees two holders.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn mutual_exclusion(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "exclusion");
     let inside = Arc::new(AtomicUsize::new(0));
@@ -86,6 +94,10 @@ pub async fn mutual_exclusion(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// A lease that is not renewed can be taken over after its TTL.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn takeover_after_ttl(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "takeover");
     let first = store
@@ -117,6 +129,10 @@ pub async fn takeover_after_ttl(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// Fences strictly increase per key across release, expiry and takeover.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn monotonic_fence(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "fence");
     let mut last = 0;
@@ -141,6 +157,10 @@ pub async fn monotonic_fence(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// A release with another lease's token never frees the lock.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn foreign_release_refused(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "foreign");
     let lease = store
@@ -160,6 +180,10 @@ pub async fn foreign_release_refused(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// Renewing after the lease expired fails with `Lost`, even before anyone took it over.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn renew_after_expiry_fails(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "renew");
     let lease = store
@@ -181,6 +205,10 @@ pub async fn renew_after_expiry_fails(store: &Arc<dyn LockStore>, prefix: &str) 
 }
 
 /// `inspect` and `is_locked` tell the truth.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "inspect");
     assert!(store.inspect(&key).await.expect("inspect").is_none());
@@ -204,6 +232,10 @@ pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// `list` returns live leases under a prefix, in key order, up to the limit.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn list_by_prefix(store: &Arc<dyn LockStore>, prefix: &str) {
     let base = key(prefix, "list");
     let mut leases = Vec::new();
@@ -248,6 +280,10 @@ pub async fn list_by_prefix(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// `cleanup_expired` removes exactly the expired leases.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn cleanup_count(store: &Arc<dyn LockStore>, prefix: &str) {
     store.cleanup_expired().await.expect("cleanup");
     let live = store
@@ -279,6 +315,10 @@ pub async fn cleanup_count(store: &Arc<dyn LockStore>, prefix: &str) {
 }
 
 /// `acquire` gives up after its wait with an error that names the holder.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn wait_timeout_names_holder(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "timeout");
     let held = store
@@ -309,6 +349,10 @@ pub async fn wait_timeout_names_holder(store: &Arc<dyn LockStore>, prefix: &str)
 }
 
 /// A dropped `acquire` future never leaves the lock held past its TTL.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn dropped_acquire_never_outlives_ttl(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "dropped");
     let ttl = Duration::from_millis(150);
@@ -331,6 +375,10 @@ pub async fn dropped_acquire_never_outlives_ttl(store: &Arc<dyn LockStore>, pref
 }
 
 /// Every bad input gets a typed error and changes nothing.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn bad_input_is_rejected(store: &Arc<dyn LockStore>, prefix: &str) {
     let ok = Duration::from_secs(1);
     let check = |error: LockError, expected: fn(&LockError) -> bool| {
@@ -378,6 +426,10 @@ pub async fn bad_input_is_rejected(store: &Arc<dyn LockStore>, prefix: &str) {
 
 /// A [`LockGuard`] keeps a short lease alive past its TTL, and fires `lost` when the lock
 /// is taken from it.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn guard_renews_and_reports_loss(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "guard");
     let request = LockRequest::new(&key, "guarded", Duration::from_millis(300));
@@ -395,6 +447,10 @@ pub async fn guard_renews_and_reports_loss(store: &Arc<dyn LockStore>, prefix: &
 
 /// `take_over` takes a held lock with a higher fence; the previous holder can neither
 /// renew nor release it any more.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
 pub async fn take_over_fences_off_the_holder(store: &Arc<dyn LockStore>, prefix: &str) {
     let key = key(prefix, "take-over");
     let holder = store
