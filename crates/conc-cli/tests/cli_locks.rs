@@ -109,7 +109,7 @@ async fn locks_on_postgres() {
 }
 
 #[tokio::test]
-async fn locks_on_redis() {
+async fn locks_on_redis_leaves_no_keys() {
     let Ok(url) = std::env::var("CONC_TEST_REDIS_URL") else {
         println!("skipped: CONC_TEST_REDIS_URL is not set, so `conc locks` is not tested on Redis");
         return;

@@ -141,13 +141,21 @@ struct Event {
     at: u128,
 }
 
+/// Runs the test on `backend` and removes its schema or keys, whatever the outcome.
 fn parent(backend: &str) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
     let scope = format!("conc_test_processes_{}_{nanos}", std::process::id());
+    let outcome = contend(backend, &scope);
+    cleanup(backend, &scope);
+    outcome
+}
+
+fn contend(backend: &str, scope: &str) -> Result<(), String> {
+    let scope = scope.to_owned();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,7 +268,6 @@ fn parent(backend: &str) -> Result<(), String> {
             ));
         }
     }
-    cleanup(backend, &scope);
     println!(
         "lock_store_processes ({backend}): {} acquisitions by {CHILDREN} processes, no overlap, fences increasing; \
          lock recovered {} ms after the holder was killed (TTL {} ms); stale fence refused",

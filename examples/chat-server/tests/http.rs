@@ -203,6 +203,15 @@ async fn bad_input_gets_clear_4xx_json_errors_and_the_server_stays_up() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
+    // The event stream of a known conversation opens (its body never ends, so only the head
+    // is read here; the browser test reads the events).
+    let request = Request::builder()
+        .uri("/api/conversations/c1/events")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
     let (status, page) = call(&app, "GET", "/", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.as_str().unwrap().contains("id=\"chat-input\""));
