@@ -72,6 +72,16 @@ where
     out
 }
 
+/// Waits (up to 5 s) for the lock of `conversation` to be released.
+async fn released(manager: &SessionManager, conversation: &str) {
+    for _ in 0..500 {
+        if !manager.is_generating(conversation).await.unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An error (or a panic) releases the lock, and the next generation succeeds.
 #[tokio::test]
 async fn an_error_or_a_panic_releases_the_lock() {
@@ -86,7 +96,7 @@ async fn an_error_or_a_panic_releases_the_lock() {
         })
     };
     assert!(failing.await.is_err());
-    tokio::time::sleep(Duration::from_millis(50)).await; // the drop's release runs
+    released(&manager, "conv-1").await; // the drop's release runs in the background
     assert!(
         !manager.is_generating("conv-1").await.unwrap(),
         "released on error"
@@ -103,7 +113,7 @@ async fn an_error_or_a_panic_releases_the_lock() {
         })
     };
     assert!(panicking.await.unwrap_err().is_panic());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    released(&manager, "conv-1").await;
     assert!(
         !manager.is_generating("conv-1").await.unwrap(),
         "released on panic"
