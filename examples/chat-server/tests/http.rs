@@ -52,6 +52,23 @@ async fn call(
     (status, value)
 }
 
+/// Waits (up to 10 s) until `conversation` is not generating.
+async fn idle(app: &axum::Router, conversation: &str) {
+    for _ in 0..1000 {
+        let (_, body) = call(
+            app,
+            "GET",
+            &format!("/api/conversations/{conversation}"),
+            None,
+        )
+        .await;
+        if body["generating"] == false {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_conversation_round_trip_with_please_wait_and_stop() {
     let app = app(Duration::from_millis(100));
@@ -87,7 +104,7 @@ async fn a_conversation_round_trip_with_please_wait_and_stop() {
     let (_, body) = call(&app, "GET", "/api/conversations/c1", None).await;
     assert_eq!(body["generating"], true);
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    idle(&app, "c1").await;
     let (_, body) = call(&app, "GET", "/api/conversations/c1", None).await;
     assert_eq!(body["generating"], false);
     let messages = body["messages"].as_array().unwrap();
@@ -107,7 +124,7 @@ async fn a_conversation_round_trip_with_please_wait_and_stop() {
         (status, body["stopped"].as_bool()),
         (StatusCode::OK, Some(true))
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    idle(&app, "c1").await;
     let (_, body) = call(&app, "GET", "/api/conversations/c1", None).await;
     assert_eq!(body["generating"], false);
     assert_eq!(
@@ -267,7 +284,7 @@ async fn two_servers_on_one_store_keep_one_generation_per_conversation() {
     );
     let (_, body) = call(&servers[1], "GET", "/api/conversations/shared", None).await;
     assert_eq!(body["generating"], true, "the other server sees the lock");
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    idle(&servers[1], "shared").await;
     let (status, _) = call(
         &servers[1],
         "POST",
