@@ -153,22 +153,16 @@ impl LockStore for MemoryLockStore {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut state = self.state.lock();
-        match state.locks.get_mut(&lease.key) {
+        let renewed = match state.locks.get_mut(&lease.key) {
             Some(entry) if entry.token == lease.token && entry.live(now) => {
                 entry.deadline = now + ttl;
                 entry.ttl = ttl;
                 entry.renewed_at = wall;
-                Ok(Lease {
-                    expires_at: wall + ttl,
-                    ttl,
-                    ..lease.clone()
-                })
+                Some(wall + ttl)
             }
-            _ => Err(LockError::Lost {
-                key: lease.key.clone(),
-                fence: lease.fence,
-            }),
-        }
+            _ => None,
+        };
+        lease.renewed(renewed, ttl)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {

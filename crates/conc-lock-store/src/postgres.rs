@@ -382,17 +382,7 @@ impl LockStore for PostgresLockStore {
                 &[&lease.key, &lease.token, &millis(ttl)],
             )
             .await?;
-        match rows.first() {
-            Some(row) => Ok(Lease {
-                expires_at: row.get(0),
-                ttl,
-                ..lease.clone()
-            }),
-            None => Err(LockError::Lost {
-                key: lease.key.clone(),
-                fence: lease.fence,
-            }),
-        }
+        lease.renewed(rows.first().map(|row| row.get(0)), ttl)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {

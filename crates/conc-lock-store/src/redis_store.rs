@@ -360,17 +360,7 @@ impl LockStore for RedisLockStore {
             .arg(ms(ttl))
             .arg(ms(self.config.grace));
         let renewed: Option<i64> = self.run("renew", &invocation).await?;
-        match renewed {
-            Some(expires) => Ok(Lease {
-                expires_at: from_unix_millis(expires),
-                ttl,
-                ..lease.clone()
-            }),
-            None => Err(LockError::Lost {
-                key: lease.key.clone(),
-                fence: lease.fence,
-            }),
-        }
+        lease.renewed(renewed.map(from_unix_millis), ttl)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {

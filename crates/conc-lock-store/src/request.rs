@@ -109,6 +109,26 @@ impl Lease {
     pub fn fence(&self) -> u64 {
         self.fence
     }
+
+    /// The outcome of a renewal: this lease with its new expiry and TTL, or
+    /// [`LockError::Lost`] when the backend found it gone (`None`).
+    pub(crate) fn renewed(
+        &self,
+        expires_at: Option<SystemTime>,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        match expires_at {
+            Some(expires_at) => Ok(Lease {
+                expires_at,
+                ttl,
+                ..self.clone()
+            }),
+            None => Err(LockError::Lost {
+                key: self.key.clone(),
+                fence: self.fence,
+            }),
+        }
+    }
 }
 
 /// What `inspect` and `list` report about a live lease.

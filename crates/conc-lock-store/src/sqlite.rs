@@ -411,18 +411,7 @@ impl LockStore for SqliteLockStore {
                 )
                 .and_then(|mut s| s.execute(params![lease.key, lease.token, now, expires_at]))
                 .map_err(sql_error("renew"))?;
-            if renewed == 1 {
-                Ok(Lease {
-                    expires_at: from_unix_millis(expires_at),
-                    ttl,
-                    ..lease
-                })
-            } else {
-                Err(LockError::Lost {
-                    key: lease.key,
-                    fence: lease.fence,
-                })
-            }
+            lease.renewed((renewed == 1).then(|| from_unix_millis(expires_at)), ttl)
         })
         .await
     }

@@ -110,6 +110,26 @@ impl SessionStore for MemorySessionStore {
     }
 }
 
+/// A backend failure of `backend`.
+fn store_error(backend: &'static str, e: impl fmt::Display) -> SessionError {
+    SessionError::Store {
+        backend,
+        message: e.to_string(),
+    }
+}
+
+/// Why a versioned write changed nothing: the session is gone, or a newer version exists.
+async fn conflict_or_missing(store: &dyn SessionStore, session: &SessionData) -> SessionError {
+    match store.load(&session.id).await {
+        Ok(None) => SessionError::NotFound(session.id.clone()),
+        Ok(Some(_)) => SessionError::Conflict {
+            id: session.id.clone(),
+            expected: session.version,
+        },
+        Err(e) => e,
+    }
+}
+
 fn encode(session: &SessionData) -> Result<String, SessionError> {
     serde_json::to_string(session).map_err(|e| SessionError::Store {
         backend: "json",
@@ -141,10 +161,7 @@ mod sqlite {
     const BACKEND: &str = "sqlite";
 
     fn store_error(e: impl std::fmt::Display) -> SessionError {
-        SessionError::Store {
-            backend: BACKEND,
-            message: e.to_string(),
-        }
+        super::store_error(BACKEND, e)
     }
 
     /// Sessions in a SQLite file shared by the processes of one machine (WAL mode, busy
@@ -274,13 +291,7 @@ mod sqlite {
             if changed == 1 {
                 return Ok(saved);
             }
-            match self.load(&session.id).await? {
-                None => Err(SessionError::NotFound(session.id.clone())),
-                Some(_) => Err(SessionError::Conflict {
-                    id: session.id.clone(),
-                    expected: session.version,
-                }),
-            }
+            Err(super::conflict_or_missing(self, session).await)
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
@@ -317,10 +328,7 @@ mod postgres {
     const BACKEND: &str = "postgres";
 
     fn store_error(e: impl std::fmt::Display) -> SessionError {
-        SessionError::Store {
-            backend: BACKEND,
-            message: e.to_string(),
-        }
+        super::store_error(BACKEND, e)
     }
 
     /// Sessions in PostgreSQL (a pooled client, a timeout on every call), shared by every
@@ -462,13 +470,7 @@ mod postgres {
             if changed == 1 {
                 return Ok(saved);
             }
-            match self.load(&session.id).await? {
-                None => Err(SessionError::NotFound(session.id.clone())),
-                Some(_) => Err(SessionError::Conflict {
-                    id: session.id.clone(),
-                    expected: session.version,
-                }),
-            }
+            Err(super::conflict_or_missing(self, session).await)
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
