@@ -44,6 +44,7 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     bad_input_is_rejected(&store, prefix).await;
     guard_renews_and_reports_loss(&store, prefix).await;
     take_over_fences_off_the_holder(&store, prefix).await;
+    take_over_reaches_the_holder_at_once(&store, prefix).await;
 }
 
 fn key(prefix: &str, name: &str) -> String {
@@ -395,6 +396,24 @@ pub async fn bad_input_is_rejected(store: &Arc<dyn LockStore>, prefix: &str) {
         .await
         .expect_err("long key");
     check(long_key, |e| matches!(e, LockError::InvalidKey { .. }));
+    for bad in ["nul\0key", "   "] {
+        let refused = store
+            .try_acquire(&LockRequest::new(bad, "o", ok))
+            .await
+            .expect_err("a NUL byte or a blank key");
+        assert!(
+            !refused.is_transient(),
+            "bad input is not transient: {refused}"
+        );
+        check(refused, |e| matches!(e, LockError::InvalidKey { .. }));
+    }
+    let nul_metadata = store
+        .try_acquire(&LockRequest::new(key(prefix, "bad"), "o", ok).with_metadata("m", "a\0b"))
+        .await
+        .expect_err("NUL metadata");
+    check(nul_metadata, |e| {
+        matches!(e, LockError::InvalidMetadata { .. })
+    });
     let empty_owner = store
         .try_acquire(&LockRequest::new(key(prefix, "bad"), "", ok))
         .await
@@ -553,4 +572,44 @@ impl FencedFile {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A take-over and a forced release reach the holder's [`LockGuard`] at once, through the
+/// store's [`watch`](LockStore::watch), long before its next renewal would have found out.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
+pub async fn take_over_reaches_the_holder_at_once(store: &Arc<dyn LockStore>, prefix: &str) {
+    let key = key(prefix, "reach");
+    // Renewals every 20 s: only the watch can tell the holder within the second.
+    let long = Duration::from_secs(60);
+    let guard = LockGuard::acquire(
+        store.clone(),
+        LockRequest::new(&key, "holder", long),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("acquire");
+    let taker = store
+        .take_over(&LockRequest::new(&key, "stopper", Duration::from_secs(5)))
+        .await
+        .expect("take_over");
+    let reached = tokio::time::timeout(Duration::from_secs(1), guard.lost().aborted()).await;
+    assert!(reached.is_ok(), "lost() fired within 1 s of the take-over");
+    assert!(guard.check().is_err());
+    assert!(store.release(&taker).await.expect("release"));
+    let second = LockGuard::acquire(
+        store.clone(),
+        LockRequest::new(&key, "holder", long),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("acquire");
+    assert!(store.force_release(&key).await.expect("force"));
+    let reached = tokio::time::timeout(Duration::from_secs(1), second.lost().aborted()).await;
+    assert!(
+        reached.is_ok(),
+        "lost() fired within 1 s of the forced release"
+    );
 }

@@ -15,8 +15,33 @@ pub enum LockError {
         reason: String,
     },
     /// The owner is empty.
-    #[error("invalid lock owner: the owner must not be empty (use a worker, user or process id)")]
+    #[error(
+        "invalid lock owner: the owner must not be empty, only whitespace or hold a NUL byte (use a worker, user or process id)"
+    )]
     InvalidOwner,
+    /// A metadata entry cannot be stored (it holds a NUL byte).
+    #[error("invalid lock metadata: {reason}")]
+    InvalidMetadata {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store lost its state (a restart without persistence, a flush) and grants no
+    /// lock until every lease that could still be live has run out.
+    #[error("the {backend} lock store lost its state and grants no lock until {} (the longest lease that could still be live); retry then", crate::request::format_time(*.until))]
+    Recovering {
+        /// Which backend.
+        backend: &'static str,
+        /// When it grants locks again.
+        until: std::time::SystemTime,
+    },
+    /// The store is set up in a way that can lose live locks.
+    #[error("{backend} lock store refused: {reason}")]
+    Unsafe {
+        /// Which backend.
+        backend: &'static str,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// The TTL is outside what the store accepts.
     #[error("invalid lock ttl {ttl:?}: it must be between {min:?} and {max:?}")]
     InvalidTtl {
@@ -88,8 +113,12 @@ impl LockError {
         })
     }
 
-    /// Whether retrying the operation may help (a backend failure).
+    /// Whether retrying the operation may help (a backend failure, or a store waiting out
+    /// its recovery).
     pub fn is_transient(&self) -> bool {
-        matches!(self, LockError::Backend { .. })
+        matches!(
+            self,
+            LockError::Backend { .. } | LockError::Recovering { .. }
+        )
     }
 }

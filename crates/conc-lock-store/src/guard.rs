@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use conc_core::{AbortController, AbortReason, AbortSignal};
 use tokio::task::JoinHandle;
@@ -11,20 +11,54 @@ use tracing::{debug, warn};
 
 use crate::LockStore;
 use crate::error::LockError;
-use crate::request::{Lease, LockRequest};
+use crate::notify::LockWatch;
+use crate::request::{Lease, LockRequest, default_drift_margin};
 
 /// A held lock: renewed every `ttl / 3` by a background task, released by
 /// [`release`](Self::release) or, best effort, on drop.
 ///
-/// [`lost`](Self::lost) fires the moment the store says the lease is gone, or when renewals
-/// have failed for so long that the lease must have lapsed. Watch it and stop touching the
-/// resource; pass [`fence`](Self::fence) with every write so the resource itself can reject
-/// a holder that was too slow to notice.
+/// Its validity is kept on this process's monotonic clock only: the lease is valid until
+/// the moment the acquiring (or last renewing) request was *sent*, plus the TTL, minus a
+/// drift margin ([`LockRequest::with_drift_margin`]). The store cannot have expired it
+/// before then, whatever either wall clock says, as long as the two clocks' rates differ
+/// by less than the margin.
+///
+/// [`lost`](Self::lost) fires the moment the store says the lease is gone (a take-over or a
+/// forced release in any process reaches it through the store's [`watch`](LockStore::watch)),
+/// or when that validity runs out without a successful renewal. [`lost`](Self::lost) and
+/// [`check`](Self::check) also compare the validity with the clock when called, so a holder
+/// that was paused (a stopped process, a stalled VM) past its lease sees the loss on its
+/// first look, before any renewal task has had a chance to run. Pass
+/// [`fence`](Self::fence) with every write so the resource itself can reject a holder that
+/// was too slow to notice.
 pub struct LockGuard {
     store: Arc<dyn LockStore>,
-    lease: Arc<parking_lot::Mutex<Lease>>,
-    lost: Arc<AbortController>,
+    state: Arc<Shared>,
     renewal: Option<JoinHandle<()>>,
+}
+
+/// What the guard and its renewal task share.
+struct Shared {
+    lease: parking_lot::Mutex<Lease>,
+    lost: AbortController,
+    margin: Duration,
+}
+
+impl Shared {
+    /// Whether the lease is still valid by the local clock; fires `lost` when not.
+    fn check_validity(&self) -> bool {
+        if self.lost.is_aborted() {
+            return false;
+        }
+        let valid_until = self.lease.lock().valid_until(self.margin);
+        if Instant::now() < valid_until {
+            return true;
+        }
+        self.lost.abort(AbortReason::user(
+            "lease lapsed: its validity ran out before a renewal succeeded",
+        ));
+        false
+    }
 }
 
 impl LockGuard {
@@ -39,7 +73,7 @@ impl LockGuard {
         wait: Duration,
     ) -> Result<Self, LockError> {
         let lease = store.acquire(&request, wait).await?;
-        Ok(Self::from_lease(store, lease))
+        Ok(Self::with_margin(store, lease, margin_of(&request)))
     }
 
     /// Takes the lock if it is free now.
@@ -51,49 +85,73 @@ impl LockGuard {
         store: Arc<dyn LockStore>,
         request: LockRequest,
     ) -> Result<Option<Self>, LockError> {
+        let margin = margin_of(&request);
         Ok(store
             .try_acquire(&request)
             .await?
-            .map(|lease| Self::from_lease(store, lease)))
+            .map(|lease| Self::with_margin(store, lease, margin)))
     }
 
-    /// Guards a lease acquired by hand; starts renewing it. Must be called inside a tokio
-    /// runtime.
+    /// Guards a lease acquired by hand, with the default drift margin; starts renewing it.
+    /// Must be called inside a tokio runtime.
     pub fn from_lease(store: Arc<dyn LockStore>, lease: Lease) -> Self {
-        let remaining = lease
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let valid_until = Instant::now() + remaining;
-        let lease = Arc::new(parking_lot::Mutex::new(lease));
-        let lost = Arc::new(AbortController::new());
-        let renewal = tokio::spawn(renew(
-            store.clone(),
-            lease.clone(),
-            lost.clone(),
-            valid_until,
-        ));
+        let margin = default_drift_margin(lease.ttl);
+        Self::with_margin(store, lease, margin)
+    }
+
+    /// Guards a lease acquired by hand, treating it as lost `margin` before its TTL (counted
+    /// from [`Lease::requested_at`]) runs out; starts renewing it. Must be called inside a
+    /// tokio runtime.
+    pub fn with_margin(store: Arc<dyn LockStore>, lease: Lease, margin: Duration) -> Self {
+        let watch = store.watch(&lease.key);
+        let state = Arc::new(Shared {
+            lease: parking_lot::Mutex::new(lease),
+            lost: AbortController::new(),
+            margin,
+        });
+        let renewal = tokio::spawn(renew(store.clone(), state.clone(), watch));
         Self {
             store,
-            lease,
-            lost,
+            state,
             renewal: Some(renewal),
         }
     }
 
     /// The fencing token to pass to the protected resource.
     pub fn fence(&self) -> u64 {
-        self.lease.lock().fence
+        self.state.lease.lock().fence
     }
 
     /// The lease as last renewed.
     pub fn lease(&self) -> Lease {
-        self.lease.lock().clone()
+        self.state.lease.lock().clone()
     }
 
-    /// Fires when the lease is lost (taken over, expired, or renewals failed past its expiry).
+    /// Fires when the lease is lost: taken over or released by force (in any process), its
+    /// validity run out, or renewals failed past it. Checks the validity against the clock
+    /// first, so it has fired already when a paused holder looks at it on waking.
     pub fn lost(&self) -> AbortSignal {
-        self.lost.signal()
+        self.state.check_validity();
+        self.state.lost.signal()
+    }
+
+    /// Whether the lease is still valid by the local clock, and not known lost.
+    pub fn is_valid(&self) -> bool {
+        self.state.check_validity()
+    }
+
+    /// The fence to write with, if the lease is still valid by the local clock;
+    /// [`LockError::Lost`] (and [`lost`](Self::lost) fires) if not. Call it right before
+    /// each write, and send the fence with the write.
+    pub fn check(&self) -> Result<u64, LockError> {
+        if self.state.check_validity() {
+            return Ok(self.fence());
+        }
+        let lease = self.state.lease.lock();
+        Err(LockError::Lost {
+            key: lease.key.clone(),
+            fence: lease.fence,
+        })
     }
 
     /// Stops renewing and releases the lease. `Ok(false)` if it was already lost.
@@ -106,7 +164,7 @@ impl LockGuard {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
-        let lease = self.lease.lock().clone();
+        let lease = self.state.lease.lock().clone();
         self.store.release(&lease).await
     }
 }
@@ -117,7 +175,7 @@ impl Drop for LockGuard {
             return;
         };
         renewal.abort();
-        let lease = self.lease.lock().clone();
+        let lease = self.state.lease.lock().clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let store = self.store.clone();
@@ -138,65 +196,98 @@ impl Drop for LockGuard {
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lease = self.lease.lock();
+        let lease = self.state.lease.lock();
         f.debug_struct("LockGuard")
             .field("key", &lease.key)
             .field("fence", &lease.fence)
-            .field("lost", &self.lost.is_aborted())
+            .field("lost", &self.state.lost.is_aborted())
             .finish()
     }
 }
 
+fn margin_of(request: &LockRequest) -> Duration {
+    request
+        .drift_margin
+        .unwrap_or_else(|| default_drift_margin(request.ttl))
+}
+
 /// Renews every `ttl / 3`; after a failed renewal, retries sooner. Fires `lost` when the
-/// store says the lease is gone, or when `valid_until` (a local, conservative bound on the
-/// lease's expiry) passes without a successful renewal.
-async fn renew(
-    store: Arc<dyn LockStore>,
-    lease: Arc<parking_lot::Mutex<Lease>>,
-    lost: Arc<AbortController>,
-    mut valid_until: Instant,
-) {
+/// store says the lease is gone (a renewal refused, or a watched change that shows another
+/// fence or none), or when the lease's local validity passes without a successful renewal.
+async fn renew(store: Arc<dyn LockStore>, state: Arc<Shared>, mut watch: Option<LockWatch>) {
     let mut failures = 0u32;
+    let first = state.lease.lock().ttl;
+    let mut next_renewal = Instant::now() + (first / 3).max(Duration::from_millis(1));
     loop {
-        let current = lease.lock().clone();
-        let interval = (current.ttl / 3).max(Duration::from_millis(1));
-        let pause = if failures == 0 {
-            interval
-        } else {
-            (interval / 3).max(Duration::from_millis(1))
+        let current = state.lease.lock().clone();
+        let valid_until = current.valid_until(state.margin);
+        let wake = next_renewal.min(valid_until);
+        let changed = match watch.as_mut() {
+            Some(watch) => tokio::select! {
+                () = tokio::time::sleep_until(wake) => false,
+                () = watch.changed() => true,
+            },
+            None => {
+                tokio::time::sleep_until(wake).await;
+                false
+            }
         };
-        let wake = (Instant::now() + pause).min(valid_until);
-        tokio::time::sleep_until(wake).await;
-        if Instant::now() >= valid_until {
+        if !state.check_validity() {
             warn!(key = %current.key, fence = current.fence, "lease lapsed: renewals did not succeed in time");
-            lost.abort(AbortReason::user(
-                "lease lapsed: renewals did not succeed before it expired",
-            ));
             return;
         }
+        if changed {
+            // Someone released, took over or force-released the key: is it still ours?
+            match tokio::time::timeout(
+                valid_until.saturating_duration_since(Instant::now()),
+                store.inspect(&current.key),
+            )
+            .await
+            {
+                Ok(Ok(Some(info))) if info.fence == current.fence => continue,
+                Ok(Ok(_)) => {
+                    warn!(key = %current.key, fence = current.fence, "lease lost: taken over or released by force");
+                    state.lost.abort(AbortReason::user(
+                        "lease lost: it was taken over or released by force",
+                    ));
+                    return;
+                }
+                // The renewal below finds out.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+        if Instant::now() < next_renewal {
+            continue;
+        }
         let sent = Instant::now();
+        let interval = (current.ttl / 3).max(Duration::from_millis(1));
+        next_renewal = sent + interval;
         let limit = valid_until
             .saturating_duration_since(sent)
             .max(Duration::from_millis(1));
         match tokio::time::timeout(limit, store.renew(&current, current.ttl)).await {
             Ok(Ok(renewed)) => {
                 failures = 0;
-                valid_until = sent + renewed.ttl;
-                *lease.lock() = renewed;
+                *state.lease.lock() = Lease {
+                    requested_at: sent,
+                    ..renewed
+                };
             }
             Ok(Err(LockError::Lost { key, fence })) => {
                 warn!(%key, fence, "lease lost: it expired or was taken over");
-                lost.abort(AbortReason::user(
+                state.lost.abort(AbortReason::user(
                     "lease lost: it expired or was taken over",
                 ));
                 return;
             }
             Ok(Err(error)) => {
                 failures += 1;
+                next_renewal = Instant::now() + (interval / 3).max(Duration::from_millis(1));
                 warn!(key = %current.key, %error, failures, "lease renewal failed; retrying");
             }
             Err(_) => {
                 failures += 1;
+                next_renewal = Instant::now() + (interval / 3).max(Duration::from_millis(1));
                 warn!(key = %current.key, failures, "lease renewal timed out; retrying");
             }
         }

@@ -44,6 +44,7 @@
 mod error;
 mod guard;
 mod memory;
+mod notify;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
@@ -54,6 +55,8 @@ mod sqlite;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod servers;
 
 use std::fmt;
 use std::time::Duration;
@@ -61,12 +64,14 @@ use std::time::Duration;
 pub use error::LockError;
 pub use guard::LockGuard;
 pub use memory::MemoryLockStore;
+pub use notify::LockWatch;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresLockStore};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisLockStore};
 pub use request::{
-    Lease, LockInfo, LockRequest, MAX_KEY_BYTES, MIN_TTL, Metadata, format_time, validate_key,
+    Lease, LockInfo, LockRequest, MAX_KEY_BYTES, MIN_TTL, Metadata, TTL_LIMIT,
+    default_drift_margin, format_time, validate_key,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteLockStore};
@@ -143,6 +148,16 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// The longest TTL this store accepts.
     fn max_ttl(&self) -> Duration;
 
+    /// A watch that wakes when `key` may have changed hands in any process sharing the
+    /// store: a release, a take-over, a forced release. Every backend of this crate has
+    /// one (memory in-process, Redis by pub/sub, PostgreSQL by LISTEN/NOTIFY, SQLite by a
+    /// short check of the file's data version); `None` means the store cannot tell, and
+    /// callers fall back to polling.
+    fn watch(&self, key: &str) -> Option<LockWatch> {
+        let _ = key;
+        None
+    }
+
     /// Whether `key` has a live lease.
     ///
     /// # Cancel safety
@@ -152,8 +167,10 @@ pub trait LockStore: Send + Sync + fmt::Debug {
         Ok(self.inspect(key).await?.is_some())
     }
 
-    /// Waits up to `wait` for the lock (the seed's "queue mode"), retrying with a short,
-    /// jittered backoff; then fails with [`LockError::Timeout`] naming the holder.
+    /// Waits up to `wait` for the lock (queue mode): it tries again when the store reports
+    /// a release, a take-over or a forced release of `key` (see [`watch`](Self::watch)),
+    /// and otherwise after a jittered backoff of up to 100 ms, which covers expiry; then it
+    /// fails with [`LockError::Timeout`] naming the holder.
     ///
     /// # Cancel safety
     ///
@@ -163,6 +180,7 @@ pub trait LockStore: Send + Sync + fmt::Debug {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(2);
         let mut seed = request::random_u64();
+        let mut watch = self.watch(&request.key);
         loop {
             if let Some(lease) = self.try_acquire(request).await? {
                 return Ok(lease);
@@ -181,7 +199,16 @@ pub trait LockStore: Send + Sync + fmt::Debug {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let jittered = pause.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
-            tokio::time::sleep(jittered.max(Duration::from_millis(1)).min(wait - waited)).await;
+            let pause_for = jittered.max(Duration::from_millis(1)).min(wait - waited);
+            match watch.as_mut() {
+                Some(watch) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(pause_for) => {}
+                        () = watch.changed() => {}
+                    }
+                }
+                None => tokio::time::sleep(pause_for).await,
+            }
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }

@@ -1,13 +1,17 @@
 //! [`MemoryLockStore`]: locks for one process, on a monotonic clock.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::LockStore;
 use crate::error::LockError;
-use crate::request::{Lease, LockInfo, LockRequest, Metadata, random_token, validate_key};
+use crate::notify::{LockWatch, Watchers};
+use crate::request::{
+    Lease, LockInfo, LockRequest, Metadata, next_fence, random_token, unix_micros, validate_key,
+};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -42,7 +46,8 @@ impl Entry {
 #[derive(Debug, Default)]
 struct State {
     locks: BTreeMap<String, Entry>,
-    /// One counter for the store: fences strictly increase per key, and across keys.
+    /// The last fence drawn: fences strictly increase per key, and across keys, and are at
+    /// least the wall clock in microseconds, so a restarted process never reuses one.
     fence: u64,
 }
 
@@ -66,6 +71,7 @@ struct State {
 pub struct MemoryLockStore {
     state: parking_lot::Mutex<State>,
     max_ttl: Duration,
+    watchers: Arc<Watchers>,
 }
 
 impl Default for MemoryLockStore {
@@ -83,11 +89,13 @@ impl MemoryLockStore {
         request.validate(self.max_ttl)?;
         let now = Instant::now();
         let wall = SystemTime::now();
+        let deadline = deadline(now, request.ttl)?;
         let mut state = self.state.lock();
-        if !force && state.locks.get(&request.key).is_some_and(|e| e.live(now)) {
+        let held = state.locks.get(&request.key).is_some_and(|e| e.live(now));
+        if !force && held {
             return Ok(None);
         }
-        state.fence += 1;
+        state.fence = next_fence(state.fence, unix_micros(wall));
         let entry = Entry {
             owner: request.owner.clone(),
             token: random_token(),
@@ -95,7 +103,7 @@ impl MemoryLockStore {
             metadata: request.metadata.clone(),
             acquired_at: wall,
             ttl: request.ttl,
-            deadline: now + request.ttl,
+            deadline,
             renewed_at: wall,
         };
         let lease = Lease {
@@ -106,8 +114,13 @@ impl MemoryLockStore {
             acquired_at: wall,
             expires_at: wall + request.ttl,
             ttl: request.ttl,
+            requested_at: now,
         };
         state.locks.insert(request.key.clone(), entry);
+        drop(state);
+        if held {
+            self.watchers.notify(&request.key);
+        }
         Ok(Some(lease))
     }
 
@@ -116,13 +129,23 @@ impl MemoryLockStore {
         Self::with_max_ttl(Duration::from_secs(3600))
     }
 
-    /// An empty store accepting TTLs up to `max_ttl`.
+    /// An empty store accepting TTLs up to `max_ttl` (at most [`TTL_LIMIT`](crate::TTL_LIMIT)).
     pub fn with_max_ttl(max_ttl: Duration) -> Self {
         Self {
             state: parking_lot::Mutex::new(State::default()),
-            max_ttl,
+            max_ttl: max_ttl.min(crate::TTL_LIMIT),
+            watchers: Arc::default(),
         }
     }
+}
+
+/// `now + ttl` on the monotonic clock, or a typed error where the clock cannot reach it.
+fn deadline(now: Instant, ttl: Duration) -> Result<Instant, LockError> {
+    now.checked_add(ttl).ok_or(LockError::InvalidTtl {
+        ttl,
+        min: crate::MIN_TTL,
+        max: crate::TTL_LIMIT,
+    })
 }
 
 #[async_trait::async_trait]
@@ -144,6 +167,8 @@ impl LockStore for MemoryLockStore {
             .is_some_and(|e| e.token == lease.token && e.live(now));
         if held {
             state.locks.remove(&lease.key);
+            drop(state);
+            self.watchers.notify(&lease.key);
         }
         Ok(held)
     }
@@ -152,17 +177,18 @@ impl LockStore for MemoryLockStore {
         crate::request::validate_ttl(ttl, self.max_ttl)?;
         let now = Instant::now();
         let wall = SystemTime::now();
+        let new_deadline = deadline(now, ttl)?;
         let mut state = self.state.lock();
         let renewed = match state.locks.get_mut(&lease.key) {
             Some(entry) if entry.token == lease.token && entry.live(now) => {
-                entry.deadline = now + ttl;
+                entry.deadline = new_deadline;
                 entry.ttl = ttl;
                 entry.renewed_at = wall;
                 Some(wall + ttl)
             }
             _ => None,
         };
-        lease.renewed(renewed, ttl)
+        lease.renewed(renewed, ttl, now)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
@@ -200,11 +226,19 @@ impl LockStore for MemoryLockStore {
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
         validate_key(key)?;
         let now = Instant::now();
-        let mut state = self.state.lock();
-        Ok(state.locks.remove(key).is_some_and(|e| e.live(now)))
+        let removed = self.state.lock().locks.remove(key);
+        let live = removed.is_some_and(|e| e.live(now));
+        if live {
+            self.watchers.notify(key);
+        }
+        Ok(live)
     }
 
     fn max_ttl(&self) -> Duration {
         self.max_ttl
+    }
+
+    fn watch(&self, key: &str) -> Option<LockWatch> {
+        Some(self.watchers.subscribe(key))
     }
 }

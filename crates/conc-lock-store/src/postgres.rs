@@ -3,15 +3,23 @@
 //! - A lease table, not session advisory locks: advisory locks belong to one connection and
 //!   break under pooling and PgBouncer.
 //! - Acquire is one statement: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE the lease has
-//!   expired RETURNING fence`. Fences come from a sequence, which survives release, expiry
-//!   and cleanup, so they strictly increase and are never reused.
+//!   expired RETURNING fence`. The fence is drawn by the winner, under the row's lock: one
+//!   more than the row's last fence, and at least the database clock in microseconds. An
+//!   acquirer that stalls mid-statement therefore cannot win with a fence older than one
+//!   already handed out. Released and expired leases stay as rows without a token (so the
+//!   key's last fence stays known); `cleanup_expired` removes those rows only once they are
+//!   far older than any statement can run (`statement_timeout` is set on every connection),
+//!   after which the clock part alone keeps fences going forward.
 //! - Time is the database's (`clock_timestamp()`), never the application's.
+//! - A take-over, a release and a forced release `NOTIFY` the key, and each store `LISTEN`s
+//!   on one connection of its own, so holders and waiters in every process learn at once.
 //! - Schema and table names are configurable; they are created on connect.
 //! - Every call has a timeout; a call that fails on a dropped connection is retried on a
 //!   fresh one.
 //! - Work against the primary only: a replica's table would lag.
 
 use std::fmt;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -20,6 +28,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::LockStore;
 use crate::error::LockError;
+use crate::notify::{LockWatch, Watchers};
 use crate::request::{
     Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, validate_key,
     validate_ttl,
@@ -44,6 +53,10 @@ pub struct PostgresConfig {
     pub max_ttl: Duration,
     /// The `application_name` the store's connections report (default `conc-lock-store`).
     pub application_name: String,
+    /// How long the row of a released or expired lease is kept before `cleanup_expired`
+    /// deletes it (default 10 min). It must exceed the longest a statement can run, which
+    /// `statement_timeout` (set to `op_timeout` on every connection) bounds.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -56,6 +69,7 @@ impl Default for PostgresConfig {
             pool_size: 8,
             max_ttl: Duration::from_secs(3600),
             application_name: "conc-lock-store".into(),
+            tombstone_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -68,6 +82,7 @@ struct Sql {
     inspect: String,
     list: String,
     cleanup: String,
+    purge: String,
     force: String,
 }
 
@@ -90,6 +105,9 @@ pub struct PostgresLockStore {
     pool: Pool,
     config: PostgresConfig,
     sql: Sql,
+    watchers: Arc<Watchers>,
+    /// Dropped with the store, which ends the listening task.
+    _listener: tokio::sync::oneshot::Sender<()>,
 }
 
 impl fmt::Debug for PostgresLockStore {
@@ -160,6 +178,13 @@ impl PostgresLockStore {
                 })?;
         pg.connect_timeout(config.connect_timeout);
         pg.application_name(&config.application_name);
+        // No statement may outlive the operation that sent it (a stalled server included),
+        // which bounds how long a stalled acquirer can hold an old view of a key.
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.op_timeout.as_millis().max(1)
+        ));
+        let listen_config = pg.clone();
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -177,44 +202,81 @@ impl PostgresLockStore {
             .map_err(|e| LockError::backend(BACKEND, "could not build the connection pool", e))?;
         let t = format!("{schema}.{table}");
         let s = format!("{schema}.{sequence}");
+        // A NOTIFY channel is an identifier: at most 63 bytes (ASCII here).
+        let mut channel = format!("{}_{}", config.schema, config.table);
+        channel.truncate(63);
         let live = "expires_at > clock_timestamp()";
         let info = "key, owner, metadata, fence, acquired_at, expires_at";
+        let clock_us = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
+        let notify = format!("pg_notify('{channel}', key)");
+        // The fence of a fresh row is the clock; of an existing row, drawn under its lock.
+        let upsert = |condition: &str| {
+            format!(
+                "INSERT INTO {t} AS t (key, owner, token, fence, metadata, acquired_at, expires_at)
+                 VALUES ($1, $2, $3, {clock_us}, $4, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
+                 ON CONFLICT (key) DO UPDATE SET
+                     owner = EXCLUDED.owner, token = EXCLUDED.token,
+                     fence = GREATEST(t.fence + 1, {clock_us}),
+                     metadata = EXCLUDED.metadata, acquired_at = clock_timestamp(),
+                     expires_at = clock_timestamp() + $5::bigint * interval '1 millisecond'
+                 {condition}
+                 RETURNING fence, acquired_at, expires_at"
+            )
+        };
         let sql = Sql {
-            acquire: format!(
-                "INSERT INTO {t} (key, owner, token, fence, metadata, acquired_at, expires_at)
-                 VALUES ($1, $2, $3, nextval('{s}'), $4, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
-                 ON CONFLICT (key) DO UPDATE SET
-                     owner = EXCLUDED.owner, token = EXCLUDED.token, fence = EXCLUDED.fence,
-                     metadata = EXCLUDED.metadata, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
-                 WHERE {t}.expires_at <= clock_timestamp()
-                 RETURNING fence, acquired_at, expires_at"
-            ),
+            acquire: upsert("WHERE t.expires_at <= clock_timestamp()"),
             take_over: format!(
-                "INSERT INTO {t} (key, owner, token, fence, metadata, acquired_at, expires_at)
-                 VALUES ($1, $2, $3, nextval('{s}'), $4, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
-                 ON CONFLICT (key) DO UPDATE SET
-                     owner = EXCLUDED.owner, token = EXCLUDED.token, fence = EXCLUDED.fence,
-                     metadata = EXCLUDED.metadata, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
-                 RETURNING fence, acquired_at, expires_at"
+                "WITH taken AS ({}) SELECT taken.*, {notify} FROM taken, (SELECT $1::text AS key) k",
+                upsert("")
             ),
-            release: format!("DELETE FROM {t} WHERE key = $1 AND token = $2 AND {live}"),
+            release: format!(
+                "WITH gone AS (UPDATE {t} SET token = '', expires_at = clock_timestamp()
+                     WHERE key = $1 AND token = $2 AND {live} RETURNING key)
+                 SELECT {notify} FROM gone"
+            ),
             renew: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
                  WHERE key = $1 AND token = $2 AND {live} RETURNING expires_at"
             ),
             inspect: format!("SELECT {info} FROM {t} WHERE key = $1 AND {live}"),
             list: format!(
-                "SELECT {info} FROM {t} WHERE starts_with(key, $1) AND {live} ORDER BY key LIMIT $2"
+                "SELECT {info} FROM {t} WHERE key >= $1 AND starts_with(key, $1) AND {live} ORDER BY key LIMIT $2"
             ),
-            cleanup: format!("DELETE FROM {t} WHERE expires_at <= clock_timestamp()"),
-            force: format!("DELETE FROM {t} WHERE key = $1 RETURNING expires_at > clock_timestamp()"),
+            cleanup: format!(
+                "UPDATE {t} SET token = '' WHERE token <> '' AND expires_at <= clock_timestamp() RETURNING 1"
+            ),
+            purge: format!(
+                "DELETE FROM {t} WHERE token = '' AND expires_at <= clock_timestamp() - $1::bigint * interval '1 millisecond'
+                     AND fence < {clock_us}"
+            ),
+            force: format!(
+                "WITH old AS (SELECT key, token <> '' AND {live} AS live FROM {t} WHERE key = $1 FOR UPDATE),
+                      gone AS (UPDATE {t} SET token = '', expires_at = LEAST(expires_at, clock_timestamp())
+                          FROM old WHERE {t}.key = old.key RETURNING old.live)
+                 SELECT gone.live, {notify} FROM gone, (SELECT $1::text AS key) k"
+            ),
         };
-        let store = Self { pool, config, sql };
+        let watchers = Arc::<Watchers>::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let store = Self {
+            pool,
+            config,
+            sql,
+            watchers: watchers.clone(),
+            _listener: stop,
+        };
         store.migrate(&schema, &t, &s).await?;
+        tokio::spawn(listen(
+            listen_config,
+            channel,
+            Arc::downgrade(&watchers),
+            stopped,
+        ));
         Ok(store)
     }
 
     async fn migrate(&self, schema: &str, table: &str, sequence: &str) -> Result<(), LockError> {
+        let index = identifier(&format!("{}_expires_at", self.config.table), "index")?;
         let mut client = self.client().await?;
         let work = async {
             let tx = client
@@ -239,7 +301,8 @@ impl PostgresLockStore {
                      acquired_at TIMESTAMPTZ NOT NULL,
                      expires_at TIMESTAMPTZ NOT NULL
                  );
-                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata TEXT NOT NULL DEFAULT '';"
+                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata TEXT NOT NULL DEFAULT '';
+                 CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at);"
             ))
             .await
             .map_err(pg_error("create the lock schema"))?;
@@ -259,6 +322,7 @@ impl PostgresLockStore {
         let token = random_token();
         let metadata = encode_metadata(&request.metadata);
         let ttl = millis(request.ttl);
+        let sent = tokio::time::Instant::now();
         let rows = self
             .rows(
                 "acquire",
@@ -278,6 +342,7 @@ impl PostgresLockStore {
             acquired_at: row.get(1),
             expires_at: row.get(2),
             ttl: request.ttl,
+            requested_at: sent,
         }))
     }
 
@@ -359,22 +424,24 @@ impl LockStore for PostgresLockStore {
     }
 
     async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
-        LockError::taken(BACKEND, self.acquire_inner(request, true).await?)
+        let lease = LockError::taken(BACKEND, self.acquire_inner(request, true).await?)?;
+        self.watchers.notify(&request.key);
+        Ok(lease)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
         let rows = self
-            .rows(
-                "release",
-                &format!("{} RETURNING 1", self.sql.release),
-                &[&lease.key, &lease.token],
-            )
+            .rows("release", &self.sql.release, &[&lease.key, &lease.token])
             .await?;
+        if !rows.is_empty() {
+            self.watchers.notify(&lease.key);
+        }
         Ok(!rows.is_empty())
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         validate_ttl(ttl, self.config.max_ttl)?;
+        let sent = tokio::time::Instant::now();
         let rows = self
             .rows(
                 "renew",
@@ -382,7 +449,7 @@ impl LockStore for PostgresLockStore {
                 &[&lease.key, &lease.token, &millis(ttl)],
             )
             .await?;
-        lease.renewed(rows.first().map(|row| row.get(0)), ttl)
+        lease.renewed(rows.first().map(|row| row.get(0)), ttl, sent)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
@@ -400,19 +467,93 @@ impl LockStore for PostgresLockStore {
     }
 
     async fn cleanup_expired(&self) -> Result<u64, LockError> {
-        let rows = self
-            .rows("cleanup", &format!("{} RETURNING 1", self.sql.cleanup), &[])
-            .await?;
+        let rows = self.rows("cleanup", &self.sql.cleanup, &[]).await?;
+        let horizon = millis(self.config.tombstone_ttl.max(self.config.op_timeout * 2));
+        self.rows("cleanup", &self.sql.purge, &[&horizon]).await?;
         Ok(rows.len() as u64)
     }
 
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
         validate_key(key)?;
         let rows = self.rows("force release", &self.sql.force, &[&key]).await?;
-        Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
+        let live = rows.first().is_some_and(|row| row.get::<_, bool>(0));
+        if live {
+            self.watchers.notify(key);
+        }
+        Ok(live)
     }
 
     fn max_ttl(&self) -> Duration {
         self.config.max_ttl
+    }
+
+    fn watch(&self, key: &str) -> Option<LockWatch> {
+        Some(self.watchers.subscribe(key))
+    }
+}
+
+/// Listens for the store's notifications on a connection of its own and wakes the
+/// watchers of each key named; after a lost connection it wakes every watcher (it cannot
+/// tell what it missed) and connects again. Ends when the store is dropped.
+async fn listen(
+    config: tokio_postgres::Config,
+    channel: String,
+    watchers: Weak<Watchers>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use futures_util::StreamExt as _;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let statement = format!("LISTEN \"{channel}\"");
+            let subscribe = client.batch_execute(&statement);
+            tokio::pin!(subscribe);
+            // Drive the connection while LISTEN runs.
+            loop {
+                tokio::select! {
+                    done = &mut subscribe => { done?; break; }
+                    message = messages.next() => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(()),
+                    },
+                }
+            }
+            if let Some(watchers) = watchers.upgrade() {
+                // Anything may have happened while we were not listening.
+                watchers.notify_all();
+            }
+            while let Some(message) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(note) = message? {
+                    match watchers.upgrade() {
+                        Some(watchers) => watchers.notify(note.payload()),
+                        None => return Ok(()),
+                    }
+                }
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            outcome = session => {
+                if let Err(error) = outcome {
+                    tracing::debug!(%error, "postgres lock notifications interrupted; reconnecting");
+                } else {
+                    tracing::debug!("postgres lock notification connection closed; reconnecting");
+                }
+            }
+        }
+        let Some(watchers_now) = watchers.upgrade() else {
+            return;
+        };
+        watchers_now.notify_all();
+        drop(watchers_now);
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }

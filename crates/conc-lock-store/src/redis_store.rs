@@ -2,24 +2,48 @@
 //!
 //! Each operation is one Lua script, so it is atomic on the server, and reads the server's
 //! clock (`TIME`), never the application's. A lease is a hash (`<prefix>lock:<key>`) with
-//! its owner, token, fence, metadata and expiry; its fence comes from an `INCR` of a per-key
-//! counter (`<prefix>fence:<key>`) that no release or expiry removes. The hash also gets a
-//! `PEXPIRE` of the TTL plus a grace period, so Redis reclaims abandoned leases by itself;
-//! until then [`cleanup_expired`](LockStore::cleanup_expired) can count and remove them.
+//! its owner, token, fence, metadata and expiry. The hash also gets a `PEXPIRE` of the TTL
+//! plus a grace period, so Redis reclaims abandoned leases by itself; until then
+//! [`cleanup_expired`](LockStore::cleanup_expired) can count and remove them. A release
+//! keeps the hash, without its token, for that grace period, so the key's last fence stays
+//! known.
+//!
+//! Fences only go forward, whatever happens to the server's memory: a fence is one more
+//! than the key's last, and at least the server's clock in microseconds. After a restart
+//! without persistence, a `FLUSHALL` or the loss of a key, the next fence comes from the
+//! clock alone, which has moved past every fence drawn before. The one assumption: the
+//! Redis server's clock never steps back (NTP slews; it does not jump back).
+//!
+//! A wipe must not silently admit a second holder either. The store keeps a marker
+//! (`<prefix>epoch`, without expiry) that every store instance reads on connect. When an
+//! instance that knew the marker finds it gone, the state was lost: it grants no lock
+//! until the longest lease that could still be live has run out (the delayed restart of
+//! the Redlock analysis), logs it at warn, and every other instance that knew the marker
+//! does the same. An instance that connects for the first time after the wipe cannot tell
+//! it from a new server; the fences still protect the resource.
+//!
+//! Live leases must not be evictable: `connect` reads `maxmemory-policy` and refuses any
+//! policy but `noeviction` (see [`RedisConfig::allow_eviction`]).
+//!
+//! A release, a take-over and a forced release are published on `<prefix>events`; each
+//! store subscribes once, so holders and waiters in every process learn at once.
 //!
 //! This is a single instance, not Redlock: a failover to a replica that missed the last
-//! writes can lose a lock. Fencing is the defence: the resource refuses stale fences.
+//! writes loses leases. The replica's clock-based fences still go forward; run replicas
+//! with `replica-lazy-flush`-free defaults and treat a failover like a restart.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::LockError;
+use crate::notify::{LockWatch, Watchers};
 use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, validate_key,
-    validate_ttl,
+    Lease, LockInfo, LockRequest, decode_metadata, default_drift_margin, encode_metadata,
+    random_token, validate_key, validate_ttl,
 };
 use crate::{LockStore, from_unix_millis};
 
@@ -36,9 +60,17 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// The longest TTL accepted (default 1 h).
     pub max_ttl: Duration,
-    /// How long an expired lease's hash stays for `cleanup_expired` before Redis drops it
-    /// (default 60 s).
+    /// How long an expired or released lease's hash stays (for `cleanup_expired`, and to
+    /// remember the key's last fence) before Redis drops it (default 60 s).
     pub grace: Duration,
+    /// How long the store grants no lock after it found its state lost. `None` (the
+    /// default) waits for the longest lease seen on this server, plus its drift margin.
+    pub restart_delay: Option<Duration>,
+    /// Accept a `maxmemory-policy` other than `noeviction`, or a server whose `CONFIG`
+    /// command is disabled (managed Redis), where the policy cannot be read (default
+    /// `false`). An evicted lease frees its lock while its holder still writes: opt in
+    /// only where you know lock keys cannot be evicted.
+    pub allow_eviction: bool,
 }
 
 impl Default for RedisConfig {
@@ -49,56 +81,105 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(60),
+            restart_delay: None,
+            allow_eviction: false,
         }
     }
 }
 
 const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function fmt(n) return string.format('%.0f', n) end
 ";
 
-/// KEYS: lock, fence, index, expiries. ARGV: key, owner, token, metadata, ttl, grace,
-/// force (`1` takes the key whoever holds it).
-const ACQUIRE: &str = "
-local exp = redis.call('HGET', KEYS[1], 'expires_at')
-if ARGV[7] ~= '1' and exp and tonumber(exp) > now then return false end
-local fence = redis.call('INCR', KEYS[2])
-local expires = now + tonumber(ARGV[5])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'token', ARGV[3], 'fence', fence,
-  'metadata', ARGV[4], 'acquired_at', now, 'expires_at', expires)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]) + tonumber(ARGV[6]))
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-redis.call('ZADD', KEYS[4], expires, ARGV[1])
-return {fence, now, expires}";
+/// The restart guard, first in every script that grants or renews. KEYS[1]: the marker.
+/// ARGV[1]: the marker id this instance knows ('' if none), ARGV[2]: a fresh id,
+/// ARGV[3]: the delay after a wipe, ms. Sets `after` (no grant before) and `epoch`.
+const GUARD: &str = "
+local m = redis.call('HMGET', KEYS[1], 'id', 'grant_after', 'longest', 'created')
+local epoch, after, longest, wiped = m[1], tonumber(m[2] or '0'), tonumber(m[3] or '0'), 0
+if not epoch then
+  epoch, after, longest = ARGV[2], now, 0
+  if ARGV[1] ~= '' then after = now + tonumber(ARGV[3]); wiped = 1 end
+  redis.call('HSET', KEYS[1], 'id', epoch, 'grant_after', fmt(after), 'created', fmt(now), 'longest', '0')
+elseif ARGV[1] ~= '' and epoch ~= ARGV[1] then
+  local extended = tonumber(m[4] or now) + tonumber(ARGV[3])
+  if extended > after then
+    after = extended
+    redis.call('HSET', KEYS[1], 'grant_after', fmt(after))
+  end
+  wiped = 1
+end
+";
 
-/// KEYS: lock, index, expiries. ARGV: key, token.
+/// KEYS: marker, lock, index, expiries. ARGV: (guard), key, owner, token, metadata, ttl,
+/// grace, force (`1` takes the key whoever holds it), events channel. A lease longer than
+/// any before is published (`\0longest:<ms>`), so every instance knows how long to wait
+/// after a wipe.
+/// Returns {status, epoch, after, longest, wiped, fence, acquired, expires}; status 1
+/// granted, 0 held, 2 recovering.
+const ACQUIRE: &str = "
+if after > now then return {2, epoch, fmt(after), fmt(longest), wiped} end
+local f = redis.call('HMGET', KEYS[2], 'expires_at', 'fence', 'token')
+local live = f[1] and f[3] ~= '' and tonumber(f[1]) > now
+if ARGV[10] ~= '1' and live then return {0, epoch, fmt(after), fmt(longest), wiped} end
+local fence = now_us
+if f[2] and tonumber(f[2]) + 1 > fence then fence = tonumber(f[2]) + 1 end
+local ttl = tonumber(ARGV[8])
+local expires = now + ttl
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'owner', ARGV[5], 'token', ARGV[6], 'fence', fmt(fence),
+  'metadata', ARGV[7], 'acquired_at', fmt(now), 'expires_at', fmt(expires))
+redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[9]))
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
+redis.call('ZADD', KEYS[4], expires, ARGV[4])
+if ttl > longest then
+  redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
+  redis.call('PUBLISH', ARGV[11], '\\0longest:' .. fmt(ttl))
+end
+if live then redis.call('PUBLISH', ARGV[11], ARGV[4]) end
+return {1, epoch, fmt(after), fmt(longest), wiped, fmt(fence), fmt(now), fmt(expires)}";
+
+/// KEYS: marker, lock, expiries. ARGV: (guard), key, token, ttl, grace, events channel.
+/// Returns {epoch, after, longest, wiped, expires or false}.
+const RENEW: &str = "
+local f = redis.call('HMGET', KEYS[2], 'token', 'expires_at')
+if f[1] == ARGV[5] and f[1] ~= '' and tonumber(f[2]) > now then
+  local ttl = tonumber(ARGV[6])
+  local expires = now + ttl
+  redis.call('HSET', KEYS[2], 'expires_at', fmt(expires))
+  redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[7]))
+  redis.call('ZADD', KEYS[3], expires, ARGV[4])
+  if ttl > longest then
+    redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
+    redis.call('PUBLISH', ARGV[8], '\\0longest:' .. fmt(ttl))
+  end
+  return {epoch, fmt(after), fmt(longest), wiped, fmt(expires)}
+end
+return {epoch, fmt(after), fmt(longest), wiped, false}";
+
+/// KEYS: marker. ARGV: (guard). Returns {epoch, after, longest, wiped}.
+const INIT: &str = "
+return {epoch, fmt(after), fmt(longest), wiped}";
+
+/// KEYS: lock, index, expiries. ARGV: key, token, grace, events channel.
 const RELEASE: &str = "
 local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at')
-if f[1] == ARGV[2] and tonumber(f[2]) > now then
-  redis.call('DEL', KEYS[1])
+if f[1] == ARGV[2] and f[1] ~= '' and tonumber(f[2]) > now then
+  redis.call('HSET', KEYS[1], 'token', '', 'expires_at', fmt(now))
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('PUBLISH', ARGV[4], ARGV[1])
   return 1
 end
 return 0";
 
-/// KEYS: lock, expiries. ARGV: key, token, ttl, grace.
-const RENEW: &str = "
-local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at')
-if f[1] == ARGV[2] and tonumber(f[2]) > now then
-  local expires = now + tonumber(ARGV[3])
-  redis.call('HSET', KEYS[1], 'expires_at', expires)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]))
-  redis.call('ZADD', KEYS[2], expires, ARGV[1])
-  return expires
-end
-return false";
-
 /// KEYS: lock.
 const INSPECT: &str = "
-local f = redis.call('HMGET', KEYS[1], 'owner', 'metadata', 'fence', 'acquired_at', 'expires_at')
-if f[5] and tonumber(f[5]) > now then return f end
+local f = redis.call('HMGET', KEYS[1], 'owner', 'metadata', 'fence', 'acquired_at', 'expires_at', 'token')
+if f[5] and f[6] ~= '' and tonumber(f[5]) > now then return {f[1], f[2], f[3], f[4], f[5]} end
 return false";
 
 /// KEYS: index. ARGV: lock key prefix, user prefix, limit.
@@ -108,8 +189,8 @@ local out = {}
 local limit = tonumber(ARGV[3])
 for _, key in ipairs(keys) do
   if #out / 6 >= limit then break end
-  local f = redis.call('HMGET', ARGV[1] .. key, 'owner', 'metadata', 'fence', 'acquired_at', 'expires_at')
-  if f[5] and tonumber(f[5]) > now then
+  local f = redis.call('HMGET', ARGV[1] .. key, 'owner', 'metadata', 'fence', 'acquired_at', 'expires_at', 'token')
+  if f[5] and f[6] ~= '' and tonumber(f[5]) > now then
     table.insert(out, key)
     for i = 1, 5 do table.insert(out, f[i]) end
   end
@@ -121,10 +202,11 @@ const CLEANUP: &str = "
 local keys = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 local removed = 0
 for _, key in ipairs(keys) do
-  local exp = redis.call('HGET', ARGV[1] .. key, 'expires_at')
+  local f = redis.call('HMGET', ARGV[1] .. key, 'expires_at', 'token')
+  local exp = f[1]
   if exp and tonumber(exp) <= now then
-    redis.call('DEL', ARGV[1] .. key)
-    removed = removed + 1
+    if f[2] ~= '' then removed = removed + 1 end
+    redis.call('HSET', ARGV[1] .. key, 'token', '')
   end
   if (not exp) or tonumber(exp) <= now then
     redis.call('ZREM', KEYS[1], key)
@@ -133,16 +215,21 @@ for _, key in ipairs(keys) do
 end
 return removed";
 
-/// KEYS: lock, index, expiries. ARGV: key.
+/// KEYS: lock, index, expiries. ARGV: key, grace, events channel.
 const FORCE: &str = "
-local exp = redis.call('HGET', KEYS[1], 'expires_at')
-redis.call('DEL', KEYS[1])
+local f = redis.call('HMGET', KEYS[1], 'expires_at', 'token')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if exp and tonumber(exp) > now then return 1 end
+if f[1] and f[2] ~= '' and tonumber(f[1]) > now then
+  redis.call('HSET', KEYS[1], 'token', '', 'expires_at', fmt(now))
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  redis.call('PUBLISH', ARGV[3], ARGV[1])
+  return 1
+end
 return 0";
 
 struct Scripts {
+    init: Script,
     acquire: Script,
     release: Script,
     renew: Script,
@@ -155,16 +242,29 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         let s = |body: &str| Script::new(&format!("{NOW}{body}"));
+        let guarded = |body: &str| Script::new(&format!("{NOW}{GUARD}{body}"));
         Self {
-            acquire: s(ACQUIRE),
+            init: guarded(INIT),
+            acquire: guarded(ACQUIRE),
             release: s(RELEASE),
-            renew: s(RENEW),
+            renew: guarded(RENEW),
             inspect: s(INSPECT),
             list: s(LIST),
             cleanup: s(CLEANUP),
             force: s(FORCE),
         }
     }
+}
+
+/// What this instance knows of the store's marker.
+#[derive(Debug, Default)]
+struct Epoch {
+    /// The marker's id, once seen.
+    id: String,
+    /// The longest lease the store has granted, in ms.
+    longest: u64,
+    /// Until when (server clock, ms) the store grants nothing, as last seen.
+    after: i64,
 }
 
 /// A [`LockStore`] in Redis.
@@ -186,6 +286,10 @@ pub struct RedisLockStore {
     connection: ConnectionManager,
     config: RedisConfig,
     scripts: Scripts,
+    epoch: Arc<parking_lot::Mutex<Epoch>>,
+    watchers: Arc<Watchers>,
+    /// Dropped with the store, which ends the subscribing task.
+    _subscriber: tokio::sync::oneshot::Sender<()>,
 }
 
 impl fmt::Debug for RedisLockStore {
@@ -202,13 +306,21 @@ fn redis_error(context: &'static str) -> impl Fn(redis::RedisError) -> LockError
 
 type InfoFields = (String, String, u64, i64, i64);
 
+/// The guard's part of a reply: epoch id, grant-after (ms), longest lease (ms), wiped.
+type GuardReply = (String, i64, u64, i64);
+
+/// An acquire's reply: status, the guard's part, and a granted lease's fence and times.
+type AcquireReply = (i64, GuardReply, Option<(u64, i64, i64)>);
+
 impl RedisLockStore {
     /// Connects to `url` (`redis://host:port/db`) through a connection manager that
-    /// reconnects on its own.
+    /// reconnects on its own; checks that lock keys cannot be evicted (see
+    /// [`RedisConfig::allow_eviction`]), reads the store's marker, and subscribes to the
+    /// store's events.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: nothing is written on connect.
+    /// Cancel safe: at most the store's marker is written on connect.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, LockError> {
         let client = redis::Client::open(url).map_err(redis_error("bad Redis URL"))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -224,11 +336,131 @@ impl RedisLockStore {
                 source: None,
             })?
             .map_err(redis_error("connect"))?;
-        Ok(Self {
+        let watchers = Arc::<Watchers>::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let store = Self {
             connection,
             config,
             scripts: Scripts::new(),
+            epoch: Arc::default(),
+            watchers: watchers.clone(),
+            _subscriber: stop,
+        };
+        store.check_eviction_policy().await?;
+        let mut invocation = store.scripts.init.prepare_invoke();
+        store.guard_args(&mut invocation);
+        let reply: GuardReply = store.run("connect", &invocation).await?;
+        store.learn(&reply);
+        let (ready, subscribed) = tokio::sync::oneshot::channel();
+        tokio::spawn(subscribe(
+            client,
+            store.events_channel(),
+            store.config.connect_timeout,
+            Arc::downgrade(&watchers),
+            store.epoch.clone(),
+            stopped,
+            ready,
+        ));
+        match tokio::time::timeout(store.config.connect_timeout, subscribed).await {
+            Ok(Ok(())) => Ok(store),
+            _ => Err(LockError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "subscribing to the lock events took longer than {:?}",
+                    store.config.connect_timeout
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    /// Refuses a `maxmemory-policy` that can evict lock keys, unless allowed.
+    async fn check_eviction_policy(&self) -> Result<(), LockError> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("CONFIG");
+        command.arg("GET").arg("maxmemory-policy");
+        let query = command.query_async::<Vec<String>>(&mut connection);
+        let reply = tokio::time::timeout(self.config.op_timeout, query)
+            .await
+            .map_err(|_| LockError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "reading maxmemory-policy took longer than {:?}",
+                    self.config.op_timeout
+                ),
+                source: None,
+            })?;
+        let policy = match reply {
+            Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+            Err(e) if self.config.allow_eviction => {
+                tracing::warn!(error = %e, "cannot read maxmemory-policy; going on, as allow_eviction is set");
+                return Ok(());
+            }
+            Err(e) if e.kind() == redis::ErrorKind::Io || e.is_connection_dropped() => {
+                return Err(redis_error("read maxmemory-policy")(e));
+            }
+            Err(e) => {
+                return Err(LockError::Unsafe {
+                    backend: BACKEND,
+                    reason: format!(
+                        "cannot read maxmemory-policy ({e}); the CONFIG command is disabled on this server, as on many managed services. Make sure the policy is `noeviction` (an evicted lease frees a lock its holder still uses), then set RedisConfig::allow_eviction (or `allow_eviction=true` in the URL) to skip this check"
+                    ),
+                });
+            }
+        };
+        if policy == "noeviction" || policy.is_empty() {
+            return Ok(());
+        }
+        if self.config.allow_eviction {
+            tracing::warn!(%policy, "maxmemory-policy can evict lock keys; going on, as allow_eviction is set");
+            return Ok(());
+        }
+        Err(LockError::Unsafe {
+            backend: BACKEND,
+            reason: format!(
+                "maxmemory-policy is `{policy}`, which can evict a live lease and free a lock its holder still uses; set it to `noeviction` (CONFIG SET maxmemory-policy noeviction), or use a Redis of its own for locks, or set RedisConfig::allow_eviction to accept the risk"
+            ),
         })
+    }
+
+    /// The guard's arguments: the marker key, the known id, a fresh id, the delay.
+    fn guard_args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        let (known, longest) = {
+            let epoch = self.epoch.lock();
+            (epoch.id.clone(), epoch.longest)
+        };
+        let delay = match self.config.restart_delay {
+            Some(delay) => delay,
+            None => {
+                let longest = Duration::from_millis(longest);
+                longest + default_drift_margin(longest)
+            }
+        };
+        invocation
+            .key(format!("{}epoch", self.config.prefix))
+            .arg(known)
+            .arg(random_token())
+            .arg(ms(delay));
+    }
+
+    /// Remembers the marker as the server reported it; warns once per wipe found.
+    fn learn(&self, (id, after, longest, wiped): &GuardReply) {
+        let mut epoch = self.epoch.lock();
+        if *wiped == 1 && epoch.id != *id {
+            tracing::warn!(
+                prefix = %self.config.prefix,
+                until = %crate::format_time(from_unix_millis(*after)),
+                "the Redis lock store lost its state (a restart without persistence, a flush or an eviction): no lock is granted until every lease that could still be live has run out"
+            );
+            self.watchers.notify_all();
+        }
+        epoch.id.clone_from(id);
+        epoch.longest = epoch.longest.max(*longest);
+        epoch.after = *after;
+    }
+
+    fn events_channel(&self) -> String {
+        format!("{}events", self.config.prefix)
     }
 
     async fn acquire_inner(
@@ -239,9 +471,9 @@ impl RedisLockStore {
         request.validate(self.config.max_ttl)?;
         let token = random_token();
         let mut invocation = self.scripts.acquire.prepare_invoke();
+        self.guard_args(&mut invocation);
         invocation
             .key(self.lock_key(&request.key))
-            .key(self.fence_key(&request.key))
             .key(self.index_key())
             .key(self.expiries_key())
             .arg(&request.key)
@@ -250,9 +482,45 @@ impl RedisLockStore {
             .arg(encode_metadata(&request.metadata))
             .arg(ms(request.ttl))
             .arg(ms(self.config.grace))
-            .arg(if force { "1" } else { "0" });
-        let taken: Option<(u64, i64, i64)> = self.run("acquire", &invocation).await?;
-        Ok(taken.map(|(fence, now, expires)| Lease {
+            .arg(if force { "1" } else { "0" })
+            .arg(self.events_channel());
+        let sent = tokio::time::Instant::now();
+        let reply: Vec<redis::Value> = self.run("acquire", &invocation).await?;
+        let parse = || -> redis::RedisResult<AcquireReply> {
+            let field = |n: usize| reply.get(n).cloned().unwrap_or(redis::Value::Nil);
+            let status: i64 = redis::from_redis_value(field(0))?;
+            let guard: GuardReply = (
+                redis::from_redis_value(field(1))?,
+                redis::from_redis_value(field(2))?,
+                redis::from_redis_value(field(3))?,
+                redis::from_redis_value(field(4))?,
+            );
+            let granted = if status == 1 {
+                Some((
+                    redis::from_redis_value(field(5))?,
+                    redis::from_redis_value(field(6))?,
+                    redis::from_redis_value(field(7))?,
+                ))
+            } else {
+                None
+            };
+            Ok((status, guard, granted))
+        };
+        let (status, guard, granted) = parse().map_err(redis_error("acquire"))?;
+        self.learn(&guard);
+        if status == 2 {
+            if force {
+                return Err(LockError::Recovering {
+                    backend: BACKEND,
+                    until: from_unix_millis(guard.1),
+                });
+            }
+            return Ok(None);
+        }
+        if force {
+            self.watchers.notify(&request.key);
+        }
+        Ok(granted.map(|(fence, now, expires)| Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
             token,
@@ -260,15 +528,19 @@ impl RedisLockStore {
             acquired_at: from_unix_millis(now),
             expires_at: from_unix_millis(expires),
             ttl: request.ttl,
+            requested_at: sent,
         }))
+    }
+
+    /// Until when the store grants no lock, if it found its state lost and is waiting.
+    pub fn recovering_until(&self) -> Option<SystemTime> {
+        let after = self.epoch.lock().after;
+        let until = from_unix_millis(after);
+        (until > SystemTime::now()).then_some(until)
     }
 
     fn lock_key(&self, key: &str) -> String {
         format!("{}lock:{key}", self.config.prefix)
-    }
-
-    fn fence_key(&self, key: &str) -> String {
-        format!("{}fence:{key}", self.config.prefix)
     }
 
     fn index_key(&self) -> String {
@@ -312,6 +584,78 @@ impl RedisLockStore {
     }
 }
 
+/// Subscribes to the store's events and wakes the watchers of each key named; after a
+/// lost connection it wakes every watcher (it cannot tell what it missed) and subscribes
+/// again. Ends when the store is dropped.
+async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+    watchers: Weak<Watchers>,
+    epoch: Arc<parking_lot::Mutex<Epoch>>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    use futures_util::StreamExt as _;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| "connecting timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(connect_timeout, pubsub.subscribe(&channel))
+                .await
+                .map_err(|_| "subscribing timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            } else if let Some(watchers) = watchers.upgrade() {
+                // Anything may have happened while we were not subscribed.
+                watchers.notify_all();
+            }
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Some(watchers) = watchers.upgrade() else {
+                    return Ok(());
+                };
+                let Ok(payload) = message.get_payload::<String>() else {
+                    continue;
+                };
+                match payload.strip_prefix("\0longest:") {
+                    Some(longest) => {
+                        if let Ok(longest) = longest.parse::<u64>() {
+                            let mut epoch = epoch.lock();
+                            epoch.longest = epoch.longest.max(longest);
+                        }
+                    }
+                    None => watchers.notify(&payload),
+                }
+            }
+            Err("the connection closed".to_owned())
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            outcome = session => {
+                if let Err(error) = outcome {
+                    tracing::debug!(%error, "redis lock events interrupted; subscribing again");
+                }
+            }
+        }
+        let Some(watchers_now) = watchers.upgrade() else {
+            return;
+        };
+        watchers_now.notify_all();
+        drop(watchers_now);
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -344,23 +688,33 @@ impl LockStore for RedisLockStore {
             .key(self.index_key())
             .key(self.expiries_key())
             .arg(&lease.key)
-            .arg(&lease.token);
+            .arg(&lease.token)
+            .arg(ms(self.config.grace))
+            .arg(self.events_channel());
         let released: i64 = self.run("release", &invocation).await?;
+        if released == 1 {
+            self.watchers.notify(&lease.key);
+        }
         Ok(released == 1)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         validate_ttl(ttl, self.config.max_ttl)?;
         let mut invocation = self.scripts.renew.prepare_invoke();
+        self.guard_args(&mut invocation);
         invocation
             .key(self.lock_key(&lease.key))
             .key(self.expiries_key())
             .arg(&lease.key)
             .arg(&lease.token)
             .arg(ms(ttl))
-            .arg(ms(self.config.grace));
-        let renewed: Option<i64> = self.run("renew", &invocation).await?;
-        lease.renewed(renewed.map(from_unix_millis), ttl)
+            .arg(ms(self.config.grace))
+            .arg(self.events_channel());
+        let sent = tokio::time::Instant::now();
+        let (id, after, longest, wiped, renewed): (String, i64, u64, i64, Option<i64>) =
+            self.run("renew", &invocation).await?;
+        self.learn(&(id, after, longest, wiped));
+        lease.renewed(renewed.map(from_unix_millis), ttl, sent)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
@@ -415,12 +769,21 @@ impl LockStore for RedisLockStore {
             .key(self.lock_key(key))
             .key(self.index_key())
             .key(self.expiries_key())
-            .arg(key);
+            .arg(key)
+            .arg(ms(self.config.grace))
+            .arg(self.events_channel());
         let removed: i64 = self.run("force release", &invocation).await?;
+        if removed == 1 {
+            self.watchers.notify(key);
+        }
         Ok(removed == 1)
     }
 
     fn max_ttl(&self) -> Duration {
         self.config.max_ttl
+    }
+
+    fn watch(&self, key: &str) -> Option<LockWatch> {
+        Some(self.watchers.subscribe(key))
     }
 }

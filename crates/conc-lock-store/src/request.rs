@@ -11,6 +11,10 @@ use crate::error::LockError;
 pub const MAX_KEY_BYTES: usize = 512;
 /// The shortest TTL.
 pub const MIN_TTL: Duration = Duration::from_millis(1);
+/// The longest TTL any store accepts, whatever its configured maximum (one year). A
+/// larger configured maximum is capped here, so a TTL can never overflow a clock or a
+/// server's expiry arithmetic.
+pub const TTL_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Free-form metadata kept with a lease (the seed keeps the user id and message id).
 pub type Metadata = BTreeMap<String, String>;
@@ -26,6 +30,9 @@ pub struct LockRequest {
     pub ttl: Duration,
     /// Free metadata kept with the lease.
     pub metadata: Metadata,
+    /// How much shorter than the TTL a holder treats its lease as valid, to allow for the
+    /// drift between its clock and the store's; `None` takes [`default_drift_margin`].
+    pub drift_margin: Option<Duration>,
 }
 
 impl LockRequest {
@@ -36,7 +43,15 @@ impl LockRequest {
             owner: owner.into(),
             ttl,
             metadata: Metadata::new(),
+            drift_margin: None,
         }
+    }
+
+    /// Sets the drift margin: a [`LockGuard`](crate::LockGuard) treats its lease as lost
+    /// this long before the TTL, counted from the moment the request was sent, has run out.
+    pub fn with_drift_margin(mut self, margin: Duration) -> Self {
+        self.drift_margin = Some(margin);
+        self
     }
 
     /// Adds one metadata entry.
@@ -45,22 +60,49 @@ impl LockRequest {
         self
     }
 
-    /// Checks the key, the owner and the TTL against `max_ttl`.
+    /// Checks the key, the owner, the metadata and the TTL against `max_ttl`.
     pub fn validate(&self, max_ttl: Duration) -> Result<(), LockError> {
         validate_key(&self.key)?;
-        if self.owner.trim().is_empty() {
+        if self.owner.trim().is_empty() || self.owner.contains('\0') {
             return Err(LockError::InvalidOwner);
+        }
+        for (name, value) in &self.metadata {
+            if name.contains('\0') || value.contains('\0') {
+                return Err(LockError::InvalidMetadata {
+                    reason: format!(
+                        "the entry `{}` holds a NUL byte, which no store can keep",
+                        name.escape_default()
+                    ),
+                });
+            }
         }
         validate_ttl(self.ttl, max_ttl)
     }
 }
 
-/// Checks a key: non-empty, at most [`MAX_KEY_BYTES`].
+/// The drift margin a holder allows when the request names none: 1% of the TTL plus
+/// 2 ms (the clock-drift allowance of the Redlock analysis).
+pub fn default_drift_margin(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// Checks a key: non-empty, not only whitespace, no NUL byte, at most [`MAX_KEY_BYTES`].
 pub fn validate_key(key: &str) -> Result<(), LockError> {
     if key.is_empty() {
         return Err(LockError::InvalidKey {
             reason: "the key must not be empty (name what you lock, such as `conversation:42`)"
                 .into(),
+        });
+    }
+    if key.trim().is_empty() {
+        return Err(LockError::InvalidKey {
+            reason: "the key is only whitespace (name what you lock, such as `conversation:42`)"
+                .into(),
+        });
+    }
+    if key.contains('\0') {
+        return Err(LockError::InvalidKey {
+            reason: "the key holds a NUL byte, which no store can keep".into(),
         });
     }
     if key.len() > MAX_KEY_BYTES {
@@ -75,6 +117,7 @@ pub fn validate_key(key: &str) -> Result<(), LockError> {
 }
 
 pub(crate) fn validate_ttl(ttl: Duration, max: Duration) -> Result<(), LockError> {
+    let max = max.min(TTL_LIMIT);
     if ttl < MIN_TTL || ttl > max {
         return Err(LockError::InvalidTtl {
             ttl,
@@ -102,6 +145,10 @@ pub struct Lease {
     pub expires_at: SystemTime,
     /// The TTL it was taken or last renewed with.
     pub ttl: Duration,
+    /// When, on this process's monotonic clock, the request that took or last renewed the
+    /// lease was sent: the lease cannot have expired on the store before
+    /// `requested_at + ttl`, whatever the two wall clocks say.
+    pub requested_at: tokio::time::Instant,
 }
 
 impl Lease {
@@ -110,17 +157,28 @@ impl Lease {
         self.fence
     }
 
-    /// The outcome of a renewal: this lease with its new expiry and TTL, or
+    /// The last moment, on this process's monotonic clock, at which the lease is surely
+    /// still held: `requested_at + ttl - margin`. Past it, stop writing.
+    pub fn valid_until(&self, margin: Duration) -> tokio::time::Instant {
+        let valid = self.ttl.saturating_sub(margin);
+        self.requested_at
+            .checked_add(valid)
+            .unwrap_or(self.requested_at)
+    }
+
+    /// The outcome of a renewal sent at `sent`: this lease with its new expiry and TTL, or
     /// [`LockError::Lost`] when the backend found it gone (`None`).
     pub(crate) fn renewed(
         &self,
         expires_at: Option<SystemTime>,
         ttl: Duration,
+        sent: tokio::time::Instant,
     ) -> Result<Lease, LockError> {
         match expires_at {
             Some(expires_at) => Ok(Lease {
                 expires_at,
                 ttl,
+                requested_at: sent,
                 ..self.clone()
             }),
             None => Err(LockError::Lost {
@@ -146,6 +204,22 @@ pub struct LockInfo {
     pub acquired_at: SystemTime,
     /// When it expires unless renewed.
     pub expires_at: SystemTime,
+}
+
+/// The next fence after `previous`: at least one more, and at least the store's clock in
+/// microseconds since the Unix epoch. The clock part is what keeps fences going forward
+/// when a store loses its state (a restart without persistence, a flush, an eviction):
+/// the next fence is then drawn from the clock alone, which has moved past every fence
+/// drawn before, as long as the store's clock never steps back.
+pub(crate) fn next_fence(previous: u64, clock_micros: u64) -> u64 {
+    previous.saturating_add(1).max(clock_micros)
+}
+
+/// Microseconds since the Unix epoch on this machine's wall clock.
+pub(crate) fn unix_micros(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// A random 128-bit token, hex encoded (unique, not secret).

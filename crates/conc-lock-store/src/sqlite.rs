@@ -9,17 +9,20 @@
 //! triggers in the acquiring statement), so they strictly increase per key (and across
 //! keys) and survive release, expiry and cleanup.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::LockError;
+use crate::notify::{LockWatch, Watchers};
 use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, validate_key,
-    validate_ttl,
+    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, unix_micros,
+    validate_key, validate_ttl,
 };
 use crate::{LockStore, from_unix_millis, unix_millis};
 
@@ -38,6 +41,10 @@ pub struct SqliteConfig {
     pub max_ttl: Duration,
     /// Jobs that may queue for the connection's thread (default 1024).
     pub queue: usize,
+    /// How often a watched key is checked for a change made by another process (default
+    /// 25 ms): SQLite has no notifications, so a cheap `PRAGMA data_version` tells when
+    /// anything changed, and only then are the watched keys read.
+    pub watch_interval: Duration,
 }
 
 impl Default for SqliteConfig {
@@ -47,6 +54,7 @@ impl Default for SqliteConfig {
             op_timeout: Duration::from_secs(10),
             max_ttl: Duration::from_secs(3600),
             queue: 1024,
+            watch_interval: Duration::from_millis(25),
         }
     }
 }
@@ -76,6 +84,7 @@ pub struct SqliteLockStore {
     jobs: mpsc::Sender<Job>,
     config: SqliteConfig,
     path: PathBuf,
+    watchers: Arc<Watchers>,
 }
 
 impl fmt::Debug for SqliteLockStore {
@@ -98,8 +107,12 @@ impl SqliteLockStore {
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.config.max_ttl)?;
         let request = request.clone();
+        let sent = tokio::time::Instant::now();
+        let watchers = self.watchers.clone();
         self.call(move |connection| {
-            let now = now_millis();
+            let wall = SystemTime::now();
+            let now = unix_millis(wall);
+            let clock = i64::try_from(unix_micros(wall)).unwrap_or(i64::MAX);
             let token = random_token();
             let expires_at = now.saturating_add(ttl_millis(request.ttl));
             // One statement, so one commit: take the key if free or expired, with the next
@@ -114,7 +127,8 @@ impl SqliteLockStore {
                             token,
                             encode_metadata(&request.metadata),
                             now,
-                            expires_at
+                            expires_at,
+                            clock
                         ],
                         |row| row.get(0),
                     )
@@ -124,6 +138,9 @@ impl SqliteLockStore {
             let Some(fence) = fence else {
                 return Ok(None);
             };
+            if force {
+                watchers.notify(&request.key);
+            }
             Ok(Some(Lease {
                 key: request.key,
                 owner: request.owner,
@@ -132,6 +149,7 @@ impl SqliteLockStore {
                 acquired_at: from_unix_millis(now),
                 expires_at: from_unix_millis(expires_at),
                 ttl: request.ttl,
+                requested_at: sent,
             }))
         })
         .await
@@ -190,7 +208,22 @@ impl SqliteLockStore {
                 source: None,
             })?;
         match opened {
-            Ok(Ok(())) => Ok(Self { jobs, config, path }),
+            Ok(Ok(())) => {
+                let watchers = Arc::<Watchers>::default();
+                if path != Path::new(":memory:") {
+                    spawn_watcher(
+                        path.clone(),
+                        Arc::downgrade(&watchers),
+                        config.watch_interval,
+                    );
+                }
+                Ok(Self {
+                    jobs,
+                    config,
+                    path,
+                    watchers,
+                })
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(LockError::Backend {
                 backend: BACKEND,
@@ -261,6 +294,81 @@ fn next_job(inbox: &mut mpsc::Receiver<Job>) -> Option<Job> {
             }
             Err(mpsc::error::TryRecvError::Empty) => return inbox.blocking_recv(),
         }
+    }
+}
+
+/// Checks the watched keys for changes made through other connections: a cheap
+/// `PRAGMA data_version` every `interval`, and the watched keys' tokens only when it moved.
+/// Ends when the store is dropped.
+fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: Duration) {
+    let run = move || {
+        let mut connection: Option<Connection> = None;
+        let mut version: Option<i64> = None;
+        let mut seen: HashMap<String, Option<String>> = HashMap::new();
+        loop {
+            std::thread::sleep(interval.max(Duration::from_millis(1)));
+            let Some(watchers) = watchers.upgrade() else {
+                return;
+            };
+            if !watchers.is_watched() {
+                seen.clear();
+                continue;
+            }
+            if connection.is_none() {
+                connection = Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .ok();
+                version = None;
+            }
+            let Some(db) = connection.as_ref() else {
+                continue;
+            };
+            let current: Option<i64> = db
+                .query_row("PRAGMA data_version", [], |row| row.get(0))
+                .ok();
+            let Some(current) = current else {
+                // The file is unreadable now: start afresh, and let the holders check.
+                connection = None;
+                watchers.notify_all();
+                continue;
+            };
+            let keys = watchers.watched_keys();
+            if version == Some(current) && keys.iter().all(|k| seen.contains_key(k)) {
+                continue;
+            }
+            version = Some(current);
+            seen.retain(|k, _| keys.contains(k));
+            for key in keys {
+                let token: Option<String> = db
+                    .prepare_cached(
+                        "SELECT token FROM conc_locks WHERE key = ?1 AND expires_at > ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![key, now_millis()], |row| row.get(0))
+                            .optional()
+                    })
+                    .unwrap_or(None);
+                match seen.get(&key) {
+                    Some(before) if *before == token => {}
+                    Some(_) => {
+                        seen.insert(key.clone(), token);
+                        watchers.notify(&key);
+                    }
+                    None => {
+                        seen.insert(key, token);
+                    }
+                }
+            }
+        }
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("conc-sqlite-watch".into())
+        .spawn(run)
+    {
+        tracing::warn!(%error, "could not start the SQLite lock watcher; holders learn of a take-over at their next renewal");
     }
 }
 
@@ -340,11 +448,12 @@ fn ttl_millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Takes the key if free or expired, with the next fence; the triggers move the store's
-/// fence counter along. One statement, so one commit.
+/// Takes the key if free or expired, with the next fence (one more than the store's last,
+/// and at least the clock in microseconds, `?7`, so a deleted file does not send fences
+/// back); the triggers move the store's fence counter along. One statement, so one commit.
 const ACQUIRE_SQL: &str =
     "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-     VALUES (?1, ?2, ?3, (SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?4, ?5, ?6)
+     VALUES (?1, ?2, ?3, MAX((SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?7), ?4, ?5, ?6)
      ON CONFLICT (key) DO UPDATE SET
          owner = excluded.owner, token = excluded.token, fence = excluded.fence,
          metadata = excluded.metadata, acquired_at = excluded.acquired_at,
@@ -355,7 +464,7 @@ const ACQUIRE_SQL: &str =
 /// As [`ACQUIRE_SQL`], whoever holds the key.
 const TAKE_OVER_SQL: &str =
     "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-     VALUES (?1, ?2, ?3, (SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?4, ?5, ?6)
+     VALUES (?1, ?2, ?3, MAX((SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?7), ?4, ?5, ?6)
      ON CONFLICT (key) DO UPDATE SET
          owner = excluded.owner, token = excluded.token, fence = excluded.fence,
          metadata = excluded.metadata, acquired_at = excluded.acquired_at,
@@ -387,6 +496,7 @@ impl LockStore for SqliteLockStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
         let (key, token) = (lease.key.clone(), lease.token.clone());
+        let watchers = self.watchers.clone();
         self.call(move |connection| {
             let removed = connection
                 .prepare_cached(
@@ -394,6 +504,9 @@ impl LockStore for SqliteLockStore {
                 )
                 .and_then(|mut s| s.execute(params![key, token, now_millis()]))
                 .map_err(sql_error("release"))?;
+            if removed == 1 {
+                watchers.notify(&key);
+            }
             Ok(removed == 1)
         })
         .await
@@ -402,6 +515,7 @@ impl LockStore for SqliteLockStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         validate_ttl(ttl, self.config.max_ttl)?;
         let lease = lease.clone();
+        let sent = tokio::time::Instant::now();
         self.call(move |connection| {
             let now = now_millis();
             let expires_at = now.saturating_add(ttl_millis(ttl));
@@ -411,7 +525,11 @@ impl LockStore for SqliteLockStore {
                 )
                 .and_then(|mut s| s.execute(params![lease.key, lease.token, now, expires_at]))
                 .map_err(sql_error("renew"))?;
-            lease.renewed((renewed == 1).then(|| from_unix_millis(expires_at)), ttl)
+            lease.renewed(
+                (renewed == 1).then(|| from_unix_millis(expires_at)),
+                ttl,
+                sent,
+            )
         })
         .await
     }
@@ -473,17 +591,26 @@ impl LockStore for SqliteLockStore {
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
         validate_key(key)?;
         let key = key.to_owned();
+        let watchers = self.watchers.clone();
         self.call(move |connection| {
             let expires_at: Option<i64> = connection
                 .prepare_cached("DELETE FROM conc_locks WHERE key = ?1 RETURNING expires_at")
                 .and_then(|mut s| s.query_row([&key], |row| row.get(0)).optional())
                 .map_err(sql_error("force release"))?;
-            Ok(expires_at.is_some_and(|e| e > now_millis()))
+            let live = expires_at.is_some_and(|e| e > now_millis());
+            if live {
+                watchers.notify(&key);
+            }
+            Ok(live)
         })
         .await
     }
 
     fn max_ttl(&self) -> Duration {
         self.config.max_ttl
+    }
+
+    fn watch(&self, key: &str) -> Option<LockWatch> {
+        Some(self.watchers.subscribe(key))
     }
 }

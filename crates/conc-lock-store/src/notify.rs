@@ -1,0 +1,110 @@
+//! [`LockWatch`]: wake-ups when a key may have changed hands, so holders learn of a
+//! take-over or a forced release at once, and waiters of a release, without polling.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// The watchers of one store: one channel per watched key, and one for everything (sent
+/// when the store cannot tell which keys changed, such as after a reconnect).
+#[derive(Default)]
+pub(crate) struct Watchers {
+    keys: parking_lot::Mutex<HashMap<String, watch::Sender<u64>>>,
+    all: parking_lot::Mutex<Option<watch::Sender<u64>>>,
+}
+
+impl fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watchers")
+            .field("keys", &self.keys.lock().len())
+            .finish()
+    }
+}
+
+impl Watchers {
+    /// A watch on `key`.
+    pub(crate) fn subscribe(self: &Arc<Self>, key: &str) -> LockWatch {
+        let all = self
+            .all
+            .lock()
+            .get_or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        let mut keys = self.keys.lock();
+        // Forget keys nobody watches any more, now and then, so the map stays small.
+        if keys.len() >= 64 && keys.len().is_power_of_two() {
+            keys.retain(|_, sender| sender.receiver_count() > 0);
+        }
+        let key = keys
+            .entry(key.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        LockWatch { key, all }
+    }
+
+    /// Wakes the watchers of `key`.
+    pub(crate) fn notify(&self, key: &str) {
+        let mut keys = self.keys.lock();
+        if let Some(sender) = keys.get(key) {
+            if sender.receiver_count() == 0 {
+                keys.remove(key);
+            } else {
+                sender.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Wakes every watcher (the store cannot tell which keys changed).
+    pub(crate) fn notify_all(&self) {
+        if let Some(sender) = self.all.lock().as_ref() {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The keys someone watches now.
+    pub(crate) fn watched_keys(&self) -> Vec<String> {
+        self.keys
+            .lock()
+            .iter()
+            .filter(|(_, sender)| sender.receiver_count() > 0)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Whether anyone watches anything.
+    pub(crate) fn is_watched(&self) -> bool {
+        self.all
+            .lock()
+            .as_ref()
+            .is_some_and(|sender| sender.receiver_count() > 0)
+    }
+}
+
+/// A watch on one key: [`changed`](Self::changed) returns when the key may have changed
+/// hands (released, taken over, force-released) in any process that shares the store, or
+/// when the store lost track (a reconnect). Wake-ups may be spurious: check the key again.
+pub struct LockWatch {
+    key: watch::Receiver<u64>,
+    all: watch::Receiver<u64>,
+}
+
+impl fmt::Debug for LockWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockWatch").finish_non_exhaustive()
+    }
+}
+
+impl LockWatch {
+    /// Waits for the next change of the key. Once the store is gone it never returns.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a change seen by a dropped call is reported by the next one.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            changed = self.key.changed() => if changed.is_err() { std::future::pending::<()>().await },
+            changed = self.all.changed() => if changed.is_err() { std::future::pending::<()>().await },
+        }
+    }
+}
