@@ -28,6 +28,9 @@ pub struct Message {
     pub content: String,
     /// When it was written, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// For a message a generation wrote: that generation's fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 impl Message {
@@ -41,6 +44,7 @@ impl Message {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            fence: None,
         }
     }
 }
@@ -57,6 +61,11 @@ pub struct SessionData {
     pub metadata: BTreeMap<String, String>,
     /// The version this copy was read at.
     pub version: u64,
+    /// The highest generation fence the store has recorded for this session. The store
+    /// keeps it apart from the data: a fenced write with an older fence is refused, and an
+    /// ordinary save never lowers it.
+    #[serde(default)]
+    pub fence: u64,
 }
 
 impl SessionData {

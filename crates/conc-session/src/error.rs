@@ -50,6 +50,19 @@ pub enum SessionError {
         /// The current session now.
         actual: String,
     },
+    /// A write for a generation carried an older fence than the session has recorded: a
+    /// newer generation started, or the generation was stopped. Nothing was written.
+    #[error(
+        "session `{id}` refused a write with fence {fence}: it has seen fence {seen}, so that generation was stopped or superseded"
+    )]
+    StaleFence {
+        /// The session.
+        id: String,
+        /// The fence the write carried.
+        fence: u64,
+        /// The highest fence the session has recorded.
+        seen: u64,
+    },
     /// An empty or oversized id.
     #[error("invalid session id: {0}")]
     InvalidId(String),
@@ -80,4 +93,7 @@ pub enum GenerationError {
     /// The lock store failed.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The session store failed, or refused the generation's fence.
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }

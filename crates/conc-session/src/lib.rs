@@ -44,8 +44,8 @@ mod store;
 pub use data::{Message, Role, SessionData};
 pub use error::{GenerationError, SessionError};
 pub use manager::{
-    GenerationGuard, GenerationMode, ProcessingGuard, SessionConfig, SessionContext,
-    SessionManager, SessionStats,
+    GenerationGuard, GenerationMode, GenerationWrite, ProcessingGuard, SessionConfig,
+    SessionContext, SessionManager, SessionStats,
 };
 #[cfg(feature = "postgres")]
 pub use store::PostgresSessionStore;

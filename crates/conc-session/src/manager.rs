@@ -108,6 +108,11 @@ struct Counters {
     generations_started: AtomicU64,
 }
 
+/// Why a generation stopped in this process was aborted.
+fn stop_reason() -> AbortReason {
+    AbortReason::user("generation stopped by the user")
+}
+
 /// A flow of control: the tokio task it runs in, or the thread for code outside a task
 /// (a `block_on`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,8 +167,19 @@ struct Inner {
 /// // A second send while it runs gets the please-wait error.
 /// let busy = manager.start_generation(&session.id, "user-1", "m-2", GenerationMode::Reject).await;
 /// assert!(busy.unwrap_err().to_string().contains("Please wait"));
-/// manager.append_message(&session.id, Message::new("m-1", Role::Assistant, "Hello!")).await.unwrap();
+/// // The reply is written with the generation's fence, which the session store checks.
+/// let written = generation
+///     .append_reply(Message::new("m-1-reply", Role::Assistant, "Hello!"))
+///     .await
+///     .unwrap();
+/// assert!(written.is_committed());
 /// generation.finish().await.unwrap();
+/// // A stop, from this process or another, fences the stopped generation out.
+/// let next = manager.start_generation(&session.id, "user-1", "m-2", GenerationMode::Reject).await.unwrap();
+/// assert!(manager.stop_generation(&session.id).await.unwrap());
+/// let refused = next.append_reply(Message::new("m-2-reply", Role::Assistant, "late")).await.unwrap();
+/// assert!(!refused.is_committed());
+/// assert!(!manager.is_generating(&session.id).await.unwrap());
 /// assert!(!manager.is_generating(&session.id).await.unwrap());
 /// # }
 /// ```
@@ -268,6 +284,18 @@ impl SessionManager {
     pub async fn update_session(
         &self,
         id: &str,
+        update: impl FnMut(&mut SessionData) + Send,
+    ) -> Result<SessionData, SessionError> {
+        self.update_inner(id, None, update).await
+    }
+
+    /// As [`update_session`](Self::update_session); with a fence, each save is a fenced
+    /// save that the store refuses with [`SessionError::StaleFence`] once a newer fence is
+    /// recorded.
+    async fn update_inner(
+        &self,
+        id: &str,
+        fence: Option<u64>,
         mut update: impl FnMut(&mut SessionData) + Send,
     ) -> Result<SessionData, SessionError> {
         let lock = {
@@ -286,8 +314,22 @@ impl SessionManager {
                 .load(id)
                 .await?
                 .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+            if let Some(fence) = fence
+                && copy.fence > fence
+            {
+                outcome = Err(SessionError::StaleFence {
+                    id: id.to_owned(),
+                    fence,
+                    seen: copy.fence,
+                });
+                break;
+            }
             update(&mut copy);
-            match sessions.save(&copy).await {
+            let saved = match fence {
+                Some(fence) => sessions.save_fenced(&copy, fence).await,
+                None => sessions.save(&copy).await,
+            };
+            match saved {
                 Ok(saved) => {
                     outcome = Ok(saved);
                     break;
@@ -449,6 +491,22 @@ impl SessionManager {
                 }
             }
         };
+        // Before anything else, the session records the new fence: from now on it refuses
+        // every write of an older generation, whatever the lock store's timing.
+        match self
+            .inner
+            .context
+            .sessions
+            .advance_fence(conversation, guard.fence())
+            .await
+        {
+            // No session: nothing to fence (every write to it fails anyway).
+            Ok(_) | Err(SessionError::NotFound(_)) => {}
+            Err(error) => {
+                let _ = guard.release().await;
+                return Err(error.into());
+            }
+        }
         count(
             &counters.generations_started,
             "conc_session_generations_started",
@@ -505,15 +563,20 @@ impl SessionManager {
             .await?)
     }
 
-    /// Stops the generation running in `conversation`. In this process its signal fires at
-    /// once, and it releases the lock when it ends. In another process, the lock is taken
-    /// over by a short "stopping" lease: the holder's next renewal fails, its signal fires,
-    /// and nobody can start a new generation before the holder must have noticed (its
-    /// renewal interval, plus a margin). Returns whether a generation was running.
+    /// Stops the generation running in `conversation`, in whichever process runs it, and
+    /// frees the conversation at once. Returns whether a generation was running.
+    ///
+    /// It takes the lock over (a short "stopping" lease with a new fence), records that
+    /// fence in the session store, so the session refuses every later write of the stopped
+    /// generation, and releases the lock. The generator learns of it at once: in this
+    /// process its signal fires directly; in another, the take-over reaches its lock guard
+    /// through the lock store's watch (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, SQLite's
+    /// data version), and its signal fires. A new generation can start right away.
     ///
     /// # Cancel safety
     ///
-    /// A dropped call may or may not have taken the lock over; a stopping lease expires.
+    /// A dropped call may or may not have taken the lock over; a stopping lease expires
+    /// within `generation_ttl / 3`.
     pub async fn stop_generation(&self, conversation: &str) -> Result<bool, GenerationError> {
         let local = self
             .inner
@@ -521,20 +584,31 @@ impl SessionManager {
             .lock()
             .get(conversation)
             .map(|(_, c)| c.clone());
-        if let Some(controller) = local {
-            controller.abort(AbortReason::user("generation stopped by the user"));
-            return Ok(true);
+        if let Some(controller) = &local {
+            controller.abort(stop_reason());
         }
         let key = self.lock_key(conversation);
         let locks = &self.inner.context.locks;
-        if !locks.is_locked(&key).await? {
+        if local.is_none() && !locks.is_locked(&key).await? {
             return Ok(false);
         }
         let config = &self.inner.context.config;
-        let hold = config.generation_ttl / 3 + Duration::from_secs(1);
+        let hold = (config.generation_ttl / 3).max(Duration::from_secs(1));
         let request = LockRequest::new(key, format!("stopping/{}", config.instance), hold)
             .with_metadata("stopped_by", config.instance.clone());
-        locks.take_over(&request).await?;
+        let stopping = locks.take_over(&request).await?;
+        let recorded = self
+            .inner
+            .context
+            .sessions
+            .advance_fence(conversation, stopping.fence)
+            .await;
+        let released = locks.release(&stopping).await;
+        match recorded {
+            Ok(_) | Err(SessionError::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        released?;
         Ok(true)
     }
 
@@ -631,11 +705,15 @@ impl fmt::Debug for ProcessingGuard {
     }
 }
 
-/// A running generation: holds the conversation's lock (renewed in the background).
+/// A running generation: holds the conversation's lock (renewed in the background), whose
+/// fence the session store has recorded.
 ///
-/// Watch [`signal`](Self::signal): it fires when the user stops the generation or the
-/// lease is lost. [`commit`](Self::commit) runs the result's commit only while neither
-/// happened. The lock is released by [`finish`](Self::finish), and on drop (error, panic,
+/// Watch [`signal`](Self::signal): it fires when the generation is stopped (in any process)
+/// or the lease is lost. Write the result with [`append_reply`](Self::append_reply) or
+/// [`update`](Self::update): the write carries the generation's fence to the session
+/// store, which refuses it once a newer generation or a stop has recorded a newer fence,
+/// so a generation that was stopped, superseded or paused past its lease never writes.
+/// The lock is released by [`finish`](Self::finish), and on drop (error, panic,
 /// cancellation) too.
 pub struct GenerationGuard {
     manager: SessionManager,
@@ -645,10 +723,126 @@ pub struct GenerationGuard {
     lock: Option<LockGuard>,
 }
 
+/// What became of a write a generation asked for ([`GenerationGuard::append_reply`],
+/// [`GenerationGuard::update`]). Only `Committed` wrote anything; the others are outcomes,
+/// not errors: the generation was stopped or superseded, and its result is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GenerationWrite {
+    /// Saved: the session as saved.
+    Committed(SessionData),
+    /// Not written: the generation was stopped (in this process or another).
+    Stopped,
+    /// Not written: the generation's lease ran out or was taken (a take-over, a forced
+    /// release, a pause past its TTL), as this process's clock or the lock store told.
+    LeaseLost,
+    /// Not written: the session store refused the fence, because it has recorded a newer
+    /// one (a newer generation started, or a stop came through another process).
+    Superseded {
+        /// The generation's fence.
+        fence: u64,
+        /// The newer fence the session has recorded.
+        seen: u64,
+    },
+}
+
+impl GenerationWrite {
+    /// The saved session, if the write was committed.
+    pub fn committed(self) -> Option<SessionData> {
+        match self {
+            GenerationWrite::Committed(session) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Whether the write was committed.
+    pub fn is_committed(&self) -> bool {
+        matches!(self, GenerationWrite::Committed(_))
+    }
+}
+
 impl GenerationGuard {
-    /// Fires when the generation is stopped or its lease is lost.
+    /// Fires when the generation is stopped or its lease is lost (checked against the
+    /// lease's validity first, so a generation that was paused past its lease sees it).
     pub fn signal(&self) -> AbortSignal {
+        if let Some(lock) = &self.lock {
+            lock.is_valid();
+        }
         self.controller.signal()
+    }
+
+    /// Appends the generation's reply to the session, fenced: the message carries the
+    /// generation's fence, and the session store refuses it if a newer generation or a stop
+    /// has recorded a newer fence since. Idempotent by message id. Nothing is written
+    /// unless the outcome is [`GenerationWrite::Committed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call either saved the reply or did not; it never saves half of it.
+    pub async fn append_reply(
+        &self,
+        mut message: Message,
+    ) -> Result<GenerationWrite, GenerationError> {
+        message.fence = Some(self.fence());
+        self.update(move |data| {
+            if !data.has_message(&message.id) {
+                data.messages.push(message.clone());
+            }
+        })
+        .await
+    }
+
+    /// Applies `update` to the conversation's session, fenced: refused, with nothing
+    /// written, once the generation was stopped, lost its lease, or a newer fence was
+    /// recorded in the session store. The fence travels with the write to the store, which
+    /// checks it atomically with the write; the checks here only save a round trip.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`SessionManager::update_session`].
+    pub async fn update(
+        &self,
+        update: impl FnMut(&mut SessionData) + Send,
+    ) -> Result<GenerationWrite, GenerationError> {
+        let fence = self.fence();
+        let stopped_here = self
+            .controller
+            .signal()
+            .reason()
+            .is_some_and(|reason| *reason.root() == stop_reason());
+        let lease_valid = self.lock.as_ref().is_some_and(LockGuard::is_valid);
+        if stopped_here || (lease_valid && self.controller.is_aborted()) {
+            self.count_dropped(false);
+            return Ok(GenerationWrite::Stopped);
+        }
+        if !lease_valid {
+            self.count_dropped(true);
+            return Ok(GenerationWrite::LeaseLost);
+        }
+        match self
+            .manager
+            .update_inner(&self.conversation, Some(fence), update)
+            .await
+        {
+            Ok(saved) => Ok(GenerationWrite::Committed(saved)),
+            Err(SessionError::StaleFence { fence, seen, .. }) => {
+                self.count_dropped(false);
+                Ok(GenerationWrite::Superseded { fence, seen })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    fn count_dropped(&self, lease_lost: bool) {
+        let counters = &self.manager.inner.counters;
+        count(
+            &counters.stale_results_dropped,
+            "conc_session_stale_results_dropped",
+            1,
+        );
+        if lease_lost {
+            count(&counters.leases_lost, "conc_session_leases_lost", 1);
+        }
     }
 
     /// The lease's fence, for every write the generation makes.
@@ -663,7 +857,15 @@ impl GenerationGuard {
 
     /// Runs `commit` if the generation was neither stopped nor lost its lease; otherwise
     /// counts a dropped stale result and returns `None`.
+    ///
+    /// This check is local: it cannot stop a write that happens after it. For writes to the
+    /// session use [`append_reply`](Self::append_reply) or [`update`](Self::update), whose
+    /// fence the store checks with the write; for another resource, send
+    /// [`fence`](Self::fence) with the write and have the resource check it.
     pub fn commit<R>(&self, commit: impl FnOnce() -> R) -> Option<R> {
+        if let Some(lock) = &self.lock {
+            lock.is_valid();
+        }
         if self.controller.is_aborted() {
             let counters = &self.manager.inner.counters;
             count(

@@ -9,6 +9,11 @@ use crate::error::SessionError;
 
 /// Keeps sessions. `save` compares versions, so a stale write fails with
 /// [`SessionError::Conflict`] instead of overwriting a newer one.
+///
+/// A session is also a fenced resource: it records the highest generation fence it has
+/// seen ([`advance_fence`](Self::advance_fence)), and
+/// [`save_fenced`](Self::save_fenced) refuses a write whose fence is older, with
+/// [`SessionError::StaleFence`], writing nothing. Each check is atomic with its write.
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Stores a new session (its version becomes 0).
@@ -34,12 +39,43 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     /// reloads, so nothing is applied twice by the manager.
     async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError>;
 
+    /// As [`save`](Self::save), for a generation holding `fence`: refused with
+    /// [`SessionError::StaleFence`] (nothing written) when the session has recorded a newer
+    /// fence; otherwise saved, and `fence` recorded.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`save`](Self::save).
+    async fn save_fenced(
+        &self,
+        session: &SessionData,
+        fence: u64,
+    ) -> Result<SessionData, SessionError>;
+
+    /// Records `fence` as the session's highest, so every write with an older fence is
+    /// refused from now on; [`SessionError::StaleFence`] if the session has recorded a
+    /// newer one already (an equal one is fine). Returns the fence now recorded.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have recorded the fence; recording it again is
+    /// harmless.
+    async fn advance_fence(&self, id: &str, fence: u64) -> Result<u64, SessionError>;
+
     /// Session ids, at most `limit`.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only reads.
     async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError>;
+}
+
+fn stale(id: &str, fence: u64, seen: u64) -> SessionError {
+    SessionError::StaleFence {
+        id: id.to_owned(),
+        fence,
+        seen,
+    }
 }
 
 pub(crate) fn check_id(id: &str) -> Result<(), SessionError> {
@@ -61,6 +97,34 @@ impl MemorySessionStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn save_checked(
+        &self,
+        session: &SessionData,
+        fence: Option<u64>,
+    ) -> Result<SessionData, SessionError> {
+        let mut sessions = self.sessions.lock();
+        let stored = sessions
+            .get_mut(&session.id)
+            .ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
+        if let Some(fence) = fence
+            && stored.fence > fence
+        {
+            return Err(stale(&session.id, fence, stored.fence));
+        }
+        if stored.version != session.version {
+            return Err(SessionError::Conflict {
+                id: session.id.clone(),
+                expected: session.version,
+            });
+        }
+        *stored = SessionData {
+            version: session.version + 1,
+            fence: stored.fence.max(fence.unwrap_or(0)),
+            ..session.clone()
+        };
+        Ok(stored.clone())
     }
 }
 
@@ -85,21 +149,27 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
+        self.save_checked(session, None)
+    }
+
+    async fn save_fenced(
+        &self,
+        session: &SessionData,
+        fence: u64,
+    ) -> Result<SessionData, SessionError> {
+        self.save_checked(session, Some(fence))
+    }
+
+    async fn advance_fence(&self, id: &str, fence: u64) -> Result<u64, SessionError> {
         let mut sessions = self.sessions.lock();
         let stored = sessions
-            .get_mut(&session.id)
-            .ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
-        if stored.version != session.version {
-            return Err(SessionError::Conflict {
-                id: session.id.clone(),
-                expected: session.version,
-            });
+            .get_mut(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        if stored.fence > fence {
+            return Err(stale(id, fence, stored.fence));
         }
-        *stored = SessionData {
-            version: session.version + 1,
-            ..session.clone()
-        };
-        Ok(stored.clone())
+        stored.fence = fence;
+        Ok(fence)
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
@@ -118,14 +188,31 @@ fn store_error(backend: &'static str, e: impl fmt::Display) -> SessionError {
     }
 }
 
-/// Why a versioned write changed nothing: the session is gone, or a newer version exists.
-async fn conflict_or_missing(store: &dyn SessionStore, session: &SessionData) -> SessionError {
+/// Why a versioned (and maybe fenced) write changed nothing: the session is gone, it has
+/// seen a newer fence, or a newer version exists.
+async fn conflict_or_missing(
+    store: &dyn SessionStore,
+    session: &SessionData,
+    fence: Option<u64>,
+) -> SessionError {
     match store.load(&session.id).await {
         Ok(None) => SessionError::NotFound(session.id.clone()),
+        Ok(Some(stored)) if fence.is_some_and(|f| stored.fence > f) => {
+            stale(&session.id, fence.unwrap_or(0), stored.fence)
+        }
         Ok(Some(_)) => SessionError::Conflict {
             id: session.id.clone(),
             expected: session.version,
         },
+        Err(e) => e,
+    }
+}
+
+/// Why recording a fence changed nothing: the session is gone, or it has a newer fence.
+async fn missing_or_stale(store: &dyn SessionStore, id: &str, fence: u64) -> SessionError {
+    match store.load(id).await {
+        Ok(None) => SessionError::NotFound(id.to_owned()),
+        Ok(Some(stored)) => stale(id, fence, stored.fence),
         Err(e) => e,
     }
 }
@@ -137,12 +224,18 @@ fn encode(session: &SessionData) -> Result<String, SessionError> {
     })
 }
 
-fn decode(backend: &'static str, text: &str, version: u64) -> Result<SessionData, SessionError> {
+fn decode(
+    backend: &'static str,
+    text: &str,
+    version: u64,
+    fence: u64,
+) -> Result<SessionData, SessionError> {
     let mut data: SessionData = serde_json::from_str(text).map_err(|e| SessionError::Store {
         backend,
         message: format!("a stored session is not valid: {e}"),
     })?;
     data.version = version;
+    data.fence = fence;
     Ok(data)
 }
 
@@ -173,7 +266,45 @@ mod sqlite {
         op_timeout: Duration,
     }
 
+    /// A fence as SQLite stores it.
+    fn fence_value(fence: u64) -> Result<i64, SessionError> {
+        i64::try_from(fence).map_err(|_| SessionError::Store {
+            backend: BACKEND,
+            message: format!("fence {fence} is larger than a stored fence can be"),
+        })
+    }
+
     impl SqliteSessionStore {
+        async fn save_checked(
+            &self,
+            session: &SessionData,
+            fence: Option<u64>,
+        ) -> Result<SessionData, SessionError> {
+            let saved = SessionData {
+                version: session.version + 1,
+                fence: session.fence.max(fence.unwrap_or(0)),
+                ..session.clone()
+            };
+            let text = encode(&saved)?;
+            let (id, expected) = (session.id.clone(), session.version as i64);
+            let fence_arg = fence.map(fence_value).transpose()?;
+            let changed = self
+                .call(move |c| {
+                    match fence_arg {
+                        None => c.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3 WHERE id = ?1 AND version = ?2")
+                            .and_then(|mut s| s.execute(params![id, expected, text])),
+                        Some(f) => c.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3, fence = ?4 WHERE id = ?1 AND version = ?2 AND fence <= ?4")
+                            .and_then(|mut s| s.execute(params![id, expected, text, f])),
+                    }
+                    .map_err(store_error)
+                })
+                .await?;
+            if changed == 1 {
+                return Ok(saved);
+            }
+            Err(super::conflict_or_missing(self, session, fence).await)
+        }
+
         /// Opens (creating if needed) the session table in the file at `path`.
         ///
         /// # Cancel safety
@@ -207,10 +338,29 @@ mod sqlite {
                             "CREATE TABLE IF NOT EXISTS conc_sessions (
                              id TEXT PRIMARY KEY,
                              version INTEGER NOT NULL,
-                             data TEXT NOT NULL
+                             data TEXT NOT NULL,
+                             fence INTEGER NOT NULL DEFAULT 0
                          ) WITHOUT ROWID;",
                         )
                         .map_err(store_error)?;
+                    // A table from before fences: add the column (another process may be
+                    // doing the same, so a duplicate column is fine).
+                    let has_fence: bool = connection
+                        .query_row(
+                            "SELECT COUNT(*) FROM pragma_table_info('conc_sessions') WHERE name = 'fence'",
+                            [],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .map_err(store_error)?
+                        > 0;
+                    if !has_fence
+                        && let Err(e) = connection.execute_batch(
+                            "ALTER TABLE conc_sessions ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+                        )
+                        && !e.to_string().contains("duplicate column")
+                    {
+                        return Err(store_error(e));
+                    }
                     Ok(connection)
                 })
                 .await
@@ -261,37 +411,47 @@ mod sqlite {
 
         async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
             let id = id.to_owned();
-            let row: Option<(i64, String)> = self
+            let row: Option<(i64, String, i64)> = self
                 .call(move |c| {
-                    c.prepare_cached("SELECT version, data FROM conc_sessions WHERE id = ?1")
+                    c.prepare_cached("SELECT version, data, fence FROM conc_sessions WHERE id = ?1")
                         .and_then(|mut s| {
-                            s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+                            s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                                .optional()
                         })
                         .map_err(store_error)
                 })
                 .await?;
-            row.map(|(version, text)| decode(BACKEND, &text, version as u64))
+            row.map(|(version, text, fence)| decode(BACKEND, &text, version as u64, fence as u64))
                 .transpose()
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
-            let saved = SessionData {
-                version: session.version + 1,
-                ..session.clone()
-            };
-            let text = encode(&saved)?;
-            let (id, expected) = (session.id.clone(), session.version as i64);
+            self.save_checked(session, None).await
+        }
+
+        async fn save_fenced(
+            &self,
+            session: &SessionData,
+            fence: u64,
+        ) -> Result<SessionData, SessionError> {
+            self.save_checked(session, Some(fence)).await
+        }
+
+        async fn advance_fence(&self, id: &str, fence: u64) -> Result<u64, SessionError> {
+            let (key, value) = (id.to_owned(), fence_value(fence)?);
             let changed = self
                 .call(move |c| {
-                    c.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3 WHERE id = ?1 AND version = ?2")
-                        .and_then(|mut s| s.execute(params![id, expected, text]))
-                        .map_err(store_error)
+                    c.prepare_cached(
+                        "UPDATE conc_sessions SET fence = ?2 WHERE id = ?1 AND fence <= ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![key, value]))
+                    .map_err(store_error)
                 })
                 .await?;
             if changed == 1 {
-                return Ok(saved);
+                return Ok(fence);
             }
-            Err(super::conflict_or_missing(self, session).await)
+            Err(super::missing_or_stale(self, id, fence).await)
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
@@ -340,7 +500,55 @@ mod postgres {
         op_timeout: Duration,
     }
 
+    /// A fence as PostgreSQL stores it.
+    fn fence_value(fence: u64) -> Result<i64, SessionError> {
+        i64::try_from(fence).map_err(|_| {
+            store_error(format!(
+                "fence {fence} is larger than a stored fence can be"
+            ))
+        })
+    }
+
     impl PostgresSessionStore {
+        async fn save_checked(
+            &self,
+            session: &SessionData,
+            fence: Option<u64>,
+        ) -> Result<SessionData, SessionError> {
+            let saved = SessionData {
+                version: session.version + 1,
+                fence: session.fence.max(fence.unwrap_or(0)),
+                ..session.clone()
+            };
+            let text = encode(&saved)?;
+            let client = self.client().await?;
+            let version = session.version as i64;
+            let changed = match fence.map(fence_value).transpose()? {
+                None => {
+                    let sql = format!(
+                        "UPDATE {} SET version = version + 1, data = $3 WHERE id = $1 AND version = $2",
+                        self.table
+                    );
+                    self.timed(client.execute(&sql, &[&session.id, &version, &text]))
+                        .await?
+                }
+                Some(f) => {
+                    let sql = format!(
+                        "UPDATE {} SET version = version + 1, data = $3, fence = $4
+                         WHERE id = $1 AND version = $2 AND fence <= $4",
+                        self.table
+                    );
+                    self.timed(client.execute(&sql, &[&session.id, &version, &text, &f]))
+                        .await?
+                }
+            };
+            drop(client);
+            if changed == 1 {
+                return Ok(saved);
+            }
+            Err(super::conflict_or_missing(self, session, fence).await)
+        }
+
         /// Connects to `url` and creates `schema.conc_sessions` if needed. `schema` must be
         /// lowercase letters, digits and `_`.
         ///
@@ -382,7 +590,8 @@ mod postgres {
             let client = store.client().await?;
             let create = format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-                 CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL);",
+                 CREATE TABLE IF NOT EXISTS {0} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL);
+                 ALTER TABLE {0} ADD COLUMN IF NOT EXISTS fence BIGINT NOT NULL DEFAULT 0;",
                 store.table
             );
             let tx_work = async {
@@ -447,30 +656,47 @@ mod postgres {
 
         async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
             let client = self.client().await?;
-            let sql = format!("SELECT version, data FROM {} WHERE id = $1", self.table);
+            let sql = format!(
+                "SELECT version, data, fence FROM {} WHERE id = $1",
+                self.table
+            );
             let row = self.timed(client.query_opt(&sql, &[&id])).await?;
-            row.map(|r| decode(BACKEND, r.get::<_, &str>(1), r.get::<_, i64>(0) as u64))
-                .transpose()
+            row.map(|r| {
+                decode(
+                    BACKEND,
+                    r.get::<_, &str>(1),
+                    r.get::<_, i64>(0) as u64,
+                    r.get::<_, i64>(2) as u64,
+                )
+            })
+            .transpose()
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
-            let saved = SessionData {
-                version: session.version + 1,
-                ..session.clone()
-            };
-            let text = encode(&saved)?;
+            self.save_checked(session, None).await
+        }
+
+        async fn save_fenced(
+            &self,
+            session: &SessionData,
+            fence: u64,
+        ) -> Result<SessionData, SessionError> {
+            self.save_checked(session, Some(fence)).await
+        }
+
+        async fn advance_fence(&self, id: &str, fence: u64) -> Result<u64, SessionError> {
+            let value = fence_value(fence)?;
             let client = self.client().await?;
             let sql = format!(
-                "UPDATE {} SET version = version + 1, data = $3 WHERE id = $1 AND version = $2",
+                "UPDATE {} SET fence = $2 WHERE id = $1 AND fence <= $2",
                 self.table
             );
-            let changed = self
-                .timed(client.execute(&sql, &[&session.id, &(session.version as i64), &text]))
-                .await?;
+            let changed = self.timed(client.execute(&sql, &[&id, &value])).await?;
+            drop(client);
             if changed == 1 {
-                return Ok(saved);
+                return Ok(fence);
             }
-            Err(super::conflict_or_missing(self, session).await)
+            Err(super::missing_or_stale(self, id, fence).await)
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
