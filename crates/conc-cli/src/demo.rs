@@ -17,8 +17,8 @@ use conc_core::{AbortManager, AbortReason, IdempotencyKey, IdempotencyRegistry};
 use conc_lock_store::LockStore;
 use conc_retry::{CircuitBreaker, Classify, ErrorClass, Jitter, Retry, RetryBudget, RetryPolicy};
 use conc_session::{
-    GenerationError, GenerationMode, Message, Role, SessionConfig, SessionContext, SessionError,
-    SessionManager, SessionStore,
+    GenerationError, GenerationGuard, GenerationMode, Message, Role, SessionConfig, SessionContext,
+    SessionError, SessionManager, SessionStore,
 };
 
 /// What `conc demo` was asked to do.
@@ -30,6 +30,10 @@ pub(crate) struct DemoOptions {
     pub(crate) failure_rate: f64,
     pub(crate) seed: u64,
     pub(crate) progress: bool,
+    /// Inject faults: forced releases, take-overs, a generator paused past its lease.
+    pub(crate) chaos: bool,
+    /// Write replies without the fence (to show what it prevents).
+    pub(crate) unfenced: bool,
 }
 
 #[derive(Default)]
@@ -45,7 +49,11 @@ struct Counters {
     switches: AtomicU64,
     stops: AtomicU64,
     failed_generations: AtomicU64,
-    overlaps: AtomicU64,
+    forced_releases: AtomicU64,
+    take_overs: AtomicU64,
+    pauses: AtomicU64,
+    writes_refused: AtomicU64,
+    superseded_accepted: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -131,6 +139,12 @@ struct Demo {
     instance: String,
     options: DemoOptions,
     saved_ids: parking_lot::Mutex<HashSet<String>>,
+    /// The newest fence this process knows each conversation has recorded (a start or a
+    /// stop): a write accepted with an older fence, begun after that, is a superseded
+    /// generation's write getting through.
+    latest: parking_lot::Mutex<HashMap<String, u64>>,
+    /// Whether the paused-generator fault has been injected.
+    paused_once: std::sync::atomic::AtomicBool,
 }
 
 fn conversation(n: usize) -> String {
@@ -187,31 +201,212 @@ impl Demo {
         }
     }
 
-    /// Marks the conversation as generating in the shared session store; an existing live
-    /// mark from someone else means two generations at once: an invariant broken.
-    async fn mark(&self, conv: &str, mine: &str, set: bool) -> Result<(), SessionError> {
-        let overlaps = &self.counters.overlaps;
-        self.manager
-            .update_session(conv, |data| {
-                let existing = data.metadata.get("generating").cloned();
-                if set {
-                    if let Some(other) = &existing {
-                        let live = other
-                            .split('@')
-                            .nth(1)
-                            .and_then(|t| t.parse::<u64>().ok())
-                            .is_some_and(|until| until > now_ms());
-                        if live && other != mine {
-                            overlaps.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    data.metadata.insert("generating".into(), mine.to_owned());
-                } else if existing.as_deref() == Some(mine) {
-                    data.metadata.remove("generating");
+    /// Remembers that `conv` has recorded `fence` (a start or a stop in this process).
+    fn saw_fence(&self, conv: &str, fence: u64) {
+        let mut latest = self.latest.lock();
+        let entry = latest.entry(conv.to_owned()).or_default();
+        *entry = (*entry).max(fence);
+    }
+
+    /// Writes a generation's reply: fenced (the session store checks the fence with the
+    /// write), or with `--unfenced` the unsafe way (a local check, then a plain append).
+    async fn write_reply(
+        &self,
+        conv: &str,
+        generation: &GenerationGuard,
+        message: Message,
+    ) -> Result<bool, SessionError> {
+        let known = self.latest.lock().get(conv).copied().unwrap_or(0);
+        let fence = generation.fence();
+        let committed = if self.options.unfenced {
+            if generation.commit(|| ()).is_some() {
+                let mut message = message;
+                message.fence = Some(fence);
+                self.manager.append_message(conv, message).await?;
+                true
+            } else {
+                false
+            }
+        } else {
+            match generation.append_reply(message).await {
+                Ok(written) => written.is_committed(),
+                Err(GenerationError::Session(e)) => return Err(e),
+                Err(e) => {
+                    return Err(SessionError::Store {
+                        backend: "lock",
+                        message: e.to_string(),
+                    });
                 }
-            })
-            .await
-            .map(drop)
+            }
+        };
+        if committed && known > fence {
+            bump(&self.counters.superseded_accepted);
+        }
+        if !committed {
+            bump(&self.counters.writes_refused);
+        }
+        Ok(committed)
+    }
+
+    /// A fault an operator causes in the middle of a generation: a forced release, or a
+    /// take-over held briefly. Either way the generation's lease is gone.
+    async fn operator_fault(&self, rng: &mut Rng, conv: &str) {
+        let key = format!("{}{conv}", self.manager.context().config.lock_prefix);
+        let locks = &self.manager.context().locks;
+        if rng.unit() < 0.5 {
+            if locks.force_release(&key).await.unwrap_or(false) {
+                bump(&self.counters.forced_releases);
+            }
+        } else {
+            let request =
+                conc_lock_store::LockRequest::new(key, "operator", Duration::from_millis(200));
+            if let Ok(lease) = locks.take_over(&request).await {
+                bump(&self.counters.take_overs);
+                tokio::time::sleep(rng.millis(20, 120)).await;
+                let _ = locks.release(&lease).await;
+            }
+        }
+    }
+
+    /// Runs `generation` on a thread of its own whose runtime then stops dead (as a stalled
+    /// VM or a stopped process would) past the lease, renewals included; on waking it tries
+    /// to write, which must be refused.
+    async fn pause_past_lease(
+        self: Arc<Self>,
+        conv: String,
+        id: String,
+        generation: GenerationGuard,
+    ) {
+        bump(&self.counters.pauses);
+        let pause = self.manager.context().config.generation_ttl + Duration::from_millis(500);
+        let (done, result) = tokio::sync::oneshot::channel();
+        // The guard's renewal task runs on the runtime it was started on; move the lease
+        // to a runtime that can stop: release this one and start a fresh generation there.
+        let demo = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("demo-paused-generator".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = done.send(Err(SessionError::Store {
+                            backend: "runtime",
+                            message: e.to_string(),
+                        }));
+                        return;
+                    }
+                };
+                let outcome = runtime.block_on(async move {
+                    let _ = generation.finish().await;
+                    let generation = match demo
+                        .manager
+                        .start_generation(&conv, "paused-user", &id, GenerationMode::Reject)
+                        .await
+                    {
+                        Ok(generation) => generation,
+                        Err(_) => return Ok(()),
+                    };
+                    demo.saw_fence(&conv, generation.fence());
+                    // The pause: this thread and its runtime stop.
+                    std::thread::sleep(pause);
+                    let reply =
+                        Message::new(format!("{id}-reply"), Role::Assistant, "a late reply");
+                    if demo.write_reply(&conv, &generation, reply).await? {
+                        // A paused generator's write got through: count it against the fence.
+                        bump(&demo.counters.superseded_accepted);
+                        demo.saved_ids.lock().insert(format!("{id}-reply"));
+                        bump(&demo.counters.assistant_saved);
+                    }
+                    drop(generation);
+                    Ok(())
+                });
+                let _ = done.send(outcome);
+            });
+        match thread {
+            Ok(_) => match result.await {
+                Ok(Ok(())) => {}
+                _ => bump(&self.counters.errors),
+            },
+            Err(_) => bump(&self.counters.errors),
+        }
+    }
+
+    /// One generation: the provider call with retries, maybe a switch or an operator's
+    /// fault in the middle, then the fenced write of the reply.
+    async fn generate(
+        &self,
+        rng: &mut Rng,
+        aborts: &AbortManager,
+        conv: &str,
+        id: &str,
+        text: &str,
+        generation: GenerationGuard,
+    ) -> Result<(), SessionError> {
+        let switch_after = (rng.unit() < 0.15).then(|| rng.millis(10, 150));
+        let fault_after = (self.options.chaos && rng.unit() < 0.08).then(|| rng.millis(5, 80));
+        let lease = aborts.begin();
+        let signal = generation.signal();
+        let counters = self.counters.clone();
+        let mut call_rng = Rng(rng.next());
+        let attempt = || {
+            bump(&counters.provider_calls);
+            let mut attempt_rng = Rng(call_rng.next());
+            let prompt = text.to_owned();
+            let failure_rate = self.options.failure_rate;
+            async move { provider(&mut attempt_rng, failure_rate, &prompt).await }
+        };
+        let call = Retry::new(&self.policy)
+            .breaker(&self.breaker)
+            .budget(&self.budget)
+            .signal(&signal)
+            .on_retry(|_, _, _| bump(&self.counters.retries))
+            .run(attempt);
+        // Sometimes the user switches conversations while the reply streams: the stream is
+        // aborted and its result must not be committed.
+        let guarded = lease.signal().run_until_aborted(call);
+        tokio::pin!(guarded);
+        let mut switch_armed = switch_after.is_some();
+        let switch = tokio::time::sleep(switch_after.unwrap_or_default());
+        tokio::pin!(switch);
+        let mut fault_armed = fault_after.is_some();
+        let fault = tokio::time::sleep(fault_after.unwrap_or_default());
+        tokio::pin!(fault);
+        let mut fault_rng = Rng(rng.next());
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut guarded => break outcome,
+                () = &mut switch, if switch_armed => {
+                    switch_armed = false;
+                    if aborts.abort_active(AbortReason::Superseded) {
+                        bump(&self.counters.switches);
+                    }
+                }
+                () = &mut fault, if fault_armed => {
+                    fault_armed = false;
+                    self.operator_fault(&mut fault_rng, conv).await;
+                }
+            }
+        };
+        match outcome {
+            Err(_) => bump(&self.counters.stale_dropped),
+            Ok(Err(error)) if error.is_aborted() => bump(&self.counters.stale_dropped),
+            Ok(Err(_)) => bump(&self.counters.failed_generations),
+            Ok(Ok(reply)) => {
+                let reply_id = format!("{id}-reply");
+                let message = Message::new(&reply_id, Role::Assistant, reply);
+                if self.write_reply(conv, &generation, message).await? {
+                    bump(&self.counters.assistant_saved);
+                    self.saved_ids.lock().insert(reply_id);
+                } else {
+                    bump(&self.counters.stale_dropped);
+                }
+            }
+        }
+        let _ = generation.finish().await;
+        Ok(())
     }
 
     async fn user(
@@ -227,6 +422,10 @@ impl Demo {
             let conv = conversation(rng.below(self.options.conversations));
             if rng.unit() < 0.04 && self.manager.stop_generation(&conv).await.unwrap_or(false) {
                 bump(&self.counters.stops);
+                // The stop recorded a newer fence than the stopped generation's.
+                if let Ok(info) = self.manager.session(&conv).await {
+                    self.saw_fence(&conv, info.fence);
+                }
             }
             seq += 1;
             let id = format!("{}-u{user}-{seq}", self.instance);
@@ -253,71 +452,20 @@ impl Demo {
                 Err(GenerationError::InProgress { .. }) => {}
                 Err(_) => bump(&self.counters.errors),
                 Ok(generation) => {
-                    let ttl = self.manager.context().config.generation_ttl;
-                    let mine = format!(
-                        "{}#{}@{}",
-                        self.instance,
-                        generation.fence(),
-                        now_ms() + ttl.as_millis() as u64
-                    );
-                    self.mark(&conv, &mine, true).await?;
-                    let switch_after = (rng.unit() < 0.15).then(|| rng.millis(10, 150));
-                    let lease = aborts.begin();
-                    let signal = generation.signal();
-                    let counters = self.counters.clone();
-                    let attempt = || {
-                        bump(&counters.provider_calls);
-                        let mut call_rng = Rng(rng.next());
-                        let prompt = text.clone();
-                        let failure_rate = self.options.failure_rate;
-                        async move { provider(&mut call_rng, failure_rate, &prompt).await }
-                    };
-                    let call = Retry::new(&self.policy)
-                        .breaker(&self.breaker)
-                        .budget(&self.budget)
-                        .signal(&signal)
-                        .on_retry(|_, _, _| bump(&self.counters.retries))
-                        .run(attempt);
-                    // Sometimes the user switches conversations while the reply streams:
-                    // the stream is aborted and its result must not be committed.
-                    let guarded = lease.signal().run_until_aborted(call);
-                    tokio::pin!(guarded);
-                    let mut armed = switch_after.is_some();
-                    let switch = tokio::time::sleep(switch_after.unwrap_or_default());
-                    tokio::pin!(switch);
-                    let outcome = loop {
-                        tokio::select! {
-                            outcome = &mut guarded => break outcome,
-                            () = &mut switch, if armed => {
-                                armed = false;
-                                if aborts.abort_active(AbortReason::Superseded) {
-                                    bump(&self.counters.switches);
-                                }
-                            }
-                        }
-                    };
-                    match outcome {
-                        Err(_) => bump(&self.counters.stale_dropped),
-                        Ok(Err(error)) if error.is_aborted() => bump(&self.counters.stale_dropped),
-                        Ok(Err(_)) => bump(&self.counters.failed_generations),
-                        Ok(Ok(reply)) => {
-                            let reply_id = format!("{id}-reply");
-                            if generation.commit(|| ()).is_some() {
-                                self.manager
-                                    .append_message(
-                                        &conv,
-                                        Message::new(&reply_id, Role::Assistant, reply),
-                                    )
-                                    .await?;
-                                bump(&self.counters.assistant_saved);
-                                self.saved_ids.lock().insert(reply_id);
-                            } else {
-                                bump(&self.counters.stale_dropped);
-                            }
-                        }
+                    self.saw_fence(&conv, generation.fence());
+                    if self.options.chaos
+                        && !self.paused_once.load(Ordering::Relaxed)
+                        && tokio::time::Instant::now() + self.options.duration / 2 >= stop_at
+                        && !self.paused_once.swap(true, Ordering::Relaxed)
+                    {
+                        // Hand this generation to a thread that stops dead past its lease.
+                        self.clone()
+                            .pause_past_lease(conv.clone(), id.clone(), generation)
+                            .await;
+                    } else {
+                        self.generate(&mut rng, &aborts, &conv, &id, &text, generation)
+                            .await?;
                     }
-                    self.mark(&conv, &mine, false).await?;
-                    let _ = generation.finish().await;
                 }
             }
             if !spammer {
@@ -378,7 +526,7 @@ pub(crate) async fn run(
         sessions,
         locks,
         config: SessionConfig {
-            generation_ttl: Duration::from_secs(3),
+            generation_ttl: Duration::from_secs(2),
             max_update_attempts: 10_000,
             instance: instance.clone(),
             ..SessionConfig::default()
@@ -422,6 +570,8 @@ pub(crate) async fn run(
         instance: instance.clone(),
         options: options.clone(),
         saved_ids: parking_lot::Mutex::new(HashSet::new()),
+        latest: parking_lot::Mutex::new(HashMap::new()),
+        paused_once: std::sync::atomic::AtomicBool::new(false),
     });
 
     let supervisor = Supervisor::new("demo");
@@ -471,11 +621,28 @@ pub(crate) async fn run(
 
     // Check the invariants against what the stores hold.
     let mut ours: HashMap<String, usize> = HashMap::new();
+    // Each conversation's replies, in the order the store appended them, must carry
+    // strictly increasing fences: a generation's reply appended after a newer generation
+    // (or a stop) recorded its fence means two generations committed at once.
+    let mut out_of_order = 0usize;
     for n in 0..options.conversations {
         let session = manager
             .session(&conversation(n))
             .await
             .map_err(|e| e.to_string())?;
+        let mut last_fence = 0u64;
+        for message in session
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+        {
+            if let Some(fence) = message.fence {
+                if fence <= last_fence {
+                    out_of_order += 1;
+                }
+                last_fence = last_fence.max(fence);
+            }
+        }
         for message in session
             .messages
             .iter()
@@ -492,7 +659,7 @@ pub(crate) async fn run(
     let stored: usize = ours.values().sum();
     let stats = manager.stats();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
-    let overlaps = counters.overlaps.load(Ordering::Relaxed);
+    let superseded_accepted = counters.superseded_accepted.load(Ordering::Relaxed);
     let rows = vec![
         Row("sends", load(&counters.sends)),
         Row("generations started", stats.generations_started.to_string()),
@@ -520,13 +687,28 @@ pub(crate) async fn run(
             "session update conflicts retried",
             stats.conflicts_retried.to_string(),
         ),
+        Row("chaos: forced releases", load(&counters.forced_releases)),
+        Row("chaos: take-overs", load(&counters.take_overs)),
+        Row(
+            "chaos: generators paused past their lease",
+            load(&counters.pauses),
+        ),
+        Row("superseded writes refused", load(&counters.writes_refused)),
         Row("errors", load(&counters.errors)),
     ];
     let mut invariants = vec![
         (
-            "never two generations at once in one conversation",
-            overlaps == 0,
-            format!("{overlaps} overlap(s) seen"),
+            "no two generations commit in one conversation",
+            out_of_order == 0,
+            format!("{out_of_order} reply(ies) committed after a newer generation's fence"),
+        ),
+        (
+            "no write from a superseded generation is accepted",
+            superseded_accepted == 0,
+            format!(
+                "{superseded_accepted} accepted, {} refused",
+                counters.writes_refused.load(Ordering::Relaxed)
+            ),
         ),
         (
             "every message saved exactly once",

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! conc demo [--locks SPEC] [--sessions SPEC] [--users N] [--conversations N]
-//!           [--duration 10s] [--failure-rate 0.2] [--seed N]
+//!           [--duration 10s] [--failure-rate 0.2] [--seed N] [--no-chaos] [--unfenced]
 //! conc locks list [--prefix P] [--limit N] [--json] --locks SPEC
 //! conc locks inspect KEY [--json] --locks SPEC
 //! conc locks release KEY --force [--json] --locks SPEC
@@ -55,6 +55,15 @@ enum Command {
         /// Seed of the simulation's randomness.
         #[arg(long, default_value_t = 2026)]
         seed: u64,
+        /// Inject no faults. By default the demo forces releases and takes locks over in
+        /// the middle of generations, as an operator would, and pauses a generator past
+        /// its lease, as a stalled VM would.
+        #[arg(long)]
+        no_chaos: bool,
+        /// Write replies the unsafe way, a local check and then an unfenced append, to show
+        /// what the fence prevents: with per-process locks or faults, the invariants break.
+        #[arg(long)]
+        unfenced: bool,
     },
     /// Inspect and operate locks.
     Locks {
@@ -85,7 +94,8 @@ enum LockAction {
         /// The lock's key.
         key: String,
     },
-    /// Free KEY whoever holds it (its holder learns at its next renewal).
+    /// Free KEY whoever holds it (its holder learns at once, through the store's
+    /// notifications).
     Release {
         /// The lock's key.
         key: String,
@@ -141,6 +151,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             duration,
             failure_rate,
             seed,
+            no_chaos,
+            unfenced,
         } => {
             let temp =
                 tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
@@ -161,6 +173,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 failure_rate,
                 seed,
                 progress: std::io::stderr().is_terminal(),
+                chaos: !no_chaos,
+                unfenced,
             };
             let report = demo::run(options, lock_store, session_store).await?;
             println!("{}", report.render());

@@ -31,7 +31,11 @@ fn the_default_demo_runs_and_keeps_its_invariants() {
         "duplicates coalesced",
         "retries",
         "circuit openings",
-        "never two generations at once in one conversation",
+        "chaos: forced releases",
+        "chaos: take-overs",
+        "chaos: generators paused past their lease",
+        "no two generations commit in one conversation",
+        "no write from a superseded generation is accepted",
         "every message saved exactly once",
         "no session update lost",
     ] {
@@ -44,7 +48,7 @@ fn the_default_demo_runs_and_keeps_its_invariants() {
     );
 }
 
-fn run_pair(locks: &str, sessions: &str) -> Vec<Output> {
+fn run_pair(locks: &str, sessions: &str, extra: &[&str]) -> Vec<Output> {
     let children: Vec<_> = [1, 2]
         .iter()
         .map(|seed| {
@@ -60,6 +64,7 @@ fn run_pair(locks: &str, sessions: &str) -> Vec<Output> {
                     "--seed",
                     &seed.to_string(),
                 ])
+                .args(extra)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -77,7 +82,7 @@ fn run_pair(locks: &str, sessions: &str) -> Vec<Output> {
 fn two_processes_on_shared_stores_keep_the_invariants() {
     let dir = tempfile::tempdir().unwrap();
     let spec = format!("sqlite:{}", dir.path().join("shared.db").display());
-    for output in run_pair(&spec, &spec) {
+    for output in run_pair(&spec, &spec, &[]) {
         let (stdout, stderr) = text(&output);
         assert!(
             output.status.success(),
@@ -86,15 +91,35 @@ fn two_processes_on_shared_stores_keep_the_invariants() {
     }
 }
 
-/// The checker is real: with per-process (memory) locks over shared sessions, the two
-/// processes do generate at once, and the demo says so and fails.
+/// With per-process (memory) locks over shared sessions, two processes do generate at
+/// once, but the session store's fence refuses the superseded generation's reply: the
+/// invariants hold.
 #[test]
-fn per_process_locks_over_shared_sessions_break_exclusion_and_the_demo_says_so() {
+fn per_process_locks_over_shared_sessions_are_saved_by_the_fence() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = format!("sqlite:{}", dir.path().join("shared.db").display());
-    let outputs = run_pair("memory", &sessions);
+    for output in run_pair("memory", &sessions, &[]) {
+        let (stdout, stderr) = text(&output);
+        assert!(
+            output.status.success(),
+            "stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}
+
+/// The checker is real: with per-process locks and replies written the unsafe way (a local
+/// check, then an unfenced append), the two processes commit over each other, and the
+/// demo says so and fails.
+#[test]
+fn unfenced_replies_with_per_process_locks_break_and_the_demo_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = format!("sqlite:{}", dir.path().join("shared.db").display());
+    let outputs = run_pair("memory", &sessions, &["--unfenced"]);
     let broken = outputs.iter().filter(|o| !o.status.success()).count();
-    assert!(broken >= 1, "no process noticed two generations at once");
+    assert!(
+        broken >= 1,
+        "no process noticed two generations committing at once"
+    );
     for output in outputs.iter().filter(|o| !o.status.success()) {
         let (stdout, _) = text(output);
         assert!(stdout.contains("BROKEN"), "{stdout}");

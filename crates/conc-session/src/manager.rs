@@ -76,7 +76,8 @@ pub struct SessionStats {
     pub queued: u64,
     /// Total time queued starts waited, in milliseconds.
     pub waited_ms: u64,
-    /// Generations whose lease was lost while running.
+    /// Generations whose lease was lost while running (a take-over, a forced release, a
+    /// stop from another process, renewals that failed, a pause past the lease).
     pub leases_lost: u64,
     /// Results dropped because the generation had been stopped or had lost its lease.
     pub stale_results_dropped: u64,
@@ -812,11 +813,11 @@ impl GenerationGuard {
             .is_some_and(|reason| *reason.root() == stop_reason());
         let lease_valid = self.lock.as_ref().is_some_and(LockGuard::is_valid);
         if stopped_here || (lease_valid && self.controller.is_aborted()) {
-            self.count_dropped(false);
+            self.count_dropped();
             return Ok(GenerationWrite::Stopped);
         }
         if !lease_valid {
-            self.count_dropped(true);
+            self.count_dropped();
             return Ok(GenerationWrite::LeaseLost);
         }
         match self
@@ -826,21 +827,26 @@ impl GenerationGuard {
         {
             Ok(saved) => Ok(GenerationWrite::Committed(saved)),
             Err(SessionError::StaleFence { fence, seen, .. }) => {
-                self.count_dropped(false);
+                self.count_dropped();
                 Ok(GenerationWrite::Superseded { fence, seen })
             }
             Err(other) => Err(other.into()),
         }
     }
 
-    fn count_dropped(&self, lease_lost: bool) {
+    fn count_dropped(&self) {
         let counters = &self.manager.inner.counters;
         count(
             &counters.stale_results_dropped,
             "conc_session_stale_results_dropped",
             1,
         );
-        if lease_lost {
+    }
+
+    /// Counts a lost lease once, when the generation ends.
+    fn count_lost_lease(&self, lock: &LockGuard) {
+        if lock.lost().is_aborted() {
+            let counters = &self.manager.inner.counters;
             count(&counters.leases_lost, "conc_session_leases_lost", 1);
         }
     }
@@ -867,15 +873,7 @@ impl GenerationGuard {
             lock.is_valid();
         }
         if self.controller.is_aborted() {
-            let counters = &self.manager.inner.counters;
-            count(
-                &counters.stale_results_dropped,
-                "conc_session_stale_results_dropped",
-                1,
-            );
-            if self.lock.as_ref().is_some_and(|l| l.lost().is_aborted()) {
-                count(&counters.leases_lost, "conc_session_leases_lost", 1);
-            }
+            self.count_dropped();
             return None;
         }
         Some(commit())
@@ -889,7 +887,10 @@ impl GenerationGuard {
     pub async fn finish(mut self) -> Result<bool, GenerationError> {
         self.unregister();
         match self.lock.take() {
-            Some(lock) => Ok(lock.release().await?),
+            Some(lock) => {
+                self.count_lost_lease(&lock);
+                Ok(lock.release().await?)
+            }
             None => Ok(false),
         }
     }
@@ -908,6 +909,9 @@ impl GenerationGuard {
 impl Drop for GenerationGuard {
     fn drop(&mut self) {
         self.unregister();
+        if let Some(lock) = &self.lock {
+            self.count_lost_lease(lock);
+        }
         // The LockGuard's own drop releases the lease, best effort.
     }
 }

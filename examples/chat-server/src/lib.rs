@@ -1,7 +1,13 @@
-//! The seeds' chat app (seed 003) on the conc crates: a POST starts a generation under
-//! the conversation's generation lock; a second send while one runs gets HTTP 409 with the
-//! please-wait message (or waits, in queue mode); a stop endpoint aborts the generation;
-//! a server-sent-events stream carries the tokens and the lock state to every open tab.
+//! A chat app on the conc crates: a POST starts a generation under the conversation's
+//! generation lock; a second send while one runs gets HTTP 409 with the please-wait
+//! message (or waits, in queue mode); a stop endpoint stops the generation, in whichever
+//! server runs it; a server-sent-events stream carries the tokens and the lock state to
+//! every open tab, and what the shared store holds, so a tab on one server shows the
+//! messages and generations of every server on the same store.
+//!
+//! Ids are random (128 bits), so servers sharing a store, and restarts, never collide.
+//! A reply is written with the generation's fence, so a stopped or superseded generation
+//! never writes; its partial reply is discarded, and the page says so.
 //!
 //! The binary (`src/main.rs`) serves [`router`] on an address; the tests drive the same
 //! router.
@@ -21,7 +27,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use conc_async::Supervisor;
-use conc_session::{GenerationError, GenerationMode, Message, Role, SessionError, SessionManager};
+use conc_session::{
+    GenerationError, GenerationMode, GenerationWrite, Message, Role, SessionError, SessionManager,
+};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -103,6 +111,17 @@ impl AppState {
         let _ = self.channel(conversation).send(event);
     }
 }
+
+/// A random 128-bit id, `<prefix>-<32 hex digits>`: unique across servers and restarts.
+fn random_id(prefix: &str) -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a new id: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}-{hex}"))
+}
+
+/// What the page says when a generation was stopped: its partial reply is not kept.
+pub const STOPPED_NOTICE: &str = "Stopped. The partial reply was discarded.";
 
 /// A JSON error response: `{"error": message}`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -191,12 +210,13 @@ async fn create_conversation(
             Err(rejected) => return rejected.into_response(),
         },
     };
-    let id = request.id.unwrap_or_else(|| {
-        format!(
-            "conversation-{}",
-            state.sequence.fetch_add(1, Ordering::Relaxed) + 1
-        )
-    });
+    let id = match request.id {
+        Some(id) => id,
+        None => match random_id("conversation") {
+            Ok(id) => id,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+    };
     match state.manager.create_session(&id).await {
         Ok(session) => {
             (StatusCode::CREATED, axum::Json(json!({ "id": session.id }))).into_response()
@@ -212,6 +232,7 @@ async fn get_conversation(State(state): State<AppState>, Path(id): Path<String>)
             "id": session.id,
             "messages": session.messages,
             "generating": generating,
+            "notice": session.metadata.get("notice"),
         }))
         .into_response(),
         Err(e) => session_error(e),
@@ -246,9 +267,13 @@ async fn send_message(
     if let Err(e) = state.manager.session(&id).await {
         return session_error(e);
     }
-    let message_id = request
-        .message_id
-        .unwrap_or_else(|| format!("m-{}", state.sequence.fetch_add(1, Ordering::Relaxed) + 1));
+    let message_id = match request.message_id {
+        Some(given) => given,
+        None => match random_id("m") {
+            Ok(id) => id,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+    };
     let mode = match state.queue_wait {
         Some(max_wait) => GenerationMode::Queue { max_wait },
         None => GenerationMode::Reject,
@@ -264,11 +289,17 @@ async fn send_message(
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    if let Err(e) = state
+    let user_message = Message::new(&message_id, Role::User, &content);
+    let appended = state
         .manager
-        .append_message(&id, Message::new(&message_id, Role::User, &content))
-        .await
-    {
+        .update_session(&id, |data| {
+            data.metadata.remove("notice");
+            if !data.has_message(&user_message.id) {
+                data.messages.push(user_message.clone());
+            }
+        })
+        .await;
+    if let Err(e) = appended {
         return session_error(e);
     }
     state.publish(
@@ -324,13 +355,14 @@ async fn generate(
         "about",
     ];
     let mut outcome = Ok(());
+    let mut stopped = false;
     for n in 0..state.model.tokens {
         if signal
             .run_until_aborted(tokio::time::sleep(state.model.token_delay))
             .await
             .is_err()
         {
-            state.publish(&conversation, json!({ "type": "stopped" }));
+            stopped = true;
             break;
         }
         if fails_at == Some(n) {
@@ -353,11 +385,21 @@ async fn generate(
             json!({ "type": "token", "id": reply_id, "text": format!("{token} ") }),
         );
     }
-    if outcome.is_ok() && !signal.is_aborted() && generation.commit(|| ()).is_some() {
+    if outcome.is_ok() && !stopped {
+        // The reply carries the generation's fence; the store refuses it if a stop or a
+        // newer generation (through any server) recorded a newer fence meanwhile.
         let message = Message::new(&reply_id, Role::Assistant, text.trim_end());
-        if let Err(e) = state.manager.append_message(&conversation, message).await {
-            outcome = Err(e.to_string());
+        match generation.append_reply(message).await {
+            Ok(GenerationWrite::Committed(_)) => {}
+            Ok(_) => stopped = true,
+            Err(e) => outcome = Err(e.to_string()),
         }
+    }
+    if stopped {
+        state.publish(
+            &conversation,
+            json!({ "type": "stopped", "id": reply_id, "notice": STOPPED_NOTICE }),
+        );
     }
     let _ = generation.finish().await;
     state.publish(
@@ -372,7 +414,22 @@ async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Response
         return session_error(e);
     }
     match state.manager.stop_generation(&id).await {
-        Ok(stopped) => axum::Json(json!({ "stopped": stopped })).into_response(),
+        Ok(stopped) => {
+            if stopped {
+                // Every tab, on every server, learns from the store.
+                let noted = state
+                    .manager
+                    .update_session(&id, |data| {
+                        data.metadata.insert("notice".into(), STOPPED_NOTICE.into());
+                    })
+                    .await;
+                if let Err(e) = noted {
+                    tracing::warn!(conversation = %id, error = %e, "could not note the stop");
+                }
+                state.publish(&id, json!({ "type": "stopped", "notice": STOPPED_NOTICE }));
+            }
+            axum::Json(json!({ "stopped": stopped })).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -394,6 +451,7 @@ fn event_stream(state: AppState, id: String) -> impl Stream<Item = Result<Event,
     let (tx, rx) = tokio::sync::mpsc::channel::<Value>(64);
     let forward = async move {
         let mut last: Option<bool> = None;
+        let mut version: Option<u64> = None;
         let mut poll = tokio::time::interval(Duration::from_millis(250));
         loop {
             let event = tokio::select! {
@@ -403,6 +461,20 @@ fn event_stream(state: AppState, id: String) -> impl Stream<Item = Result<Event,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = poll.tick() => {
+                    // The shared store is the truth: what another server wrote shows here.
+                    if let Ok(session) = state.manager.session(&id).await
+                        && version != Some(session.version)
+                    {
+                        version = Some(session.version);
+                        let sync = json!({
+                            "type": "sync",
+                            "messages": session.messages,
+                            "notice": session.metadata.get("notice"),
+                        });
+                        if tx.send(sync).await.is_err() {
+                            return;
+                        }
+                    }
                     let generating = state.manager.is_generating(&id).await.unwrap_or(false);
                     if last == Some(generating) {
                         continue;

@@ -298,3 +298,109 @@ async fn two_servers_on_one_store_keep_one_generation_per_conversation() {
         "free again once the first finished"
     );
 }
+
+/// A server on `path` (SQLite sessions and locks), as a separate process would have.
+async fn server_on(
+    path: &std::path::Path,
+    token_delay: Duration,
+) -> (axum::Router, SessionManager) {
+    let manager = SessionManager::new(SessionContext {
+        sessions: Arc::new(conc_session::SqliteSessionStore::open(path).await.unwrap()),
+        locks: Arc::new(conc_lock_store::SqliteLockStore::open(path).await.unwrap()),
+        config: SessionConfig::default(),
+    });
+    let model = ModelConfig {
+        token_delay,
+        tokens: 8,
+        failure_rate: 0.0,
+    };
+    (router(AppState::new(manager.clone(), model, None)), manager)
+}
+
+/// Two servers on one store keep each other's messages (random ids never collide), a stop
+/// through the other server stops the generation and frees the conversation at once, and
+/// after a restart "New conversation" still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_messages_stops_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (a, _) = server_on(&path, Duration::from_millis(20)).await;
+    let (b, b_manager) = server_on(&path, Duration::from_millis(20)).await;
+    let (status, body) = call(&a, "POST", "/api/conversations", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    for (server, text) in [(&a, "through a"), (&b, "through b")] {
+        let (status, body) = call(
+            server,
+            "POST",
+            &format!("/api/conversations/{id}/messages"),
+            Some(&json!({ "content": text }).to_string()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        idle(server, &id).await;
+    }
+    let (_, body) = call(&a, "GET", &format!("/api/conversations/{id}"), None).await;
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.len(),
+        4,
+        "both servers' messages and replies: {body}"
+    );
+    let ids: std::collections::HashSet<_> = messages.iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids.len(), 4, "no id collides: {body}");
+
+    // A long generation on a, stopped through b.
+    let (slow, _) = server_on(&path, Duration::from_millis(200)).await;
+    let (status, _) = call(
+        &slow,
+        "POST",
+        &format!("/api/conversations/{id}/messages"),
+        Some(r#"{"content":"a long one"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = call(&b, "POST", &format!("/api/conversations/{id}/stop"), None).await;
+    assert_eq!(
+        (status, body["stopped"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{body}"
+    );
+    let (_, body) = call(&b, "GET", &format!("/api/conversations/{id}"), None).await;
+    assert_eq!(body["generating"], false, "freed at once: {body}");
+    assert_eq!(body["notice"], chat_server::STOPPED_NOTICE, "{body}");
+    // No 11-second block: the next send through either server is accepted at once.
+    let (status, body) = call(
+        &b,
+        "POST",
+        &format!("/api/conversations/{id}/messages"),
+        Some(r#"{"content":"right after the stop"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    idle(&b, &id).await;
+    idle(&slow, &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let session = b_manager.session(&id).await.unwrap();
+    let replies: Vec<_> = session
+        .messages
+        .iter()
+        .filter(|m| m.role == conc_session::Role::Assistant)
+        .collect();
+    assert_eq!(
+        replies.len(),
+        3,
+        "the stopped reply was discarded: {session:?}"
+    );
+    assert!(replies.iter().all(|m| !m.content.contains("a long one")));
+
+    // A restart: a new server on the same store creates conversations without collisions.
+    drop((a, b, slow));
+    let (restarted, _) = server_on(&path, Duration::from_millis(20)).await;
+    for _ in 0..2 {
+        let (status, body) = call(&restarted, "POST", "/api/conversations", None).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (_, body) = call(&restarted, "GET", "/api/conversations", None).await;
+    assert_eq!(body["conversations"].as_array().unwrap().len(), 3, "{body}");
+}
