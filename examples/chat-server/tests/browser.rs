@@ -1,7 +1,9 @@
-//! The seed's integration test in a real headless Chromium: send, then send again at once
-//! (the toast says please wait and the input is disabled); the input comes back after the
-//! response; stop aborts a generation; a second tab sees the lock too. Screenshots go to
-//! `target/chat-screenshots/`.
+//! The chat in a real headless Chromium, on two servers that share one SQLite store: send,
+//! then send again at once (the toast says please wait and the input is disabled); the
+//! input comes back after the response; a tab on the second server sees the lock and the
+//! messages; a stop pressed on the second server stops the generation the first one runs,
+//! and the page says the partial reply was discarded; after a restart of the first server,
+//! "New conversation" works. Screenshots go to `target/chat-screenshots/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_server::{AppState, ModelConfig, router};
-use conc_lock_store::MemoryLockStore;
-use conc_session::{MemorySessionStore, SessionConfig, SessionContext, SessionManager};
+use conc_lock_store::SqliteLockStore;
+use conc_session::{SessionConfig, SessionContext, SessionManager, SqliteSessionStore};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -57,6 +59,40 @@ async fn input_disabled(client: &Client) -> bool {
         == json!(true)
 }
 
+/// A server (as its own process would be) on the SQLite store at `path`, on a free port:
+/// its base URL, its task and its manager.
+async fn start_server(path: &Path) -> (String, tokio::task::JoinHandle<()>, SessionManager) {
+    let manager = SessionManager::new(SessionContext {
+        sessions: Arc::new(SqliteSessionStore::open(path).await.unwrap()),
+        locks: Arc::new(SqliteLockStore::open(path).await.unwrap()),
+        config: SessionConfig::default(),
+    });
+    let model = ModelConfig {
+        token_delay: Duration::from_millis(150),
+        tokens: 12,
+        failure_rate: 0.0,
+    };
+    let app = router(AppState::new(manager.clone(), model, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("test server failed: {e}");
+        }
+    });
+    (base, task, manager)
+}
+
+async fn status_text(client: &Client) -> String {
+    client
+        .find(Locator::Id("status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chat-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -72,25 +108,11 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         );
         return;
     }
-    // The server, in this process, on a free port.
-    let manager = SessionManager::new(SessionContext {
-        sessions: Arc::new(MemorySessionStore::new()),
-        locks: Arc::new(MemoryLockStore::new()),
-        config: SessionConfig::default(),
-    });
-    let model = ModelConfig {
-        token_delay: Duration::from_millis(150),
-        tokens: 12,
-        failure_rate: 0.0,
-    };
-    let app = router(AppState::new(manager.clone(), model, None));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("test server failed: {e}");
-        }
-    });
+    // Two servers, in this process, on one store.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().join("chat.db");
+    let (base, server_a, manager) = start_server(&store).await;
+    let (base_b, _server_b, _) = start_server(&store).await;
     manager.create_session("browser-test").await.unwrap();
 
     // chromedriver and a headless Chromium with a fresh profile.
@@ -182,14 +204,15 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
     assert_eq!(placeholder, json!("Waiting for response..."));
     screenshot(&client, "1-generating-with-toast").await;
 
-    // A second tab on the same conversation sees the lock too.
+    // A second tab, on the other server, sees the lock too.
     let first_tab = client.window().await.unwrap();
     let second = client.new_window(true).await.unwrap();
+    let second_tab = second.handle.clone();
+    client.switch_to_window(second_tab.clone()).await.unwrap();
     client
-        .switch_to_window(second.handle.clone())
+        .goto(&format!("{base_b}/#browser-test"))
         .await
         .unwrap();
-    client.goto(&page).await.unwrap();
     wait_until(
         "the second tab shows the lock",
         Duration::from_secs(5),
@@ -205,7 +228,20 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         || async { !input_disabled(&client).await },
     )
     .await;
-    client.switch_to_window(first_tab).await.unwrap();
+    wait_until(
+        "the second tab shows the other server's messages",
+        Duration::from_secs(5),
+        || async {
+            client
+                .find_all(Locator::Css("#messages .message"))
+                .await
+                .unwrap()
+                .len()
+                == 2
+        },
+    )
+    .await;
+    client.switch_to_window(first_tab.clone()).await.unwrap();
     wait_until("the first tab unlocks", Duration::from_secs(10), || async {
         !input_disabled(&client).await
     })
@@ -231,7 +267,14 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         input_disabled(&client).await
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The stop is pressed in the tab of the other server.
+    client.switch_to_window(second_tab.clone()).await.unwrap();
+    wait_until(
+        "the other server's tab sees the generation",
+        Duration::from_secs(5),
+        || async { input_disabled(&client).await },
+    )
+    .await;
     client
         .find(Locator::Id("stop-button"))
         .await
@@ -239,17 +282,18 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    client.switch_to_window(first_tab.clone()).await.unwrap();
     wait_until("stop unlocks the input", Duration::from_secs(3), || async {
         !input_disabled(&client).await
     })
     .await;
-    let status = client
-        .find(Locator::Id("status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    wait_until(
+        "the page says the partial reply was discarded",
+        Duration::from_secs(3),
+        || async { status_text(&client).await.contains("discarded") },
+    )
+    .await;
+    let status = status_text(&client).await;
     screenshot(&client, "4-stopped").await;
     let session = manager.session("browser-test").await.unwrap();
     assert_eq!(
@@ -257,5 +301,45 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         3,
         "the stopped reply was not saved (status: {status})"
     );
+    assert_eq!(
+        client
+            .find_all(Locator::Css("#messages .message"))
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "the partial reply is gone from the page too"
+    );
+
+    // A restart of the first server: new conversations still get fresh ids.
+    server_a.abort();
+    let _ = server_a.await;
+    let (restarted, _server_a2, _) = start_server(&store).await;
+    client.goto(&format!("{restarted}/")).await.unwrap();
+    for n in 1..=2 {
+        client
+            .find(Locator::Id("new-conversation"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_until(
+            "the new conversation is listed",
+            Duration::from_secs(5),
+            || async {
+                client
+                    .find_all(Locator::Css("#conversation-list button"))
+                    .await
+                    .unwrap()
+                    .len()
+                    == 1 + n
+            },
+        )
+        .await;
+    }
+    let toasts = client.find_all(Locator::Css(".toast-error")).await.unwrap();
+    assert!(toasts.is_empty(), "no `already exists` after the restart");
+    screenshot(&client, "5-after-restart").await;
     client.close().await.unwrap();
 }
