@@ -1,7 +1,9 @@
 //! Several processes on one store: 4 children contend for 500 acquisitions in all; one is
 //! killed with SIGKILL while it holds the lock. Expected: no overlap, no stale write
-//! accepted, the lock recovered within the TTL plus a small margin. Run on a SQLite file,
-//! and on PostgreSQL and Redis when their test URLs are set.
+//! accepted, the lock recovered within the TTL plus a small margin. Then a holder is paused
+//! with SIGSTOP past its TTL while another process takes the lock and writes; on SIGCONT
+//! its `lost()` has fired before it can write again. Run on a SQLite file, and on
+//! PostgreSQL and Redis when their test URLs are set.
 //!
 //! A `harness = false` test: the same binary is the parent and, with `CONC_LOCK_CHILD`
 //! set, each child.
@@ -15,13 +17,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use conc_lock_store::conformance::{FenceError, FencedFile};
 use std::sync::Arc;
 
-use conc_lock_store::{LockRequest, LockStore, SqliteLockStore};
+use conc_lock_store::{LockGuard, LockRequest, LockStore, SqliteLockStore};
 
 const CHILDREN: usize = 4;
 const TOTAL: u64 = 500;
 const TTL: Duration = Duration::from_millis(1000);
 const VICTIM_AFTER: u64 = 3;
 const KEY: &str = "conversation:processes";
+const PAUSED_KEY: &str = "conversation:paused";
+const PAUSED_TTL: Duration = Duration::from_millis(800);
 
 fn millis() -> u128 {
     SystemTime::now()
@@ -134,6 +138,125 @@ fn child(dir: PathBuf, victim: bool) -> ExitCode {
     })
 }
 
+/// The paused holder: holds the lock and writes with its fence every few ms, checking the
+/// guard first, until it sees the loss (or the resource refuses it).
+fn paused_child(dir: PathBuf) -> ExitCode {
+    let backend = std::env::var("CONC_LOCK_BACKEND").unwrap_or_default();
+    let scope = std::env::var("CONC_LOCK_SCOPE").unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = open(&backend, &dir, &scope).await;
+        let fenced = FencedFile::new(dir.join("paused-resource"));
+        let outcome = dir.join("paused.log");
+        let request = LockRequest::new(
+            PAUSED_KEY,
+            format!("pid-{}", std::process::id()),
+            PAUSED_TTL,
+        );
+        let guard = LockGuard::acquire(store, request, Duration::from_secs(10))
+            .await
+            .expect("acquire");
+        std::fs::write(dir.join("paused-ready"), guard.fence().to_string()).expect("ready");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if guard.lost().is_aborted() {
+                log(&outcome, "lost".into());
+                return ExitCode::SUCCESS;
+            }
+            match guard.check() {
+                Err(_) => {
+                    log(&outcome, "lost".into());
+                    return ExitCode::SUCCESS;
+                }
+                Ok(fence) => match fenced.write(fence) {
+                    Ok(()) => {}
+                    Err(FenceError::Stale { .. }) => {
+                        log(&outcome, "refused".into());
+                        return ExitCode::SUCCESS;
+                    }
+                    Err(e) => panic!("resource: {e}"),
+                },
+            }
+            // Most of the time asleep: a SIGSTOP lands here, not between check and write.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        log(&outcome, "never-lost".into());
+        ExitCode::FAILURE
+    })
+}
+
+/// Pauses a holder with SIGSTOP past its TTL, lets another process take the lock and write,
+/// resumes it: it must see the loss before it writes (or, had the pause landed between its
+/// check and its write, have the write refused by the fence).
+fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(&exe)
+        .env("CONC_LOCK_CHILD", dir.path())
+        .env("CONC_LOCK_PAUSED", "1")
+        .env("CONC_LOCK_BACKEND", backend)
+        .env("CONC_LOCK_SCOPE", scope)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let ready = dir.path().join("paused-ready");
+    let started = Instant::now();
+    while !ready.exists() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err("the paused holder never held the lock".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let signal = |name: &str| {
+        Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .map_err(|e| format!("kill {name}: {e}"))
+    };
+    signal("-STOP")?;
+    std::thread::sleep(PAUSED_TTL + Duration::from_millis(400));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let taken = runtime.block_on(async {
+        let store = open(backend, dir.path(), scope).await;
+        let lease = store
+            .acquire(
+                &LockRequest::new(PAUSED_KEY, "successor", Duration::from_secs(5)),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| format!("the successor never got the lock: {e}"))?;
+        FencedFile::new(dir.path().join("paused-resource"))
+            .write(lease.fence)
+            .map_err(|e| format!("the successor's write was refused: {e}"))?;
+        Ok::<_, String>(lease.fence)
+    });
+    signal("-CONT")?;
+    let taken = taken?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let outcome = std::fs::read_to_string(dir.path().join("paused.log")).unwrap_or_default();
+    let highest = FencedFile::new(dir.path().join("paused-resource"))
+        .highest()
+        .map_err(|e| e.to_string())?;
+    if !status.success() || highest != taken {
+        return Err(format!(
+            "the paused holder went on writing: {outcome:?}, resource at {highest}, successor {taken}"
+        ));
+    }
+    match outcome.trim() {
+        "lost" => Ok(true),
+        // The pause landed between its check and its write: the fence refused the write.
+        "refused" => Ok(false),
+        other => Err(format!("unexpected outcome of the paused holder: {other}")),
+    }
+}
+
 struct Event {
     kind: String,
     pid: u32,
@@ -148,7 +271,19 @@ fn parent(backend: &str) -> Result<(), String> {
         .unwrap()
         .subsec_nanos();
     let scope = format!("conc_test_processes_{}_{nanos}", std::process::id());
-    let outcome = contend(backend, &scope);
+    let outcome = contend(backend, &scope).and_then(|()| {
+        // A pause that lands in the microseconds between the check and the write is
+        // refused by the fence instead; try again then (it is rare).
+        for _ in 0..3 {
+            if paused_holder(backend, &scope)? {
+                println!(
+                    "lock_store_processes ({backend}): a holder paused past its TTL saw lost() fire before it could write"
+                );
+                return Ok(());
+            }
+        }
+        Err("three paused holders wrote before lost() fired (the fence refused them)".into())
+    });
     cleanup(backend, &scope);
     outcome
 }
@@ -326,6 +461,9 @@ fn cleanup(backend: &str, scope: &str) {
 
 fn main() -> ExitCode {
     if let Ok(dir) = std::env::var("CONC_LOCK_CHILD") {
+        if std::env::var("CONC_LOCK_PAUSED").is_ok() {
+            return paused_child(PathBuf::from(dir));
+        }
         let victim = std::env::var("CONC_LOCK_VICTIM").as_deref() == Ok("1");
         return child(PathBuf::from(dir), victim);
     }
