@@ -129,7 +129,8 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     async fn cleanup_expired(&self) -> Result<u64, LockError>;
 
     /// Frees `key` whoever holds it (for operators: `conc locks release KEY --force`).
-    /// Returns whether a live lease was removed. Its holder learns at its next renewal.
+    /// Returns whether a live lease was removed. Its holder learns at once, through
+    /// [`watch`](Self::watch).
     ///
     /// # Cancel safety
     ///

@@ -41,7 +41,8 @@ const BACKEND: &str = "postgres";
 pub struct PostgresConfig {
     /// The schema of the lease table (default `public`).
     pub schema: String,
-    /// The lease table (default `conc_locks`); its fence sequence is `<table>_fence`.
+    /// The lease table (default `conc_locks`); its notification channel is
+    /// `<schema>_<table>`.
     pub table: String,
     /// The limit on each operation, waiting for a connection included (default 5 s).
     pub op_timeout: Duration,
