@@ -92,7 +92,9 @@ pub(crate) async fn release(
     Ok(if as_json {
         json!({ "key": key, "released": released }).to_string()
     } else if released {
-        format!("released `{key}`; its holder learns at once (or, where the store cannot notify, at its next renewal)")
+        format!(
+            "released `{key}`; its holder learns at once (or, where the store cannot notify, at its next renewal)"
+        )
     } else {
         format!("`{key}` was not locked")
     })

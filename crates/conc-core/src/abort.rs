@@ -9,10 +9,10 @@ use std::error::Error;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::loom::{AtomicBool, Mutex, Ordering};
+use crate::loom::{AtomicBool, AtomicUsize, Mutex, Ordering};
 
 /// Why a signal was aborted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -117,9 +117,22 @@ pub fn is_abort_error(error: &(dyn Error + 'static)) -> bool {
     false
 }
 
+/// One node of an abort tree: a controller and its signals share it.
+///
+/// The tree: a node holds its children strongly and its parent strongly; the links are
+/// changed only under the tree's lock (shared by every node of one tree), one node's
+/// state locked at a time, so they cannot deadlock. A node leaves the tree when it is
+/// aborted (its children go with the cascade) or when its last handle (controller or
+/// signal) is dropped: then its children move to its parent, so an abort of any ancestor
+/// still reaches every descendant. Every operation walks the tree with a work list, never
+/// by recursion, and each node costs one allocation and one slot in its parent.
 struct Inner {
     /// Set (Release) after `reason` is, so a reader that sees `true` finds the reason.
     aborted: AtomicBool,
+    /// Controllers and signals alive; the tree's own links do not count.
+    handles: AtomicUsize,
+    /// Serialises the changes of links in this node's tree.
+    tree: Arc<Mutex<()>>,
     state: Mutex<State>,
 }
 
@@ -128,40 +141,160 @@ struct State {
     reason: Option<AbortReason>,
     waiters: Vec<(u64, Waker)>,
     next_waiter: u64,
-    children: Vec<Weak<Inner>>,
+    parent: Option<Arc<Inner>>,
+    /// This node's index in its parent's `children`.
+    slot: usize,
+    children: Vec<Arc<Inner>>,
+}
+
+/// The reason a descendant gets: the aborted node's own reason, wrapped once in
+/// [`AbortReason::Parent`] (never nested, so a deep tree costs no more per node).
+fn cascaded(reason: &AbortReason) -> AbortReason {
+    match reason {
+        AbortReason::Parent(_) => reason.clone(),
+        other => AbortReason::Parent(Box::new(other.clone())),
+    }
 }
 
 impl Inner {
-    fn new() -> Arc<Self> {
+    fn new(tree: Arc<Mutex<()>>) -> Arc<Self> {
         Arc::new(Inner {
             aborted: AtomicBool::new(false),
+            handles: AtomicUsize::new(1),
+            tree,
             state: Mutex::new(State::default()),
         })
     }
 
-    fn abort(&self, reason: AbortReason) -> bool {
-        let (waiters, children) = {
+    fn root() -> Arc<Self> {
+        Self::new(Arc::new(Mutex::new(())))
+    }
+
+    /// Removes the child at `slot` from `parent`'s children, fixing the slot of the child
+    /// moved into its place. The tree's lock must be held.
+    fn unlink(parent: &Inner, slot: usize) {
+        let moved = {
+            let mut state = parent.state.lock();
+            if slot >= state.children.len() {
+                return;
+            }
+            state.children.swap_remove(slot);
+            state.children.get(slot).cloned()
+        };
+        if let Some(moved) = moved {
+            moved.state.lock().slot = slot;
+        }
+    }
+
+    fn abort(self: &Arc<Self>, reason: AbortReason) -> bool {
+        let tree = self.tree.clone();
+        let _links = tree.lock();
+        let (waiters, children, parent) = {
             let mut state = self.state.lock();
             if state.reason.is_some() {
                 return false;
             }
             state.reason = Some(reason.clone());
             self.aborted.store(true, Ordering::Release);
+            let parent = state.parent.take().map(|p| (p, state.slot));
             (
                 std::mem::take(&mut state.waiters),
                 std::mem::take(&mut state.children),
+                parent,
             )
         };
-        for (_, waker) in waiters {
+        // It no longer needs its parent's cascade: leave the parent's children.
+        if let Some((parent, slot)) = parent {
+            Self::unlink(&parent, slot);
+        }
+        let mut wakers: Vec<Waker> = waiters.into_iter().map(|(_, w)| w).collect();
+        let descendants_reason = cascaded(&reason);
+        let mut work = children;
+        while let Some(node) = work.pop() {
+            let mut state = node.state.lock();
+            state.parent = None;
+            if state.reason.is_some() {
+                continue;
+            }
+            state.reason = Some(descendants_reason.clone());
+            node.aborted.store(true, Ordering::Release);
+            wakers.extend(
+                std::mem::take(&mut state.waiters)
+                    .into_iter()
+                    .map(|(_, w)| w),
+            );
+            work.append(&mut state.children);
+        }
+        drop(_links);
+        for waker in wakers {
             waker.wake();
         }
-        if !children.is_empty() {
-            let cascaded = AbortReason::Parent(Box::new(reason));
-            for child in children.iter().filter_map(Weak::upgrade) {
-                child.abort(cascaded.clone());
+        true
+    }
+
+    /// A new child node, aborted at once if this one is.
+    fn child(self: &Arc<Self>) -> Arc<Inner> {
+        let child = Inner::new(self.tree.clone());
+        let _links = self.tree.lock();
+        let mut state = self.state.lock();
+        match &state.reason {
+            Some(reason) => {
+                let reason = cascaded(reason);
+                drop(state);
+                child.state.lock().reason = Some(reason);
+                child.aborted.store(true, Ordering::Release);
+            }
+            None => {
+                let slot = state.children.len();
+                state.children.push(child.clone());
+                drop(state);
+                let mut child_state = child.state.lock();
+                child_state.parent = Some(self.clone());
+                child_state.slot = slot;
             }
         }
-        true
+        child
+    }
+
+    /// The last handle is gone: nobody can abort this node directly any more, so it leaves
+    /// the tree, and its children move to its parent (or become roots).
+    fn detach(self: &Arc<Self>) {
+        {
+            // Nothing to do for a node with no links (a lone root, an aborted node): no
+            // handle is left to add a child, and only an ancestor's detach (under the
+            // tree's lock) could give it a parent, which needs a parent to begin with.
+            let state = self.state.lock();
+            if state.parent.is_none() && state.children.is_empty() {
+                return;
+            }
+        }
+        let _links = self.tree.lock();
+        let (parent, children) = {
+            let mut state = self.state.lock();
+            let parent = state.parent.take().map(|p| (p, state.slot));
+            (parent, std::mem::take(&mut state.children))
+        };
+        let new_parent = match parent {
+            Some((parent, slot)) => {
+                Self::unlink(&parent, slot);
+                Some(parent)
+            }
+            None => None,
+        };
+        let first = match &new_parent {
+            Some(parent) => {
+                let mut state = parent.state.lock();
+                let first = state.children.len();
+                state.children.extend(children.iter().cloned());
+                first
+            }
+            None => 0,
+        };
+        for (n, child) in children.iter().enumerate() {
+            let mut state = child.state.lock();
+            state.parent.clone_from(&new_parent);
+            state.slot = first + n;
+        }
     }
 
     fn reason(&self) -> Option<AbortReason> {
@@ -169,6 +302,38 @@ impl Inner {
             return None;
         }
         self.state.lock().reason.clone()
+    }
+}
+
+/// A counted reference to a node: a controller or a signal.
+struct Handle(Arc<Inner>);
+
+impl Handle {
+    fn new(inner: Arc<Inner>) -> Self {
+        Handle(inner)
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        self.0.handles.fetch_add(1, Ordering::Relaxed);
+        Handle(self.0.clone())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.detach();
+        }
+    }
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Arc<Inner>;
+
+    fn deref(&self) -> &Arc<Inner> {
+        &self.0
     }
 }
 
@@ -189,14 +354,14 @@ impl Inner {
 /// assert_eq!(signal.reason(), Some(AbortReason::user("stop generating")));
 /// ```
 pub struct AbortController {
-    inner: Arc<Inner>,
+    inner: Handle,
 }
 
 impl AbortController {
     /// A controller whose signal is not aborted.
     pub fn new() -> Self {
         Self {
-            inner: Inner::new(),
+            inner: Handle::new(Inner::root()),
         }
     }
 
@@ -253,7 +418,7 @@ impl fmt::Debug for AbortController {
 /// ```
 #[derive(Clone)]
 pub struct AbortSignal {
-    inner: Arc<Inner>,
+    inner: Handle,
 }
 
 impl AbortSignal {
@@ -315,25 +480,15 @@ impl AbortSignal {
 
     /// A new controller whose signal is aborted, with [`AbortReason::Parent`], when this one
     /// is (at once if this one already is). Aborting the child does not touch the parent.
+    ///
+    /// The link is transitive: when an intermediate controller and all its signals are
+    /// dropped, its children are linked to its parent, so an abort of any ancestor still
+    /// reaches them. O(1) per call; a child leaves its parent's list when it is aborted or
+    /// dropped, so a long-lived parent does not accumulate dead children.
     pub fn child(&self) -> AbortController {
-        let child = AbortController::new();
-        let reason = {
-            let mut state = self.inner.state.lock();
-            match &state.reason {
-                Some(reason) => Some(reason.clone()),
-                None => {
-                    if state.children.len() == state.children.capacity() {
-                        state.children.retain(|c| c.strong_count() > 0);
-                    }
-                    state.children.push(Arc::downgrade(&child.inner));
-                    None
-                }
-            }
-        };
-        if let Some(reason) = reason {
-            child.abort(AbortReason::Parent(Box::new(reason)));
+        AbortController {
+            inner: Handle::new(self.inner.child()),
         }
-        child
     }
 }
 
@@ -348,7 +503,7 @@ impl fmt::Debug for AbortSignal {
 /// The future of [`AbortSignal::aborted`].
 #[must_use = "futures do nothing unless polled"]
 pub struct WaitAborted<'a> {
-    inner: &'a Arc<Inner>,
+    inner: &'a Inner,
     waiter: Option<u64>,
 }
 

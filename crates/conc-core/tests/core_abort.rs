@@ -131,3 +131,58 @@ fn is_abort_error_walks_the_source_chain() {
         "operation aborted: timed out"
     );
 }
+
+/// Dropping an intermediate controller (and every signal of it) does not cut its
+/// descendants off: an abort of the root still reaches them.
+#[test]
+fn the_abort_tree_is_transitive_across_a_dropped_middle() {
+    let root = AbortController::new();
+    let middle = root.signal().child();
+    let grandchild = middle.signal().child();
+    let great = grandchild.signal().child();
+    drop(middle);
+    assert!(root.abort(AbortReason::Shutdown));
+    assert_eq!(
+        grandchild.signal().reason(),
+        Some(AbortReason::Parent(Box::new(AbortReason::Shutdown)))
+    );
+    assert!(great.is_aborted());
+}
+
+/// A chain 100 000 deep aborts without recursion (no stack overflow) and each node's
+/// reason stays one level deep, whatever its depth.
+#[test]
+fn a_deep_chain_aborts_without_recursion_or_nested_reasons() {
+    let root = AbortController::new();
+    let mut chain = Vec::with_capacity(100_000);
+    let mut last = root.signal();
+    for _ in 0..100_000 {
+        let child = last.child();
+        last = child.signal();
+        chain.push(child);
+    }
+    root.abort(AbortReason::Timeout);
+    assert_eq!(
+        last.reason(),
+        Some(AbortReason::Parent(Box::new(AbortReason::Timeout)))
+    );
+    // Dropping the chain is iterative too.
+    drop(chain);
+    drop(last);
+}
+
+/// Children that come and go leave no trace in a long-lived parent, and each one is still
+/// reached by the parent's abort while it lives.
+#[test]
+fn short_lived_children_leave_no_trace() {
+    let parent = AbortController::new();
+    let keep: Vec<_> = (0..10).map(|_| parent.signal().child()).collect();
+    for _ in 0..100_000 {
+        let child = parent.signal().child();
+        let grandchild = child.signal().child();
+        drop(child);
+        drop(grandchild);
+    }
+    parent.abort(AbortReason::Shutdown);
+    assert!(keep.iter().all(AbortController::is_aborted));
+}

@@ -232,13 +232,25 @@ fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
             )
             .await
             .map_err(|e| format!("the successor never got the lock: {e}"))?;
-        FencedFile::new(dir.path().join("paused-resource"))
-            .write(lease.fence)
-            .map_err(|e| format!("the successor's write was refused: {e}"))?;
         Ok::<_, String>(lease.fence)
     });
+    // The successor writes while the holder is still stopped. The holder may have been
+    // stopped inside its own write, holding the resource's file lock: then the successor's
+    // write waits for it, so it runs on a thread of its own.
+    let resource = dir.path().join("paused-resource");
+    let writer = taken.clone().map(|fence| {
+        std::thread::spawn(move || {
+            FencedFile::new(resource)
+                .write(fence)
+                .map_err(|e| format!("the successor's write was refused: {e}"))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
     signal("-CONT")?;
     let taken = taken?;
+    writer?
+        .join()
+        .map_err(|_| "the successor's writer panicked".to_owned())??;
     let status = child.wait().map_err(|e| e.to_string())?;
     let outcome = std::fs::read_to_string(dir.path().join("paused.log")).unwrap_or_default();
     let highest = FencedFile::new(dir.path().join("paused-resource"))

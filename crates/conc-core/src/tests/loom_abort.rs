@@ -55,3 +55,44 @@ fn racing_begins_leave_one_active() {
         assert!(mine.signal().is_aborted() && theirs.is_aborted());
     });
 }
+
+/// The root is aborted while another thread drops the middle controller: the grandchild
+/// ends aborted either way (it is re-linked to the root, or reached through the middle).
+#[test]
+fn abort_against_dropping_the_middle() {
+    loom::model(|| {
+        let root = AbortController::new();
+        let middle = root.signal().child();
+        let grandchild = middle.signal().child();
+        let dropper = thread::spawn(move || drop(middle));
+        root.abort(AbortReason::Shutdown);
+        dropper.join().unwrap();
+        assert!(grandchild.is_aborted());
+        assert_eq!(
+            grandchild.signal().reason(),
+            Some(AbortReason::Parent(Box::new(AbortReason::Shutdown)))
+        );
+    });
+}
+
+/// An abort races a waiter that registered and is then dropped: no lost wake-up for the
+/// waiter that stays, no stale waker left behind.
+#[test]
+fn abort_against_a_dropped_waiter() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    loom::model(|| {
+        let controller = AbortController::new();
+        let signal = controller.signal();
+        let other = controller.signal();
+        let dropped = thread::spawn(move || {
+            let mut wait = std::pin::pin!(other.aborted());
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = wait.as_mut().poll(&mut cx);
+        });
+        let stays = thread::spawn(move || block_on(signal.aborted()));
+        controller.abort(AbortReason::Timeout);
+        dropped.join().unwrap();
+        assert_eq!(stays.join().unwrap(), AbortReason::Timeout);
+    });
+}
