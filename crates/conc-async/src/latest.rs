@@ -46,10 +46,13 @@ pub struct Latest<T> {
     base: IdempotencyKey,
     guard: SequenceGuard,
     aborts: AbortManager,
-    /// The key and sequence of the run in flight.
-    in_flight: parking_lot::Mutex<Option<(IdempotencyKey, u64)>>,
+    /// The key, sequence and signal of the run in flight.
+    in_flight: parking_lot::Mutex<Option<InFlight>>,
     value: parking_lot::Mutex<Option<T>>,
 }
+
+/// The run in flight: its key, its sequence and its signal.
+type InFlight = (IdempotencyKey, u64, AbortSignal);
 
 impl<T: Clone> Latest<T> {
     /// A latest-wins runner for `scope`; an empty scope is an error.
@@ -79,19 +82,23 @@ impl<T: Clone> Latest<T> {
         let key = self.base.join(key_parts);
         let (token, lease) = {
             let mut in_flight = self.in_flight.lock();
-            if in_flight.as_ref().is_some_and(|(k, _)| *k == key) {
+            // Coalesce only onto a live run: a cancelled or aborted one will never commit.
+            if in_flight
+                .as_ref()
+                .is_some_and(|(k, _, signal)| *k == key && !signal.is_aborted())
+            {
                 return LatestOutcome::Coalesced;
             }
             let token = self.guard.next();
             let lease = self.aborts.begin();
-            *in_flight = Some((key, token.sequence()));
+            *in_flight = Some((key, token.sequence(), lease.signal().clone()));
             (token, lease)
         };
-        struct Clear<'a>(&'a parking_lot::Mutex<Option<(IdempotencyKey, u64)>>, u64);
+        struct Clear<'a>(&'a parking_lot::Mutex<Option<InFlight>>, u64);
         impl Drop for Clear<'_> {
             fn drop(&mut self) {
                 let mut in_flight = self.0.lock();
-                if in_flight.as_ref().is_some_and(|(_, seq)| *seq == self.1) {
+                if in_flight.as_ref().is_some_and(|(_, seq, _)| *seq == self.1) {
                     *in_flight = None;
                 }
             }
@@ -117,10 +124,14 @@ impl<T: Clone> Latest<T> {
         self.value.lock().clone()
     }
 
-    /// Aborts the run in flight with `reason` and makes it stale (for cleanup).
+    /// Aborts the run in flight with `reason` and makes it stale (for cleanup, or a stop
+    /// button). A later [`run`](Self::run), even with the same key, starts afresh and can
+    /// commit.
     pub fn cancel(&self, reason: AbortReason) {
+        let mut in_flight = self.in_flight.lock();
         self.guard.invalidate();
         self.aborts.abort_active(reason);
+        *in_flight = None;
     }
 }
 

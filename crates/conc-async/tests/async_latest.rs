@@ -74,3 +74,30 @@ async fn work_that_ignores_its_signal_is_still_not_committed() {
     assert_eq!(latest.value(), None);
     assert!(Latest::<u8>::new("").is_err());
 }
+
+/// Stop, then the same query again: the new run is not coalesced onto the cancelled one,
+/// and it commits.
+#[tokio::test(start_paused = true)]
+async fn cancel_then_run_with_the_same_key_commits() {
+    let latest = std::sync::Arc::new(Latest::<String>::new("search").unwrap());
+    let first = {
+        let latest = latest.clone();
+        tokio::spawn(async move {
+            latest
+                .run(["rust"], |signal| async move {
+                    signal
+                        .run_until_aborted(tokio::time::sleep(Duration::from_secs(10)))
+                        .await
+                        .ok();
+                    "first".to_owned()
+                })
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    latest.cancel(AbortReason::user("stop"));
+    let again = latest.run(["rust"], |_| async { "again".to_owned() }).await;
+    assert_eq!(again, LatestOutcome::Committed("again".to_owned()));
+    assert_eq!(latest.value().as_deref(), Some("again"));
+    assert!(matches!(first.await.unwrap(), LatestOutcome::Aborted(_)));
+}

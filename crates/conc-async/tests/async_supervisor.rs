@@ -178,3 +178,28 @@ async fn max_tasks_gives_backpressure() {
     let report = supervisor.shutdown(Duration::from_secs(1)).await;
     assert_eq!(report.finished, 2);
 }
+
+/// A bounded supervisor under a parent still obeys the parent: its shutdown aborts the
+/// running tasks and refuses new spawns.
+#[tokio::test(start_paused = true)]
+async fn a_bounded_child_supervisor_obeys_its_parent() {
+    let parent = conc_core::AbortController::new();
+    let supervisor = Supervisor::with_parent("child", &parent.signal()).with_max_tasks(2);
+    let (started, mut running) = tokio::sync::mpsc::channel::<()>(1);
+    supervisor
+        .spawn("waits", move |signal| async move {
+            started.send(()).await.ok();
+            signal.aborted().await;
+            Ok::<_, conc_core::Aborted>(())
+        })
+        .await
+        .unwrap();
+    running.recv().await.unwrap();
+    parent.abort(conc_core::AbortReason::Shutdown);
+    assert!(
+        supervisor.signal().is_aborted(),
+        "the parent's abort reached it"
+    );
+    let refused = supervisor.try_spawn("late", |_| async { Ok::<_, conc_core::Aborted>(()) });
+    assert!(refused.is_err(), "no spawn after the parent's shutdown");
+}

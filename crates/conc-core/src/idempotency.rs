@@ -197,6 +197,15 @@ pub enum IdempotencyError {
         /// The key's text.
         key: String,
     },
+    /// Cloning the shared result for this caller panicked (the value's `Clone` impl); the
+    /// execution itself finished, and its leader got the value.
+    #[error(
+        "cloning the shared result for idempotency key `{key}` panicked; the key is released and a retry runs afresh"
+    )]
+    ClonePanicked {
+        /// The key's text.
+        key: String,
+    },
 }
 
 /// Runs at most one execution per key at a time; concurrent callers share its result.
@@ -401,7 +410,13 @@ impl<T> Leader<'_, T> {
             IdempotencyRegistry::forget(&mut map, self.key, self.flight);
             drop(map);
             if state.followers > 0 {
-                state.phase = Phase::Done(result());
+                // A panicking `Clone` must not strand the followers: they get an error.
+                let shared = catch_unwind(AssertUnwindSafe(result)).unwrap_or_else(|_| {
+                    Err(IdempotencyError::ClonePanicked {
+                        key: self.key.as_str().to_owned(),
+                    })
+                });
+                state.phase = Phase::Done(shared);
             }
             std::mem::take(&mut state.waiters)
         };
@@ -448,7 +463,12 @@ impl<T: Clone> Follower<'_, T> {
         let mut state = self.flight.state.lock();
         match &state.phase {
             Phase::Done(result) => {
-                let result = result.clone();
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| result.clone())).unwrap_or_else(|_| {
+                        Err(IdempotencyError::ClonePanicked {
+                            key: self.key.as_str().to_owned(),
+                        })
+                    });
                 state.followers -= 1;
                 self.active = false;
                 Poll::Ready(Some(result))

@@ -147,3 +147,52 @@ async fn a_dropped_follower_leaves_the_leader_alone() {
     assert_eq!(leader.await.unwrap(), Ok(7));
     assert_eq!(registry.in_flight(), 0);
 }
+
+/// A value whose `Clone` panics.
+#[derive(Debug)]
+struct Brittle;
+
+impl Clone for Brittle {
+    fn clone(&self) -> Self {
+        panic!("this value cannot be cloned");
+    }
+}
+
+/// A panicking `Clone` strands nobody: the leader gets its value, the followers a typed
+/// error, and the key is released.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_clone_strands_no_follower() {
+    let registry = Arc::new(IdempotencyRegistry::<Brittle>::new());
+    let k = key(&["brittle"]);
+    let leader = {
+        let (registry, k) = (registry.clone(), k.clone());
+        tokio::spawn(async move {
+            registry
+                .run(k, || async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Brittle
+                })
+                .await
+                .is_ok()
+        })
+    };
+    tokio::task::yield_now().await;
+    let followers: Vec<_> = (0..2)
+        .map(|_| {
+            let (registry, k) = (registry.clone(), k.clone());
+            tokio::spawn(async move { registry.run(k, || async { Brittle }).await })
+        })
+        .collect();
+    assert!(leader.await.unwrap(), "the leader keeps its own value");
+    for follower in followers {
+        let outcome = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the follower is not stranded")
+            .unwrap();
+        assert!(
+            matches!(outcome, Err(IdempotencyError::ClonePanicked { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(registry.in_flight(), 0);
+}

@@ -70,6 +70,7 @@ pub struct RetryPolicy {
     pub(crate) max_delay: Duration,
     pub(crate) jitter: Jitter,
     pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) max_retry_after: Duration,
     seed: Option<u64>,
     /// Distinguishes the schedules of one seeded policy, deterministically.
     schedules: std::sync::Arc<AtomicU64>,
@@ -103,13 +104,23 @@ impl RetryPolicy {
         self.attempt_timeout
     }
 
+    /// The longest server `Retry-After` the runner waits out.
+    pub fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
     /// A fresh schedule: the delay before retry 1, 2, 3, … (endless; the runner stops it).
     ///
-    /// With a seed, the n-th schedule of a policy is the same on every run.
+    /// With a seed, the n-th schedule of a policy is the same on every run. Each (seed, n)
+    /// starts an independent stream: the starting state is the seed and n mixed through
+    /// SplitMix64's finaliser, so no two schedules are one stream shifted.
     pub fn schedule(&self) -> Schedule {
         let n = self.schedules.fetch_add(1, Ordering::Relaxed);
         let seed = match self.seed {
-            Some(seed) => seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            Some(seed) => {
+                let mixed = SplitMix64(seed).next_u64();
+                SplitMix64(mixed ^ SplitMix64(!n).next_u64()).next_u64()
+            }
             None => {
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_u64(n);
@@ -138,6 +149,7 @@ pub struct RetryPolicyBuilder {
     max_delay: Duration,
     jitter: Jitter,
     attempt_timeout: Option<Duration>,
+    max_retry_after: Duration,
     seed: Option<u64>,
 }
 
@@ -151,6 +163,7 @@ impl Default for RetryPolicyBuilder {
             max_delay: Duration::from_secs(10),
             jitter: Jitter::Full,
             attempt_timeout: None,
+            max_retry_after: Duration::from_secs(60),
             seed: None,
         }
     }
@@ -181,9 +194,20 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The cap on every delay, jitter included (default 10 s).
+    /// The cap on every delay the schedule makes, jitter included (default 10 s). A
+    /// server's `Retry-After` is not a made-up delay: it is honoured above this cap, up to
+    /// [`max_retry_after`](Self::max_retry_after).
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.max_delay = delay;
+        self
+    }
+
+    /// The longest `Retry-After` from a server that the runner will wait out (default
+    /// 60 s). A longer one stops retrying at once with
+    /// [`StopReason::RetryAfterTooLong`](crate::StopReason::RetryAfterTooLong), logged at
+    /// warn, instead of parking the caller for as long as the server says.
+    pub fn max_retry_after(mut self, limit: Duration) -> Self {
+        self.max_retry_after = limit;
         self
     }
 
@@ -234,6 +258,7 @@ impl RetryPolicyBuilder {
             max_delay: self.max_delay,
             jitter: self.jitter,
             attempt_timeout: self.attempt_timeout,
+            max_retry_after: self.max_retry_after,
             seed: self.seed,
             schedules: Default::default(),
         }
@@ -317,5 +342,40 @@ impl SplitMix64 {
     /// Uniform in `[0, 1]`.
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / ((1u64 << 53) - 1) as f64
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+
+    /// Draws of the n-th schedule of a seeded policy.
+    fn draws(policy: &RetryPolicy, count: usize) -> Vec<u64> {
+        let mut schedule = policy.schedule();
+        (0..count).map(|_| schedule.rng.next_u64()).collect()
+    }
+
+    #[test]
+    fn seeded_schedules_are_independent_streams() {
+        for seed in [0u64, 1, 2, 42] {
+            let policy = RetryPolicy::builder().seed(seed).build().unwrap();
+            let first = draws(&policy, 32);
+            let second = draws(&policy, 32);
+            let shared = first.iter().filter(|d| second.contains(d)).count();
+            assert_eq!(
+                shared, 0,
+                "seed {seed}: schedules 0 and 1 share {shared} draws"
+            );
+        }
+        let a = draws(&RetryPolicy::builder().seed(7).build().unwrap(), 32);
+        let b = draws(&RetryPolicy::builder().seed(8).build().unwrap(), 32);
+        assert_eq!(
+            a.iter().filter(|d| b.contains(d)).count(),
+            0,
+            "seeds 7 and 8 overlap"
+        );
+        // The same seed still gives the same schedules.
+        let again = draws(&RetryPolicy::builder().seed(7).build().unwrap(), 32);
+        assert_eq!(a, again);
     }
 }

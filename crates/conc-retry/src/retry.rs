@@ -7,7 +7,7 @@ use std::time::Duration;
 use conc_async::TimeoutError;
 use conc_core::AbortSignal;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::breaker::CircuitBreaker;
 use crate::budget::RetryBudget;
@@ -43,6 +43,11 @@ pub enum StopReason {
         /// When it may admit calls again, if known.
         retry_after: Option<Duration>,
     },
+    /// The server asked to wait longer than the policy's `max_retry_after`.
+    RetryAfterTooLong {
+        /// What the server asked for.
+        retry_after: Duration,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -57,6 +62,10 @@ impl fmt::Display for StopReason {
                 retry_after: Some(d),
             } => write!(f, "the circuit is open (retry in {d:?})"),
             StopReason::CircuitOpen { retry_after: None } => f.write_str("the circuit is open"),
+            StopReason::RetryAfterTooLong { retry_after } => write!(
+                f,
+                "the server asked to retry after {retry_after:?}, longer than the policy waits"
+            ),
         }
     }
 }
@@ -418,6 +427,15 @@ impl<'a, E> Retry<'a, E> {
             retry_after: Some(after),
         } = class
         {
+            if after > self.policy.max_retry_after {
+                warn!(
+                    attempt = attempts,
+                    retry_after_ms = after.as_millis() as u64,
+                    max_retry_after_ms = self.policy.max_retry_after.as_millis() as u64,
+                    "the server asked to retry later than the policy waits; giving up"
+                );
+                return Some(StopReason::RetryAfterTooLong { retry_after: after });
+            }
             delay = delay.max(after);
         }
         if let Some(max) = self.policy.max_elapsed

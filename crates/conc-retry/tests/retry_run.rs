@@ -257,3 +257,53 @@ async fn io_errors_and_timeouts_are_classified() {
         }
     );
 }
+
+/// A server's Retry-After is honoured above `max_delay`, up to `max_retry_after`; a longer
+/// one stops at once with its own reason instead of parking the caller for an hour.
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_capped_by_its_own_limit() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .base_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(100))
+        .max_retry_after(Duration::from_secs(5))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let calls = AtomicU32::new(0);
+    let error = Retry::new(&policy)
+        .run(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(ApiError::TooMany(Duration::from_secs(3600)))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.stop,
+        StopReason::RetryAfterTooLong {
+            retry_after: Duration::from_secs(3600)
+        }
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no hour-long sleep"
+    );
+
+    // Within the limit, it waits what the server asked, above max_delay.
+    let started = Instant::now();
+    let calls = AtomicU32::new(0);
+    let ok = Retry::new(&policy)
+        .run(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(ApiError::TooMany(Duration::from_secs(2)))
+            } else {
+                Ok(7)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok, 7);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
