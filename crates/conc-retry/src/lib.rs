@@ -61,4 +61,7 @@ pub use classify::{Classify, ErrorClass, classify_http, parse_retry_after};
 pub use policy::{Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder, Schedule};
 pub use retry::{AttemptFailure, Retry, RetryError, StopReason, retry};
 #[cfg(feature = "tower")]
-pub use tower::{CircuitBreakerLayer, CircuitBreakerService, RetryLayer, RetryService};
+pub use tower::{
+    CircuitBreakerLayer, CircuitBreakerService, NoHook, OnRetry, RetryLayer, RetryService,
+    ServiceBuilderExt,
+};

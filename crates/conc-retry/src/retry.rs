@@ -43,6 +43,8 @@ pub enum StopReason {
         /// When it may admit calls again, if known.
         retry_after: Option<Duration>,
     },
+    /// The service failed its readiness check (`poll_ready`), before any attempt.
+    NotReady,
     /// The server asked to wait longer than the policy's `max_retry_after`.
     RetryAfterTooLong {
         /// What the server asked for.
@@ -62,6 +64,7 @@ impl fmt::Display for StopReason {
                 retry_after: Some(d),
             } => write!(f, "the circuit is open (retry in {d:?})"),
             StopReason::CircuitOpen { retry_after: None } => f.write_str("the circuit is open"),
+            StopReason::NotReady => f.write_str("the service was not ready"),
             StopReason::RetryAfterTooLong { retry_after } => write!(
                 f,
                 "the server asked to retry after {retry_after:?}, longer than the policy waits"

@@ -4,75 +4,154 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use conc_core::AbortSignal;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::breaker::{BreakerError, CircuitBreaker};
+use crate::budget::RetryBudget;
 use crate::classify::ErrorClass;
 use crate::policy::RetryPolicy;
-use crate::retry::{Retry, RetryError};
+use crate::retry::{AttemptFailure, Retry, RetryError, StopReason};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// What a [`RetryLayer`] calls before each retry's sleep: the failure, the attempt that
+/// failed (1-based) and the delay. Implemented for closures and for [`NoHook`].
+pub trait OnRetry<E>: Clone + Send + Sync + 'static {
+    /// Called before the sleep that precedes a retry.
+    fn on_retry(&self, failure: &AttemptFailure<E>, attempt: u32, delay: Duration);
+}
+
+/// No hook (the default of [`RetryLayer`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHook;
+
+impl<E> OnRetry<E> for NoHook {
+    fn on_retry(&self, _: &AttemptFailure<E>, _: u32, _: Duration) {}
+}
+
+impl<E, F> OnRetry<E> for F
+where
+    F: Fn(&AttemptFailure<E>, u32, Duration) + Clone + Send + Sync + 'static,
+{
+    fn on_retry(&self, failure: &AttemptFailure<E>, attempt: u32, delay: Duration) {
+        self(failure, attempt, delay);
+    }
+}
+
 /// Retries a service's calls under a [`RetryPolicy`]; errors are classified by `classify`.
+/// It takes everything [`Retry`] takes: a [`RetryBudget`] and a [`CircuitBreaker`] (the
+/// defences against retry storms), a hook, an abort signal.
 ///
 /// The request must be `Clone` (each attempt sends a clone) and the service `Clone` (each
-/// call drives its own clone, as tower's own retry does).
+/// retry drives its own clone, as tower's own retry does). `poll_ready` tells the truth: it
+/// is the inner service's readiness, so a load-shedding or rate-limiting layer above sees
+/// it; the call's first attempt uses the service that was made ready.
 ///
 /// ```
-/// use conc_retry::{ErrorClass, RetryLayer, RetryPolicy};
+/// use conc_retry::{ErrorClass, RetryBudget, RetryLayer, RetryPolicy};
+/// use std::time::Duration;
 /// use tower::{Layer, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let layer = RetryLayer::new(RetryPolicy::default(), |_: &std::io::Error| ErrorClass::Transient);
+/// let budget = RetryBudget::new(Duration::from_secs(10), 10, 0.2).unwrap();
+/// let layer = RetryLayer::new(RetryPolicy::default(), |_: &std::io::Error| ErrorClass::Transient)
+///     .with_budget(budget);
 /// let service = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n + 1) }));
 /// assert_eq!(service.oneshot(1).await.unwrap(), 2);
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct RetryLayer<C> {
+pub struct RetryLayer<C, H = NoHook> {
     policy: RetryPolicy,
     classify: C,
+    budget: Option<RetryBudget>,
+    breaker: Option<CircuitBreaker>,
+    signal: Option<AbortSignal>,
+    hook: H,
 }
 
 impl<C> RetryLayer<C> {
     /// A layer retrying under `policy`, classifying errors with `classify`.
     pub fn new(policy: RetryPolicy, classify: C) -> Self {
-        Self { policy, classify }
-    }
-}
-
-impl<S, C: Clone> Layer<S> for RetryLayer<C> {
-    type Service = RetryService<S, C>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            policy: self.policy.clone(),
-            classify: self.classify.clone(),
+        Self {
+            policy,
+            classify,
+            budget: None,
+            breaker: None,
+            signal: None,
+            hook: NoHook,
         }
     }
 }
 
-impl<C> fmt::Debug for RetryLayer<C> {
+impl<C, H> RetryLayer<C, H> {
+    /// Deposits each call into `budget` and withdraws one token per retry (shared by every
+    /// service this layer makes, and by anything else holding a clone of it).
+    pub fn with_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Asks `breaker` before every attempt and reports each outcome to it.
+    pub fn with_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Stops every call's retries (with [`StopReason::Aborted`]) when `signal` aborts.
+    pub fn with_signal(mut self, signal: AbortSignal) -> Self {
+        self.signal = Some(signal);
+        self
+    }
+
+    /// Calls `hook` before each retry's sleep.
+    pub fn on_retry<H2>(self, hook: H2) -> RetryLayer<C, H2> {
+        RetryLayer {
+            policy: self.policy,
+            classify: self.classify,
+            budget: self.budget,
+            breaker: self.breaker,
+            signal: self.signal,
+            hook,
+        }
+    }
+}
+
+impl<S, C: Clone, H: Clone> Layer<S> for RetryLayer<C, H> {
+    type Service = RetryService<S, C, H>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+impl<C, H> fmt::Debug for RetryLayer<C, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer")
             .field("policy", &self.policy)
+            .field("budget", &self.budget.is_some())
+            .field("breaker", &self.breaker.is_some())
+            .field("signal", &self.signal.is_some())
             .finish_non_exhaustive()
     }
 }
 
 /// The service of [`RetryLayer`].
 #[derive(Clone)]
-pub struct RetryService<S, C> {
+pub struct RetryService<S, C, H = NoHook> {
     inner: S,
-    policy: RetryPolicy,
-    classify: C,
+    layer: RetryLayer<C, H>,
 }
 
-impl<S, C, Req> Service<Req> for RetryService<S, C>
+impl<S, C, H, Req> Service<Req> for RetryService<S, C, H>
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
@@ -80,25 +159,51 @@ where
     S::Error: Send,
     Req: Clone + Send + 'static,
     C: Fn(&S::Error) -> ErrorClass + Clone + Send + Sync + 'static,
+    H: OnRetry<S::Error>,
 {
     type Response = S::Response;
     type Error = RetryError<S::Error>;
     type Future = BoxFuture<Result<S::Response, RetryError<S::Error>>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is awaited per attempt, on the call's own clone.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(|error| RetryError {
+            attempts: 0,
+            elapsed: Duration::ZERO,
+            last: Some(AttemptFailure::Error(error)),
+            stop: StopReason::NotReady,
+        })
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let service = self.inner.clone();
-        let policy = self.policy.clone();
-        let classify = self.classify.clone();
+        // The first attempt goes to the service `poll_ready` readied; retries to clones.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
         Box::pin(async move {
-            Retry::new(&policy)
+            let RetryLayer {
+                policy,
+                classify,
+                budget,
+                breaker,
+                signal,
+                hook,
+            } = layer;
+            let mut first = Some(ready.clone());
+            let mut retry = Retry::new(&policy)
                 .classify_with(classify)
+                .on_retry(move |failure, attempt, delay| hook.on_retry(failure, attempt, delay));
+            if let Some(budget) = &budget {
+                retry = retry.budget(budget);
+            }
+            if let Some(breaker) = &breaker {
+                retry = retry.breaker(breaker);
+            }
+            if let Some(signal) = &signal {
+                retry = retry.signal(signal);
+            }
+            retry
                 .run_unclassified(move || {
-                    let mut service = service.clone();
+                    let mut service = first.take().unwrap_or_else(|| ready.clone());
                     let request = request.clone();
                     async move {
                         poll_fn(|cx| service.poll_ready(cx)).await?;
@@ -110,11 +215,45 @@ where
     }
 }
 
-impl<S, C> fmt::Debug for RetryService<S, C> {
+impl<S, C, H> fmt::Debug for RetryService<S, C, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryService")
-            .field("policy", &self.policy)
+            .field("layer", &self.layer)
             .finish_non_exhaustive()
+    }
+}
+
+/// [`tower::ServiceBuilder`](https://docs.rs/tower/latest/tower/struct.ServiceBuilder.html)
+/// methods for conc's layers.
+pub trait ServiceBuilderExt<L> {
+    /// Adds a [`RetryLayer`].
+    fn conc_retry<C, H>(
+        self,
+        layer: RetryLayer<C, H>,
+    ) -> tower::ServiceBuilder<tower_layer::Stack<RetryLayer<C, H>, L>>;
+
+    /// Adds a [`CircuitBreakerLayer`].
+    fn conc_circuit_breaker<C>(
+        self,
+        breaker: CircuitBreaker,
+        classify: C,
+    ) -> tower::ServiceBuilder<tower_layer::Stack<CircuitBreakerLayer<C>, L>>;
+}
+
+impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
+    fn conc_retry<C, H>(
+        self,
+        layer: RetryLayer<C, H>,
+    ) -> tower::ServiceBuilder<tower_layer::Stack<RetryLayer<C, H>, L>> {
+        self.layer(layer)
+    }
+
+    fn conc_circuit_breaker<C>(
+        self,
+        breaker: CircuitBreaker,
+        classify: C,
+    ) -> tower::ServiceBuilder<tower_layer::Stack<CircuitBreakerLayer<C>, L>> {
+        self.layer(CircuitBreakerLayer::new(breaker, classify))
     }
 }
 

@@ -85,3 +85,75 @@ async fn the_breaker_layer_opens_and_rejects_without_calling() {
         "the open breaker did not call the service"
     );
 }
+
+/// A service that is ready only once `open` is set.
+#[derive(Clone)]
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tower::Service<u32> for Gate {
+    type Response = u32;
+    type Error = Status;
+    type Future = std::future::Ready<Result<u32, Status>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
+        if self.open.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, n: u32) -> Self::Future {
+        std::future::ready(Ok(n))
+    }
+}
+
+/// `poll_ready` tells the truth: a layer above sees the inner service's readiness.
+#[tokio::test(start_paused = true)]
+async fn retry_poll_ready_is_the_inner_readiness() {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut service =
+        RetryLayer::new(RetryPolicy::default(), classify).layer(Gate { open: open.clone() });
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    assert!(
+        tower::Service::<u32>::poll_ready(&mut service, &mut cx).is_pending(),
+        "not ready while the inner service is not"
+    );
+    open.store(true, Ordering::SeqCst);
+    assert!(tower::Service::<u32>::poll_ready(&mut service, &mut cx).is_ready());
+    assert_eq!(tower::Service::call(&mut service, 5).await.unwrap(), 5);
+}
+
+/// The layer takes a budget, a breaker, a hook and a signal, as `Retry` does: an empty
+/// budget allows no retry, and the hook sees nothing then.
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_takes_a_budget_breaker_hook_and_signal() {
+    use conc_retry::{RetryBudget, ServiceBuilderExt};
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.0).unwrap();
+    let retried = Arc::new(AtomicU32::new(0));
+    let counted = retried.clone();
+    let breaker = CircuitBreaker::builder().build().unwrap();
+    let controller = conc_core::AbortController::new();
+    let layer = RetryLayer::new(RetryPolicy::default(), classify)
+        .with_budget(budget)
+        .with_breaker(breaker.clone())
+        .with_signal(controller.signal())
+        .on_retry(move |_: &conc_retry::AttemptFailure<Status>, _, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+    let (calls, inner) = flaky(5);
+    let service = tower::ServiceBuilder::new()
+        .conc_retry(layer)
+        .service(inner);
+    let error = service.oneshot("hi".to_owned()).await.unwrap_err();
+    assert_eq!(error.stop, StopReason::BudgetExhausted);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry without budget");
+    assert_eq!(retried.load(Ordering::SeqCst), 0);
+}
