@@ -533,7 +533,11 @@ pub(crate) struct Ticket {
 pub(crate) struct Core {
     config: CoreConfig,
     pub(crate) state: AtomicU64,
+    /// When the current open period ends; valid for the generation in `open_generation`.
     open_until: AtomicU64,
+    /// The generation whose `open_until` is published (written after it, by the opener
+    /// that won the CAS, so a loser never shortens or lengthens the break).
+    open_generation: AtomicU64,
     opened_in_a_row: AtomicU32,
     consecutive: AtomicU32,
     window: Vec<AtomicU8>,
@@ -552,6 +556,7 @@ impl Core {
             config,
             state: AtomicU64::new(pack(CLOSED, 0, 0, 0)),
             open_until: AtomicU64::new(0),
+            open_generation: AtomicU64::new(u64::MAX),
             opened_in_a_row: AtomicU32::new(0),
             consecutive: AtomicU32::new(0),
             window: (0..window).map(|_| AtomicU8::new(EMPTY)).collect(),
@@ -586,6 +591,10 @@ impl Core {
                     );
                 }
                 OPEN => {
+                    if self.open_generation.load(Ordering::Acquire) != generation(s) {
+                        // Opened this instant; its opener has not published the end yet.
+                        return (Err(None), change);
+                    }
                     let until = self.open_until.load(Ordering::Acquire);
                     let now = now();
                     if now < until {
@@ -723,17 +732,10 @@ impl Core {
         }
     }
 
-    /// Opens from state `s` (closed or half-open), growing the break if it re-opens.
+    /// Opens from state `s` (closed or half-open), growing the break if it re-opens. Only
+    /// the caller whose CAS opens the breaker sets the break, once: concurrent failures
+    /// that race to re-open it grow it by one step, not one per failure.
     fn open_from(&self, s: u64, now: u64) -> Option<StateChange> {
-        let opened = self.opened_in_a_row.load(Ordering::Acquire);
-        let grown = self.config.break_nanos as f64 * self.config.growth.powi(opened.min(64) as i32);
-        let break_nanos = if grown.is_finite() {
-            (grown as u64).min(self.config.max_break_nanos)
-        } else {
-            self.config.max_break_nanos
-        };
-        self.open_until
-            .store(now.saturating_add(break_nanos), Ordering::Release);
         let mut s = s;
         loop {
             let next = pack(OPEN, 0, 0, generation(s) + 1);
@@ -742,7 +744,18 @@ impl Core {
                 .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    self.opened_in_a_row.fetch_add(1, Ordering::AcqRel);
+                    let opened = self.opened_in_a_row.fetch_add(1, Ordering::AcqRel);
+                    let grown = self.config.break_nanos as f64
+                        * self.config.growth.powi(opened.min(64) as i32);
+                    let break_nanos = if grown.is_finite() {
+                        (grown as u64).min(self.config.max_break_nanos)
+                    } else {
+                        self.config.max_break_nanos
+                    };
+                    self.open_until
+                        .store(now.saturating_add(break_nanos), Ordering::Release);
+                    self.open_generation
+                        .store(generation(next), Ordering::Release);
                     return Self::change(s, next);
                 }
                 // Only the probe counts moved (same state, same generation): try again, or
@@ -880,6 +893,38 @@ mod loom_tests {
             failing.join().unwrap();
             // close_after is 2, so one success cannot close it: the failure must open it.
             assert_eq!(tag(core.state.load(Ordering::SeqCst)), OPEN);
+        });
+    }
+
+    /// Two probes fail at once with a growing break: the breaker re-opens once, and the
+    /// break grows one step (10 × 4), never two (10 × 16).
+    #[test]
+    fn racing_failures_grow_the_break_once() {
+        loom::model(|| {
+            let core = Arc::new(Core::new(CoreConfig {
+                consecutive: Some(1),
+                rate: None,
+                break_nanos: 10,
+                growth: 4.0,
+                max_break_nanos: 1000,
+                probes: 2,
+                close_after: 2,
+            }));
+            let (first, _) = core.acquire(|| 0);
+            core.record(first.unwrap(), false, || 0); // open until 10
+            let a = core.acquire(|| 20).0.unwrap();
+            let b = core.acquire(|| 20).0.unwrap();
+            let other = {
+                let core = core.clone();
+                thread::spawn(move || core.record(b, false, || 20))
+            };
+            core.record(a, false, || 20);
+            other.join().unwrap();
+            assert_eq!(tag(core.state.load(Ordering::SeqCst)), OPEN);
+            assert_eq!(core.open_until.load(Ordering::SeqCst), 20 + 40);
+            // Until then it admits nobody; at 60 one probe again.
+            assert!(core.acquire(|| 59).0.is_err());
+            assert!(core.acquire(|| 60).0.is_ok());
         });
     }
 }
