@@ -80,3 +80,83 @@ fn settle_against_a_new_run() {
         assert_eq!(registry.in_flight(), 0);
     });
 }
+
+/// The leader gives up while two followers wait: one follower re-registers as the leader
+/// and runs; the other gets its value (or runs afresh after the release). Nobody hangs,
+/// the task never runs twice at once, and the key is released.
+#[test]
+fn re_registration_with_two_followers() {
+    loom::model(|| {
+        let registry = Arc::new(IdempotencyRegistry::<usize>::new());
+        let running = Arc::new(AtomicUsize::new(0));
+        let leader = {
+            let registry = registry.clone();
+            thread::spawn(move || {
+                let _ = poll_then_drop(registry.run(key(), || std::future::pending::<usize>()));
+            })
+        };
+        let call = |registry: Arc<IdempotencyRegistry<usize>>, running: Arc<AtomicUsize>| {
+            block_on(registry.run(key(), || async move {
+                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "two at once");
+                running.fetch_sub(1, Ordering::SeqCst);
+                5
+            }))
+        };
+        let follower = {
+            let (registry, running) = (registry.clone(), running.clone());
+            thread::spawn(move || call(registry, running))
+        };
+        assert_eq!(call(registry.clone(), running), Ok(5));
+        leader.join().unwrap();
+        assert_eq!(follower.join().unwrap(), Ok(5));
+        assert_eq!(registry.in_flight(), 0);
+    });
+}
+
+/// A follower gives up while it waits: the leader finishes unharmed and the key is
+/// released.
+#[test]
+fn a_follower_dropped_while_it_waits() {
+    loom::model(|| {
+        let registry = Arc::new(IdempotencyRegistry::<usize>::new());
+        let follower = {
+            let registry = registry.clone();
+            thread::spawn(move || {
+                let _ = poll_then_drop(registry.run(key(), || async { 1 }));
+            })
+        };
+        let value = block_on(registry.run(key(), || async {
+            loom::thread::yield_now();
+            2
+        }));
+        follower.join().unwrap();
+        assert!(matches!(value, Ok(2) | Ok(1)));
+        assert_eq!(registry.in_flight(), 0);
+    });
+}
+
+/// The leader's task panics while a follower waits: the follower gets the typed error (or,
+/// arriving after the release, runs afresh); the key is released either way.
+#[test]
+fn the_leader_panicking() {
+    loom::model(|| {
+        let registry = Arc::new(IdempotencyRegistry::<usize>::new());
+        let leader = {
+            let registry = registry.clone();
+            thread::spawn(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    block_on(registry.run(key(), || async { panic!("the task failed") }))
+                }))
+                .is_err()
+            })
+        };
+        let follower = block_on(registry.run(key(), || async { 9 }));
+        let leader_panicked = leader.join().unwrap();
+        match follower {
+            Ok(9) => {}
+            Err(crate::IdempotencyError::Panicked { .. }) => assert!(leader_panicked),
+            other => panic!("unexpected outcome {other:?}"),
+        }
+        assert_eq!(registry.in_flight(), 0);
+    });
+}

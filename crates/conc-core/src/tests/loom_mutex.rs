@@ -138,3 +138,30 @@ fn is_locked_tells_the_truth() {
         assert!(!mutex.is_locked());
     });
 }
+
+/// Three waiters queue behind a holder; the middle one is cancelled while the holder
+/// releases: the first waiter gets the lock, then the third; nobody hangs, and the order
+/// stays first-in, first-out.
+#[test]
+fn three_waiters_with_a_cancellation_in_the_middle() {
+    loom::model(|| {
+        let mutex = Arc::new(Mutex::new(Vec::new()));
+        let holder = mutex.clone().try_lock_owned().unwrap();
+        let mut first = Box::pin(mutex.clone().lock_owned());
+        let mut middle = Box::pin(mutex.clone().lock_owned());
+        let mut last = Box::pin(mutex.clone().lock_owned());
+        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_once(middle.as_mut()).is_pending());
+        assert!(poll_once(last.as_mut()).is_pending());
+        assert_eq!(mutex.waiters(), 3);
+        let canceller = thread::spawn(move || drop(middle));
+        let releaser = thread::spawn(move || drop(holder));
+        block_on(first.as_mut()).push("first");
+        canceller.join().unwrap();
+        releaser.join().unwrap();
+        block_on(last.as_mut()).push("last");
+        assert_eq!(*block_on(mutex.lock()), ["first", "last"]);
+        assert!(!mutex.is_locked());
+        assert_eq!(mutex.waiters(), 0);
+    });
+}
