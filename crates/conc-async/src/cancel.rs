@@ -1,7 +1,13 @@
 //! Conversions between conc-core's [`AbortSignal`] and tokio-util's [`CancellationToken`].
 //!
-//! Each conversion spawns one small bridge task on the current tokio runtime; it ends as
-//! soon as either side fires.
+//! Neither direction leaves anything behind once both sides are gone:
+//!
+//! - signal → token registers one callback on the signal ([`AbortSignal::on_abort`]); no
+//!   task, no waiter. The callback goes when the signal aborts or its last handle is
+//!   dropped.
+//! - token → signal needs a task (a token tells only a waiting future), and that task ends
+//!   as soon as the token is cancelled or every clone of the returned signal is dropped
+//!   ([`AbortController::unobserved`]).
 
 use conc_core::{AbortController, AbortReason, AbortSignal};
 use tokio_util::sync::CancellationToken;
@@ -15,50 +21,42 @@ pub struct NoRuntime;
 
 /// `AbortSignal` → `CancellationToken`.
 pub trait AbortSignalExt {
-    /// A token cancelled when this signal aborts (at once if it already has).
+    /// A token cancelled when this signal aborts (at once if it already has). Needs no
+    /// runtime (it never fails); the `Result` is kept for the other direction's sake.
     fn to_cancellation_token(&self) -> Result<CancellationToken, NoRuntime>;
 }
 
 impl AbortSignalExt for AbortSignal {
     fn to_cancellation_token(&self) -> Result<CancellationToken, NoRuntime> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
         let token = CancellationToken::new();
-        if self.is_aborted() {
-            token.cancel();
-            return Ok(token);
-        }
-        let (signal, bridge) = (self.clone(), token.clone());
-        handle.spawn(async move {
-            tokio::select! {
-                _ = signal.aborted() => bridge.cancel(),
-                () = bridge.cancelled() => {}
-            }
-        });
+        let bridge = token.clone();
+        self.on_abort(move |_| bridge.cancel()).detach();
         Ok(token)
     }
 }
 
 /// `CancellationToken` → `AbortSignal`.
 pub trait CancellationTokenExt {
-    /// A signal aborted (with `reason`) when this token is cancelled.
+    /// A signal aborted (with `reason`) when this token is cancelled. Spawns one small task
+    /// on the current runtime, which ends when the token is cancelled or every clone of the
+    /// returned signal is dropped.
     fn to_abort_signal(&self, reason: AbortReason) -> Result<AbortSignal, NoRuntime>;
 }
 
 impl CancellationTokenExt for CancellationToken {
     fn to_abort_signal(&self, reason: AbortReason) -> Result<AbortSignal, NoRuntime> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
         let controller = AbortController::new();
         let signal = controller.signal();
         if self.is_cancelled() {
             controller.abort(reason);
             return Ok(signal);
         }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
         let token = self.clone();
-        let watched = signal.clone();
         handle.spawn(async move {
             tokio::select! {
                 () = token.cancelled() => { controller.abort(reason); }
-                _ = watched.aborted() => {}
+                () = controller.unobserved() => {}
             }
         });
         Ok(signal)

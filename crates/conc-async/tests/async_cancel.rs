@@ -28,10 +28,57 @@ async fn a_cancelled_token_aborts_the_signal() {
     assert_eq!(reason, AbortReason::Shutdown);
 }
 
+/// Token -> signal needs a runtime for its bridge task; signal -> token needs none.
 #[test]
-fn outside_a_runtime_it_is_a_typed_error() {
+fn outside_a_runtime_only_the_token_side_is_a_typed_error() {
     assert_eq!(
-        AbortSignal::never().to_cancellation_token().unwrap_err(),
+        CancellationToken::new()
+            .to_abort_signal(AbortReason::Shutdown)
+            .unwrap_err(),
         NoRuntime
     );
+    let controller = AbortController::new();
+    let token = controller.signal().to_cancellation_token().unwrap();
+    controller.abort(AbortReason::Shutdown);
+    assert!(token.is_cancelled());
+    assert!(AbortSignal::never().to_cancellation_token().is_ok());
+}
+
+/// 10 000 conversions each way leave no task alive once both sides are dropped, and a
+/// converted token still follows its signal.
+#[tokio::test]
+async fn conversions_leave_no_task_behind() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let controller = conc_core::AbortController::new();
+    let signal = controller.signal();
+    for _ in 0..10_000 {
+        drop(signal.to_cancellation_token().unwrap());
+    }
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        0,
+        "signal -> token spawns nothing"
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    for _ in 0..10_000 {
+        drop(
+            token
+                .to_abort_signal(conc_core::AbortReason::Shutdown)
+                .unwrap(),
+        );
+    }
+    for _ in 0..1000 {
+        if metrics.num_alive_tasks() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        0,
+        "every bridge task ended with its signal"
+    );
+    let converted = signal.to_cancellation_token().unwrap();
+    controller.abort(conc_core::AbortReason::Shutdown);
+    assert!(converted.is_cancelled());
 }

@@ -136,11 +136,17 @@ struct Inner {
     state: Mutex<State>,
 }
 
+/// A callback run once when a node aborts.
+type Callback = Box<dyn FnOnce(&AbortReason) + Send>;
+
 #[derive(Default)]
 struct State {
     reason: Option<AbortReason>,
     waiters: Vec<(u64, Waker)>,
     next_waiter: u64,
+    callbacks: Vec<(u64, Callback)>,
+    /// Woken when only one handle (the controller) is left.
+    unobserved: Option<Waker>,
     parent: Option<Arc<Inner>>,
     /// This node's index in its parent's `children`.
     slot: usize,
@@ -189,7 +195,7 @@ impl Inner {
     fn abort(self: &Arc<Self>, reason: AbortReason) -> bool {
         let tree = self.tree.clone();
         let _links = tree.lock();
-        let (waiters, children, parent) = {
+        let (waiters, children, parent, own_callbacks) = {
             let mut state = self.state.lock();
             if state.reason.is_some() {
                 return false;
@@ -201,8 +207,13 @@ impl Inner {
                 std::mem::take(&mut state.waiters),
                 std::mem::take(&mut state.children),
                 parent,
+                std::mem::take(&mut state.callbacks),
             )
         };
+        let mut callbacks: Vec<(AbortReason, Callback)> = own_callbacks
+            .into_iter()
+            .map(|(_, callback)| (reason.clone(), callback))
+            .collect();
         // It no longer needs its parent's cascade: leave the parent's children.
         if let Some((parent, slot)) = parent {
             Self::unlink(&parent, slot);
@@ -223,11 +234,17 @@ impl Inner {
                     .into_iter()
                     .map(|(_, w)| w),
             );
+            for (_, callback) in std::mem::take(&mut state.callbacks) {
+                callbacks.push((descendants_reason.clone(), callback));
+            }
             work.append(&mut state.children);
         }
         drop(_links);
         for waker in wakers {
             waker.wake();
+        }
+        for (reason, callback) in callbacks {
+            callback(&reason);
         }
         true
     }
@@ -323,8 +340,16 @@ impl Clone for Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.detach();
+        match self.0.handles.fetch_sub(1, Ordering::AcqRel) {
+            1 => self.0.detach(),
+            2 => {
+                // Maybe only the controller is left: tell whoever waits for that.
+                let waker = self.0.state.lock().unobserved.take();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -381,6 +406,45 @@ impl AbortController {
     /// Whether the signal is aborted.
     pub fn is_aborted(&self) -> bool {
         self.inner.aborted.load(Ordering::Acquire)
+    }
+
+    /// Completes once nobody observes this controller any more: every [`AbortSignal`] it
+    /// handed out (and every clone of them) has been dropped. A bridge that feeds the
+    /// controller from elsewhere can stop then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only forgets its waker.
+    pub fn unobserved(&self) -> Unobserved<'_> {
+        Unobserved { inner: &self.inner }
+    }
+}
+
+/// The future of [`AbortController::unobserved`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Unobserved<'a> {
+    inner: &'a Inner,
+}
+
+impl Future for Unobserved<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.handles.load(Ordering::Acquire) <= 1 {
+            return Poll::Ready(());
+        }
+        self.inner.state.lock().unobserved = Some(cx.waker().clone());
+        // A signal dropped between the check and the registration found no waker.
+        if self.inner.handles.load(Ordering::Acquire) <= 1 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl fmt::Debug for Unobserved<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unobserved").finish_non_exhaustive()
     }
 }
 
@@ -478,6 +542,28 @@ impl AbortSignal {
         .await
     }
 
+    /// Runs `callback` once, with the reason, when this signal is aborted (at once, on this
+    /// thread, if it already is); otherwise on the thread that aborts, after every waiter is
+    /// woken. Dropping the returned [`AbortCallback`] before then unregisters it;
+    /// [`AbortCallback::detach`] keeps it until the signal aborts or its last handle is
+    /// gone. No task and no waiter: the way to feed another cancellation primitive.
+    pub fn on_abort(&self, callback: impl FnOnce(&AbortReason) + Send + 'static) -> AbortCallback {
+        let mut state = self.inner.state.lock();
+        if let Some(reason) = state.reason.clone() {
+            drop(state);
+            callback(&reason);
+            return AbortCallback { inner: None, id: 0 };
+        }
+        let id = state.next_waiter;
+        state.next_waiter += 1;
+        state.callbacks.push((id, Box::new(callback)));
+        drop(state);
+        AbortCallback {
+            inner: Some(self.inner.clone()),
+            id,
+        }
+    }
+
     /// A new controller whose signal is aborted, with [`AbortReason::Parent`], when this one
     /// is (at once if this one already is). Aborting the child does not touch the parent.
     ///
@@ -496,6 +582,46 @@ impl fmt::Debug for AbortSignal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AbortSignal")
             .field("reason", &self.reason())
+            .finish()
+    }
+}
+
+/// A callback registered with [`AbortSignal::on_abort`]; dropping it unregisters the
+/// callback (if it has not run yet).
+#[must_use = "dropping the registration unregisters the callback; call detach() to keep it"]
+pub struct AbortCallback {
+    inner: Option<Handle>,
+    id: u64,
+}
+
+impl AbortCallback {
+    /// Keeps the callback registered (until the signal aborts or its last handle is gone)
+    /// without holding this registration.
+    pub fn detach(mut self) {
+        self.inner = None;
+    }
+}
+
+impl Drop for AbortCallback {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let removed = {
+                let mut state = inner.state.lock();
+                state
+                    .callbacks
+                    .iter()
+                    .position(|(id, _)| *id == self.id)
+                    .map(|at| state.callbacks.swap_remove(at))
+            };
+            drop(removed);
+        }
+    }
+}
+
+impl fmt::Debug for AbortCallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortCallback")
+            .field("registered", &self.inner.is_some())
             .finish()
     }
 }

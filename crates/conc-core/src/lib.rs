@@ -79,8 +79,8 @@ mod sequence;
 mod tests;
 
 pub use abort::{
-    AbortController, AbortLease, AbortManager, AbortReason, AbortSignal, Aborted, WaitAborted,
-    is_abort_error,
+    AbortCallback, AbortController, AbortLease, AbortManager, AbortReason, AbortSignal, Aborted,
+    Unobserved, WaitAborted, is_abort_error,
 };
 pub use idempotency::{IdempotencyError, IdempotencyKey, IdempotencyRegistry, KeyError};
 pub use mutex::{Lock, Mutex, MutexGuard, OwnedMutexGuard, TryLockError};

@@ -186,3 +186,44 @@ fn short_lived_children_leave_no_trace() {
     parent.abort(AbortReason::Shutdown);
     assert!(keep.iter().all(AbortController::is_aborted));
 }
+
+/// `on_abort` runs once with the reason; a dropped registration never runs; a callback on
+/// an aborted signal runs at once; `unobserved` completes when every signal is gone.
+#[tokio::test]
+async fn callbacks_and_unobserved() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let controller = AbortController::new();
+    let signal = controller.signal();
+    let counted = runs.clone();
+    signal
+        .on_abort(move |reason| {
+            assert_eq!(reason, &AbortReason::Timeout);
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .detach();
+    let counted = runs.clone();
+    drop(signal.on_abort(move |_| {
+        counted.fetch_add(100, Ordering::SeqCst);
+    }));
+    controller.abort(AbortReason::Timeout);
+    controller.abort(AbortReason::Shutdown);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let counted = runs.clone();
+    signal
+        .on_abort(move |_| {
+            counted.fetch_add(10, Ordering::SeqCst);
+        })
+        .detach();
+    assert_eq!(runs.load(Ordering::SeqCst), 11);
+
+    let watched = AbortController::new();
+    let a = watched.signal();
+    let b = a.clone();
+    let waiting = tokio::spawn(async move { watched.unobserved().await });
+    drop(a);
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    drop(b);
+    waiting.await.unwrap();
+}

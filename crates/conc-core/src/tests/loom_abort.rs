@@ -96,3 +96,25 @@ fn abort_against_a_dropped_waiter() {
         assert_eq!(stays.join().unwrap(), AbortReason::Timeout);
     });
 }
+
+/// A callback registered while another thread aborts runs exactly once.
+#[test]
+fn on_abort_against_abort() {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    loom::model(|| {
+        let controller = AbortController::new();
+        let signal = controller.signal();
+        let runs = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let registrar = thread::spawn(move || {
+            signal
+                .on_abort(move |_| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                })
+                .detach();
+        });
+        controller.abort(AbortReason::Shutdown);
+        registrar.join().unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    });
+}
