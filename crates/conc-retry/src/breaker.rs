@@ -2,16 +2,37 @@
 //! resilience4j's semantics.
 //!
 //! - **Closed**: calls pass. It opens after `consecutive_failures` failures in a row, or when
-//!   the failure rate over the last `window` calls reaches `failure_rate` (once at least
-//!   `min_calls` were made).
+//!   the failure rate over the last `window` calls (or the last `window` of time) reaches
+//!   its threshold, once at least `min_calls` were made. A call slower than
+//!   `slow_call_threshold` counts as a failure.
 //! - **Open**: calls are rejected with [`CircuitOpen`] (and when to try again) for the break
 //!   duration, which can grow each time the breaker re-opens.
 //! - **Half-open**: exactly `half_open_probes` calls are admitted; the rest are rejected.
-//!   `close_after` successful probes close it; a failed probe opens it again.
+//!   `close_after` successful probes close it; a failed probe opens it again, and so does
+//!   `max_wait_in_half_open` passing before the probes settle.
 //! - **Isolated**: held open by hand ([`isolate`](CircuitBreaker::isolate)) until
 //!   [`reset`](CircuitBreaker::reset).
 //!
-//! The closed path is atomics only: a permit is one load, a success one store.
+//! The closed path is atomics only: a permit is one load, a success one store (the
+//! time-based window and slow-call counting add a clock read and a short lock).
+//!
+//! # Compared with resilience4j and Polly
+//!
+//! | feature | conc | resilience4j | Polly (v8) |
+//! | --- | --- | --- | --- |
+//! | consecutive-failure trigger | `consecutive_failures` | no (rate only) | v7 `CircuitBreaker` |
+//! | count-based sliding window | `failure_rate(rate, calls, min_calls)` | `COUNT_BASED` | no |
+//! | time-based sliding window | `failure_rate_over(rate, window, min_calls)`, ten buckets | `TIME_BASED`, one bucket per second | `SamplingDuration` + `MinimumThroughput` |
+//! | slow calls count as failures | `slow_call_threshold` | `slowCallDurationThreshold` + its own rate | no |
+//! | half-open probes | `half_open_probes`, `close_after` | `permittedNumberOfCallsInHalfOpenState` | one probe |
+//! | maximum wait in half-open | `max_wait_in_half_open` | `maxWaitDurationInHalfOpenState` | no |
+//! | open → half-open without a call | `automatic_half_open` (on the next look; no timer thread) | `automaticTransitionFromOpenToHalfOpenEnabled` (a timer thread) | no |
+//! | growing break | `break_growth(factor, max)` | `waitIntervalFunctionInOpenState` | `BreakDurationGenerator` |
+//! | held open / reset by hand | `isolate`, `reset` | `transitionToForcedOpenState`, `reset` | `ManualControl.IsolateAsync`, `CloseAsync` |
+//! | which errors count | `ErrorClass` (`Permanent` counts as success, `Aborted` as nothing) | `recordExceptions` / `ignoreExceptions` | `ShouldHandle` |
+//! | state-change events | `on_state_change` hooks, `tracing` (warn when it opens) | event publisher | `OnOpened`/`OnClosed`/`OnHalfOpened` |
+//! | metrics | feature `metrics`: transitions, state, rejected calls | Micrometer module | telemetry (`System.Diagnostics.Metrics`) |
+//! | concurrency | lock-free state machine, loom-checked (exactly N probes; racing failures grow the break once) | atomic state reference | lock |
 
 use std::fmt;
 use std::sync::Arc;
@@ -98,6 +119,10 @@ type Hook = Box<dyn Fn(StateChange) + Send + Sync>;
 pub struct CircuitBreakerBuilder {
     consecutive: Option<u32>,
     rate: Option<(f64, u32, u32)>,
+    time_rate: Option<(f64, Duration, u32)>,
+    slow_call: Option<Duration>,
+    max_half_open: Option<Duration>,
+    automatic_half_open: bool,
     break_duration: Duration,
     growth: f64,
     max_break: Duration,
@@ -111,6 +136,10 @@ impl Default for CircuitBreakerBuilder {
         Self {
             consecutive: Some(5),
             rate: None,
+            time_rate: None,
+            slow_call: None,
+            max_half_open: None,
+            automatic_half_open: false,
             break_duration: Duration::from_secs(30),
             growth: 1.0,
             max_break: Duration::from_secs(600),
@@ -138,6 +167,38 @@ impl CircuitBreakerBuilder {
     /// least `min_calls` were made.
     pub fn failure_rate(mut self, rate: f64, window: u32, min_calls: u32) -> Self {
         self.rate = Some((rate, window, min_calls));
+        self
+    }
+
+    /// Open when at least `rate` (0 < rate ≤ 1) of the calls of the last `window` of time
+    /// failed, once at least `min_calls` were made in it (resilience4j's time-based sliding
+    /// window: the window is kept as ten buckets, so it slides in tenths of `window`).
+    pub fn failure_rate_over(mut self, rate: f64, window: Duration, min_calls: u32) -> Self {
+        self.time_rate = Some((rate, window, min_calls));
+        self
+    }
+
+    /// Count a call slower than `threshold` as a failure, whatever its outcome (resilience4j's
+    /// slow-call threshold): a dependency that answers, but too slowly, trips the breaker
+    /// like one that fails.
+    pub fn slow_call_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_call = Some(threshold);
+        self
+    }
+
+    /// The longest the breaker stays half-open: when the admitted probes have not settled
+    /// within `max`, it opens again (so a probe that hangs cannot hold it half-open for
+    /// ever). Default: no limit.
+    pub fn max_wait_in_half_open(mut self, max: Duration) -> Self {
+        self.max_half_open = Some(max);
+        self
+    }
+
+    /// Move from open to half-open as soon as the break is over, on the next look at the
+    /// breaker ([`CircuitBreaker::state`] included), firing the hooks, rather than on the
+    /// next call. No timer thread is needed.
+    pub fn automatic_half_open(mut self, enabled: bool) -> Self {
+        self.automatic_half_open = enabled;
         self
     }
 
@@ -175,8 +236,25 @@ impl CircuitBreakerBuilder {
 
     /// Checks the configuration.
     pub fn build(self) -> Result<CircuitBreaker, BreakerConfigError> {
-        if self.consecutive.is_none() && self.rate.is_none() {
+        if self.consecutive.is_none() && self.rate.is_none() && self.time_rate.is_none() {
             return Err(BreakerConfigError::NoTrigger);
+        }
+        if let Some((rate, window, min_calls)) = self.time_rate {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(BreakerConfigError::BadRate(rate));
+            }
+            if window.is_zero() {
+                return Err(BreakerConfigError::Zero("the time window"));
+            }
+            if min_calls == 0 {
+                return Err(BreakerConfigError::Zero("min_calls"));
+            }
+        }
+        if self.slow_call == Some(Duration::ZERO) {
+            return Err(BreakerConfigError::Zero("slow_call_threshold"));
+        }
+        if self.max_half_open == Some(Duration::ZERO) {
+            return Err(BreakerConfigError::Zero("max_wait_in_half_open"));
         }
         if self.consecutive == Some(0) {
             return Err(BreakerConfigError::Zero("consecutive_failures"));
@@ -221,12 +299,18 @@ impl CircuitBreakerBuilder {
             max_break_nanos: nanos(self.max_break.max(self.break_duration)),
             probes: self.probes,
             close_after,
+            time_rate: self
+                .time_rate
+                .map(|(rate, window, min_calls)| (rate, nanos(window).max(10), min_calls)),
+            slow_nanos: self.slow_call.map(nanos),
+            max_half_open_nanos: self.max_half_open.map(nanos),
         });
         Ok(CircuitBreaker {
             inner: Arc::new(Inner {
                 core,
                 hooks: self.hooks,
                 epoch: Instant::now(),
+                automatic_half_open: self.automatic_half_open,
             }),
         })
     }
@@ -251,6 +335,7 @@ struct Inner {
     core: Core,
     hooks: Vec<Hook>,
     epoch: Instant,
+    automatic_half_open: bool,
 }
 
 /// A circuit breaker; clones share one state.
@@ -294,7 +379,35 @@ impl CircuitBreaker {
 
     fn fire(&self, change: Option<StateChange>) {
         if let Some(change) = change {
-            tracing::debug!(from = ?change.from, to = ?change.to, "circuit breaker state change");
+            match change.to {
+                CircuitState::Open | CircuitState::Isolated => tracing::warn!(
+                    from = ?change.from,
+                    state = ?change.to,
+                    "circuit breaker opened: calls are rejected"
+                ),
+                _ => tracing::info!(
+                    from = ?change.from,
+                    state = ?change.to,
+                    "circuit breaker state change"
+                ),
+            }
+            #[cfg(feature = "metrics")]
+            {
+                let to = match change.to {
+                    CircuitState::Closed => "closed",
+                    CircuitState::Open => "open",
+                    CircuitState::HalfOpen => "half_open",
+                    CircuitState::Isolated => "isolated",
+                };
+                metrics::counter!("conc_retry_breaker_transitions_total", "state" => to)
+                    .increment(1);
+                metrics::gauge!("conc_retry_breaker_state").set(match change.to {
+                    CircuitState::Closed => 0.0,
+                    CircuitState::HalfOpen => 1.0,
+                    CircuitState::Open => 2.0,
+                    CircuitState::Isolated => 3.0,
+                });
+            }
             for hook in &self.inner.hooks {
                 hook(change);
             }
@@ -310,9 +423,13 @@ impl CircuitBreaker {
                 breaker: self,
                 ticket: Some(ticket),
             }),
-            Err(retry_after) => Err(CircuitOpen {
-                retry_after: retry_after.map(Duration::from_nanos),
-            }),
+            Err(retry_after) => {
+                #[cfg(feature = "metrics")]
+                metrics::counter!("conc_retry_breaker_rejected_total").increment(1);
+                Err(CircuitOpen {
+                    retry_after: retry_after.map(Duration::from_nanos),
+                })
+            }
         }
     }
 
@@ -353,9 +470,13 @@ impl CircuitBreaker {
         }
     }
 
-    /// The state now (an open breaker whose break is over reads `HalfOpen` only after the
-    /// next call asks).
+    /// The state now. An open breaker whose break is over reads `HalfOpen` after the next
+    /// call asks, or at once with [`automatic_half_open`](CircuitBreakerBuilder::automatic_half_open).
     pub fn state(&self) -> CircuitState {
+        if self.inner.automatic_half_open {
+            let change = self.inner.core.expire_open(self.now());
+            self.fire(change);
+        }
         tag_state(self.inner.core.state.load(Ordering::Acquire))
     }
 
@@ -519,6 +640,12 @@ pub(crate) struct CoreConfig {
     pub(crate) max_break_nanos: u64,
     pub(crate) probes: u32,
     pub(crate) close_after: u32,
+    /// Failure rate over time: rate, window (ns), minimum calls.
+    pub(crate) time_rate: Option<(f64, u64, u32)>,
+    /// Calls slower than this (ns) count as failures.
+    pub(crate) slow_nanos: Option<u64>,
+    /// The longest the breaker stays half-open (ns).
+    pub(crate) max_half_open_nanos: Option<u64>,
 }
 
 /// What a permit remembers: the generation it was issued in, and whether it is a probe.
@@ -526,6 +653,8 @@ pub(crate) struct CoreConfig {
 pub(crate) struct Ticket {
     generation: u64,
     pub(crate) probe: bool,
+    /// When it was issued (ns), if slow calls are counted.
+    started: u64,
 }
 
 /// The state machine. `state` packs tag, probes admitted, probes succeeded and a generation;
@@ -543,6 +672,54 @@ pub(crate) struct Core {
     window: Vec<AtomicU8>,
     window_pos: AtomicU64,
     window_failures: AtomicU32,
+    /// The time-based window, when configured (a short lock per recorded outcome).
+    time_window: Option<parking_lot::Mutex<TimeWindow>>,
+    /// When the breaker went half-open (ns), for the generation in `half_open_generation`.
+    half_open_since: AtomicU64,
+    half_open_generation: AtomicU64,
+}
+
+/// Ten buckets covering the time window.
+struct TimeWindow {
+    bucket_nanos: u64,
+    buckets: [Bucket; 10],
+}
+
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    index: u64,
+    calls: u32,
+    failures: u32,
+}
+
+impl TimeWindow {
+    /// Records one outcome at `now`; the calls and failures in the window.
+    fn record(&mut self, now: u64, failed: bool) -> (u64, u64) {
+        let index = now / self.bucket_nanos;
+        let n = self.buckets.len() as u64;
+        let bucket = &mut self.buckets[(index % n) as usize];
+        if bucket.index != index || bucket.calls == 0 {
+            *bucket = Bucket {
+                index,
+                calls: 0,
+                failures: 0,
+            };
+        }
+        bucket.calls = bucket.calls.saturating_add(1);
+        if failed {
+            bucket.failures = bucket.failures.saturating_add(1);
+        }
+        self.buckets
+            .iter()
+            .filter(|b| b.calls > 0 && index.saturating_sub(b.index) < n && b.index <= index)
+            .fold((0, 0), |(calls, failures), b| {
+                (calls + u64::from(b.calls), failures + u64::from(b.failures))
+            })
+    }
+
+    fn clear(&mut self) {
+        self.buckets = [Bucket::default(); 10];
+    }
 }
 
 const EMPTY: u8 = 0;
@@ -552,6 +729,7 @@ const FAIL: u8 = 2;
 impl Core {
     pub(crate) fn new(config: CoreConfig) -> Self {
         let window = config.rate.map_or(0, |(_, w, _)| w as usize);
+        let time_window = config.time_rate.map(|(_, window_nanos, _)| window_nanos);
         Self {
             config,
             state: AtomicU64::new(pack(CLOSED, 0, 0, 0)),
@@ -562,7 +740,37 @@ impl Core {
             window: (0..window).map(|_| AtomicU8::new(EMPTY)).collect(),
             window_pos: AtomicU64::new(0),
             window_failures: AtomicU32::new(0),
+            time_window: time_window.map(|window_nanos| {
+                parking_lot::Mutex::new(TimeWindow {
+                    bucket_nanos: (window_nanos / 10).max(1),
+                    buckets: [Bucket::default(); 10],
+                })
+            }),
+            half_open_since: AtomicU64::new(0),
+            half_open_generation: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Moves an open breaker whose break is over to half-open (the winner of the CAS
+    /// publishes when). Returns the change it made.
+    pub(crate) fn expire_open(&self, now: u64) -> Option<StateChange> {
+        let s = self.state.load(Ordering::Acquire);
+        if tag(s) != OPEN || self.open_generation.load(Ordering::Acquire) != generation(s) {
+            return None;
+        }
+        if now < self.open_until.load(Ordering::Acquire) {
+            return None;
+        }
+        let next = pack(HALF_OPEN, 0, 0, generation(s) + 1);
+        self.state
+            .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .and_then(|_| {
+                self.half_open_since.store(now, Ordering::Release);
+                self.half_open_generation
+                    .store(generation(next), Ordering::Release);
+                Self::change(s, next)
+            })
     }
 
     fn change(from: u64, to: u64) -> Option<StateChange> {
@@ -586,6 +794,11 @@ impl Core {
                         Ok(Ticket {
                             generation: generation(s),
                             probe: false,
+                            started: if self.config.slow_nanos.is_some() {
+                                now()
+                            } else {
+                                0
+                            },
                         }),
                         change,
                     );
@@ -606,6 +819,9 @@ impl Core {
                         .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
                     {
                         Ok(_) => {
+                            self.half_open_since.store(now, Ordering::Release);
+                            self.half_open_generation
+                                .store(generation(next), Ordering::Release);
                             change = Self::change(s, next);
                             s = next;
                         }
@@ -614,6 +830,20 @@ impl Core {
                 }
                 HALF_OPEN => {
                     if admitted(s) >= u64::from(self.config.probes) {
+                        // Probes that never settle must not hold it half-open for ever.
+                        if let Some(max) = self.config.max_half_open_nanos
+                            && self.half_open_generation.load(Ordering::Acquire) == generation(s)
+                        {
+                            let now = now();
+                            let since = self.half_open_since.load(Ordering::Acquire);
+                            if now.saturating_sub(since) >= max {
+                                if let Some(reopened) = self.open_from(s, now) {
+                                    change = Some(reopened);
+                                }
+                                s = self.state.load(Ordering::Acquire);
+                                continue;
+                            }
+                        }
                         return (Err(None), change);
                     }
                     let next = s + (1 << ADMITTED_SHIFT);
@@ -626,6 +856,11 @@ impl Core {
                                 Ok(Ticket {
                                     generation: generation(s),
                                     probe: true,
+                                    started: if self.config.slow_nanos.is_some() {
+                                        now()
+                                    } else {
+                                        0
+                                    },
                                 }),
                                 change,
                             );
@@ -645,6 +880,12 @@ impl Core {
         success: bool,
         now: impl Fn() -> u64,
     ) -> Option<StateChange> {
+        let mut success = success;
+        if let Some(slow) = self.config.slow_nanos
+            && now().saturating_sub(ticket.started) > slow
+        {
+            success = false;
+        }
         let s = self.state.load(Ordering::Acquire);
         if generation(s) != ticket.generation {
             return None;
@@ -655,7 +896,7 @@ impl Core {
         if tag(s) != CLOSED {
             return None;
         }
-        let window_trips = self.record_window(success);
+        let window_trips = self.record_window(success) | self.record_time_window(success, &now);
         if success {
             // Read first: a store on every success would bounce the cache line.
             if self.consecutive.load(Ordering::Relaxed) != 0 {
@@ -691,6 +932,16 @@ impl Core {
         let calls = (position + 1).min(u64::from(size));
         let failures = u64::from(self.window_failures.load(Ordering::Acquire));
         calls >= u64::from(min_calls) && failures as f64 >= rate * calls as f64
+    }
+
+    /// Updates the time-based window; whether its failure rate now trips the breaker.
+    fn record_time_window(&self, success: bool, now: &impl Fn() -> u64) -> bool {
+        let (Some((rate, _, min_calls)), Some(window)) = (self.config.time_rate, &self.time_window)
+        else {
+            return false;
+        };
+        let (calls, failures) = window.lock().record(now(), !success);
+        !success && calls >= u64::from(min_calls) && failures as f64 >= rate * calls as f64
     }
 
     fn record_probe(
@@ -796,6 +1047,9 @@ impl Core {
         }
         self.window_pos.store(0, Ordering::Release);
         self.window_failures.store(0, Ordering::Release);
+        if let Some(window) = &self.time_window {
+            window.lock().clear();
+        }
     }
 
     /// Forces `CLOSED` (clearing counts) or `ISOLATED`.
@@ -839,6 +1093,9 @@ mod loom_tests {
             max_break_nanos: 10,
             probes,
             close_after: probes,
+            time_rate: None,
+            slow_nanos: None,
+            max_half_open_nanos: None,
         })
     }
 
@@ -909,6 +1166,9 @@ mod loom_tests {
                 max_break_nanos: 1000,
                 probes: 2,
                 close_after: 2,
+                time_rate: None,
+                slow_nanos: None,
+                max_half_open_nanos: None,
             }));
             let (first, _) = core.acquire(|| 0);
             core.record(first.unwrap(), false, || 0); // open until 10

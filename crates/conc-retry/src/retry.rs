@@ -449,6 +449,9 @@ impl<'a, E> Retry<'a, E> {
         if let Some(budget) = self.budget
             && !budget.try_withdraw()
         {
+            warn!(attempt = attempts, "retry budget exhausted; not retrying");
+            #[cfg(feature = "metrics")]
+            metrics::counter!("conc_retry_budget_exhausted_total").increment(1);
             return Some(StopReason::BudgetExhausted);
         }
         if let (Some(hook), Some(failure)) = (&mut self.on_retry, last.as_ref()) {
@@ -456,10 +459,12 @@ impl<'a, E> Retry<'a, E> {
         }
         debug!(
             attempt = attempts,
-            ?delay,
+            delay_ms = delay.as_millis() as u64,
             ?class,
             "attempt failed; retrying"
         );
+        #[cfg(feature = "metrics")]
+        metrics::counter!("conc_retry_retries_total").increment(1);
         let signal = self.signal.clone().unwrap_or_else(AbortSignal::never);
         if signal
             .run_until_aborted(tokio::time::sleep(delay))

@@ -173,3 +173,104 @@ fn bad_configurations_are_typed_errors() {
         BreakerConfigError::BadGrowth(_)
     ));
 }
+
+/// resilience4j's time-based sliding window: the failure rate over the last `window` of
+/// time; older outcomes fall out.
+#[tokio::test(start_paused = true)]
+async fn opens_on_the_failure_rate_over_time() {
+    let breaker = CircuitBreaker::builder()
+        .no_consecutive_trigger()
+        .failure_rate_over(0.5, Duration::from_secs(10), 4)
+        .build()
+        .unwrap();
+    fail(&breaker);
+    fail(&breaker);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // The two old failures are out of the window: 1 of 3, then 2 of 4 calls.
+    succeed(&breaker);
+    succeed(&breaker);
+    fail(&breaker);
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    fail(&breaker);
+    assert_eq!(breaker.state(), CircuitState::Open);
+}
+
+/// A call slower than the threshold counts as a failure, even when it succeeds.
+#[tokio::test(start_paused = true)]
+async fn slow_calls_count_as_failures() {
+    let breaker = CircuitBreaker::builder()
+        .consecutive_failures(2)
+        .slow_call_threshold(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let permit = breaker.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_millis(200)).await;
+        permit.success();
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+    let fast = CircuitBreaker::builder()
+        .consecutive_failures(2)
+        .slow_call_threshold(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let permit = fast.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        permit.success();
+    }
+    assert_eq!(fast.state(), CircuitState::Closed);
+}
+
+/// A probe that hangs cannot hold the breaker half-open for ever: past the maximum wait it
+/// opens again, and a later probe is admitted after the break.
+#[tokio::test(start_paused = true)]
+async fn a_hung_probe_cannot_hold_it_half_open() {
+    let breaker = CircuitBreaker::builder()
+        .consecutive_failures(1)
+        .break_duration(Duration::from_secs(1))
+        .max_wait_in_half_open(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    fail(&breaker);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let hung = breaker.try_acquire().expect("the probe");
+    assert_eq!(breaker.state(), CircuitState::HalfOpen);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(breaker.try_acquire().is_err(), "still probing");
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(breaker.try_acquire().is_err());
+    assert_eq!(
+        breaker.state(),
+        CircuitState::Open,
+        "re-opened past the wait"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let probe = breaker.try_acquire().expect("a new probe after the break");
+    probe.success();
+    drop(hung);
+    assert_eq!(breaker.state(), CircuitState::Closed);
+}
+
+/// With automatic half-open, the breaker reads (and reports) half-open as soon as the
+/// break is over, without a call.
+#[tokio::test(start_paused = true)]
+async fn automatic_half_open_without_a_call() {
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let seen = changes.clone();
+    let breaker = CircuitBreaker::builder()
+        .consecutive_failures(1)
+        .break_duration(Duration::from_secs(1))
+        .automatic_half_open(true)
+        .on_state_change(move |change: StateChange| seen.lock().unwrap().push(change.to))
+        .build()
+        .unwrap();
+    fail(&breaker);
+    assert_eq!(breaker.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(breaker.state(), CircuitState::HalfOpen);
+    assert_eq!(
+        *changes.lock().unwrap(),
+        [CircuitState::Open, CircuitState::HalfOpen]
+    );
+}
