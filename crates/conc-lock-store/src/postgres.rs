@@ -79,6 +79,7 @@ struct Sql {
     acquire: String,
     take_over: String,
     release: String,
+    release_retry: String,
     renew: String,
     inspect: String,
     list: String,
@@ -225,15 +226,26 @@ impl PostgresLockStore {
             )
         };
         let sql = Sql {
-            acquire: upsert("WHERE t.expires_at <= clock_timestamp()"),
+            // A retry after a lost connection finds its own token (the first try committed):
+            // it takes its lease again rather than lock itself out.
+            acquire: upsert("WHERE t.expires_at <= clock_timestamp() OR t.token = EXCLUDED.token"),
             take_over: format!(
                 "WITH taken AS ({}) SELECT taken.*, {notify} FROM taken, (SELECT $1::text AS key) k",
                 upsert("")
             ),
+            // A released lease keeps its token, marked, until cleanup: so a release retried
+            // after a lost connection can tell that its first try went through.
             release: format!(
-                "WITH gone AS (UPDATE {t} SET token = '', expires_at = clock_timestamp()
+                "WITH gone AS (UPDATE {t} SET token = 'released:' || token, expires_at = clock_timestamp()
                      WHERE key = $1 AND token = $2 AND {live} RETURNING key)
                  SELECT {notify} FROM gone"
+            ),
+            release_retry: format!(
+                "WITH gone AS (UPDATE {t} SET token = 'released:' || token, expires_at = clock_timestamp()
+                     WHERE key = $1 AND token = $2 AND {live} RETURNING key),
+                      notified AS (SELECT {notify} FROM gone)
+                 SELECT 1 FROM notified
+                 UNION ALL SELECT 1 FROM {t} WHERE key = $1 AND token = 'released:' || $2"
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
@@ -244,10 +256,12 @@ impl PostgresLockStore {
                 "SELECT {info} FROM {t} WHERE key >= $1 AND starts_with(key, $1) AND {live} ORDER BY key LIMIT $2"
             ),
             cleanup: format!(
-                "UPDATE {t} SET token = '' WHERE token <> '' AND expires_at <= clock_timestamp() RETURNING 1"
+                "UPDATE {t} SET token = '' WHERE token <> '' AND token NOT LIKE 'released:%'
+                     AND expires_at <= clock_timestamp() RETURNING 1"
             ),
             purge: format!(
-                "DELETE FROM {t} WHERE token = '' AND expires_at <= clock_timestamp() - $1::bigint * interval '1 millisecond'
+                "DELETE FROM {t} WHERE (token = '' OR token LIKE 'released:%')
+                     AND expires_at <= clock_timestamp() - $1::bigint * interval '1 millisecond'
                      AND fence < {clock_us}"
             ),
             force: format!(
@@ -370,9 +384,22 @@ impl PostgresLockStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, LockError> {
+        self.rows_retrying(what, sql, sql, params).await
+    }
+
+    /// As [`rows`](Self::rows), sending `retry_sql` instead of `sql` on a retry (after a
+    /// lost connection, when the first try may have committed).
+    async fn rows_retrying(
+        &self,
+        what: &'static str,
+        sql: &str,
+        retry_sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, LockError> {
         let mut tries = 0;
         loop {
             tries += 1;
+            let sql = if tries == 1 { sql } else { retry_sql };
             let attempt = async {
                 let client = self.client().await?;
                 let statement = client.prepare_cached(sql).await;
@@ -432,7 +459,12 @@ impl LockStore for PostgresLockStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
         let rows = self
-            .rows("release", &self.sql.release, &[&lease.key, &lease.token])
+            .rows_retrying(
+                "release",
+                &self.sql.release,
+                &self.sql.release_retry,
+                &[&lease.key, &lease.token],
+            )
             .await?;
         if !rows.is_empty() {
             self.watchers.notify(&lease.key);
@@ -556,5 +588,70 @@ async fn listen(
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    //! What a retry after a lost connection sends: the same acquire (same token) and the
+    //! release's retry statement.
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retried_acquire_and_release_see_their_first_try() {
+        let Ok(url) = std::env::var("CONC_TEST_POSTGRES_URL") else {
+            println!(
+                "skipped: CONC_TEST_POSTGRES_URL is not set, so PostgreSQL retries are not tested"
+            );
+            return;
+        };
+        let schema = format!("conc_retry_{}", std::process::id());
+        let config = PostgresConfig {
+            schema: schema.clone(),
+            ..PostgresConfig::default()
+        };
+        let store = PostgresLockStore::connect(&url, config).await.unwrap();
+        let token = random_token();
+        let (key, owner, metadata, ttl) =
+            ("k".to_owned(), "owner".to_owned(), String::new(), 5000i64);
+        let params: [&(dyn ToSql + Sync); 5] = [&key, &owner, &token, &metadata, &ttl];
+        let first = store
+            .rows("acquire", &store.sql.acquire, &params)
+            .await
+            .unwrap();
+        let again = store
+            .rows("acquire", &store.sql.acquire, &params)
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.len(), again.len()),
+            (1, 1),
+            "the retry takes its own lease"
+        );
+        let other = LockRequest::new("k", "other", Duration::from_secs(5));
+        assert!(store.try_acquire(&other).await.unwrap().is_none());
+        let released = store
+            .rows("release", &store.sql.release, &[&key, &token])
+            .await
+            .unwrap();
+        assert_eq!(released.len(), 1);
+        let plain = store
+            .rows("release", &store.sql.release, &[&key, &token])
+            .await
+            .unwrap();
+        assert!(plain.is_empty(), "a second release is refused");
+        let retried = store
+            .rows("release", &store.sql.release_retry, &[&key, &token])
+            .await
+            .unwrap();
+        assert_eq!(retried.len(), 1, "a retried release reports its first try");
+        assert!(store.try_acquire(&other).await.unwrap().is_some());
+        let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .unwrap();
     }
 }

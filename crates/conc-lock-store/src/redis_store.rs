@@ -123,7 +123,9 @@ const ACQUIRE: &str = "
 if after > now then return {2, epoch, fmt(after), fmt(longest), wiped} end
 local f = redis.call('HMGET', KEYS[2], 'expires_at', 'fence', 'token')
 local live = f[1] and f[3] ~= '' and tonumber(f[1]) > now
-if ARGV[10] ~= '1' and live then return {0, epoch, fmt(after), fmt(longest), wiped} end
+-- A retry after a lost connection finds its own token: it takes its lease again.
+local own = f[3] == ARGV[6]
+if ARGV[10] ~= '1' and live and not own then return {0, epoch, fmt(after), fmt(longest), wiped} end
 local fence = now_us
 if f[2] and tonumber(f[2]) + 1 > fence then fence = tonumber(f[2]) + 1 end
 local ttl = tonumber(ARGV[8])
@@ -138,7 +140,7 @@ if ttl > longest then
   redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
   redis.call('PUBLISH', ARGV[11], '\\0longest:' .. fmt(ttl))
 end
-if live then redis.call('PUBLISH', ARGV[11], ARGV[4]) end
+if live and not own then redis.call('PUBLISH', ARGV[11], ARGV[4]) end
 return {1, epoch, fmt(after), fmt(longest), wiped, fmt(fence), fmt(now), fmt(expires)}";
 
 /// KEYS: marker, lock, expiries. ARGV: (guard), key, token, ttl, grace, events channel.
@@ -163,11 +165,14 @@ return {epoch, fmt(after), fmt(longest), wiped, false}";
 const INIT: &str = "
 return {epoch, fmt(after), fmt(longest), wiped}";
 
-/// KEYS: lock, index, expiries. ARGV: key, token, grace, events channel.
+/// KEYS: lock, index, expiries. ARGV: key, token, grace, events channel, retry (`1` on a
+/// retry after a lost connection: a lease this token already released counts as released).
+/// A released lease keeps its token, marked `released:`, for the grace period.
 const RELEASE: &str = "
 local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at')
+if ARGV[5] == '1' and f[1] == 'released:' .. ARGV[2] then return 1 end
 if f[1] == ARGV[2] and f[1] ~= '' and tonumber(f[2]) > now then
-  redis.call('HSET', KEYS[1], 'token', '', 'expires_at', fmt(now))
+  redis.call('HSET', KEYS[1], 'token', 'released:' .. ARGV[2], 'expires_at', fmt(now))
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -205,7 +210,7 @@ for _, key in ipairs(keys) do
   local f = redis.call('HMGET', ARGV[1] .. key, 'expires_at', 'token')
   local exp = f[1]
   if exp and tonumber(exp) <= now then
-    if f[2] ~= '' then removed = removed + 1 end
+    if f[2] ~= '' and string.sub(f[2], 1, 9) ~= 'released:' then removed = removed + 1 end
     redis.call('HSET', ARGV[1] .. key, 'token', '')
   end
   if (not exp) or tonumber(exp) <= now then
@@ -558,9 +563,21 @@ impl RedisLockStore {
         what: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LockError> {
+        self.run_retrying(what, invocation, invocation).await
+    }
+
+    /// As [`run`](Self::run), sending `retry` instead of `first` on a retry (after a lost
+    /// connection, when the first try may have run).
+    async fn run_retrying<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        first: &redis::ScriptInvocation<'_>,
+        retry: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
         let mut tries = 0;
         loop {
             tries += 1;
+            let invocation = if tries == 1 { first } else { retry };
             let mut connection = self.connection.clone();
             let call = invocation.invoke_async::<T>(&mut connection);
             match tokio::time::timeout(self.config.op_timeout, call).await {
@@ -682,16 +699,22 @@ impl LockStore for RedisLockStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation
-            .key(self.lock_key(&lease.key))
-            .key(self.index_key())
-            .key(self.expiries_key())
-            .arg(&lease.key)
-            .arg(&lease.token)
-            .arg(ms(self.config.grace))
-            .arg(self.events_channel());
-        let released: i64 = self.run("release", &invocation).await?;
+        let invocation = |retry: &'static str| {
+            let mut invocation = self.scripts.release.prepare_invoke();
+            invocation
+                .key(self.lock_key(&lease.key))
+                .key(self.index_key())
+                .key(self.expiries_key())
+                .arg(&lease.key)
+                .arg(&lease.token)
+                .arg(ms(self.config.grace))
+                .arg(self.events_channel())
+                .arg(retry);
+            invocation
+        };
+        let released: i64 = self
+            .run_retrying("release", &invocation("0"), &invocation("1"))
+            .await?;
         if released == 1 {
             self.watchers.notify(&lease.key);
         }
@@ -785,5 +808,80 @@ impl LockStore for RedisLockStore {
 
     fn watch(&self, key: &str) -> Option<LockWatch> {
         Some(self.watchers.subscribe(key))
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod retry_tests {
+    //! What a retry after a lost connection sends: the same acquire (same token) and the
+    //! release's retry variant. Run on a private server.
+
+    use super::*;
+    use crate::servers::PrivateRedis;
+
+    #[tokio::test]
+    async fn a_retried_acquire_and_release_see_their_first_try() {
+        let Some(server) = PrivateRedis::start(&[]).unwrap() else {
+            return;
+        };
+        let store = RedisLockStore::connect(&server.url(), RedisConfig::default())
+            .await
+            .unwrap();
+        let request = LockRequest::new("k", "owner", Duration::from_secs(5));
+        let token = random_token();
+        let acquire = || {
+            let mut invocation = store.scripts.acquire.prepare_invoke();
+            store.guard_args(&mut invocation);
+            invocation
+                .key(store.lock_key("k"))
+                .key(store.index_key())
+                .key(store.expiries_key())
+                .arg("k")
+                .arg("owner")
+                .arg(&token)
+                .arg("")
+                .arg(5000)
+                .arg(1000)
+                .arg("0")
+                .arg(store.events_channel());
+            invocation
+        };
+        let first: Vec<redis::Value> = store.run("acquire", &acquire()).await.unwrap();
+        let again: Vec<redis::Value> = store.run("acquire", &acquire()).await.unwrap();
+        let status =
+            |reply: &[redis::Value]| -> i64 { redis::from_redis_value_ref(&reply[0]).unwrap() };
+        assert_eq!(
+            (status(&first), status(&again)),
+            (1, 1),
+            "the retry takes its own lease"
+        );
+        // Someone else is still locked out.
+        assert!(store.try_acquire(&request).await.unwrap().is_none());
+        let lease = Lease {
+            key: "k".into(),
+            owner: "owner".into(),
+            token: token.clone(),
+            fence: 0,
+            acquired_at: std::time::SystemTime::now(),
+            expires_at: std::time::SystemTime::now(),
+            ttl: Duration::from_secs(5),
+            requested_at: tokio::time::Instant::now(),
+        };
+        assert!(store.release(&lease).await.unwrap());
+        // A plain second release is refused; a retry of the first one reports the truth.
+        assert!(!store.release(&lease).await.unwrap());
+        let mut retry = store.scripts.release.prepare_invoke();
+        retry
+            .key(store.lock_key("k"))
+            .key(store.index_key())
+            .key(store.expiries_key())
+            .arg("k")
+            .arg(&token)
+            .arg(1000)
+            .arg(store.events_channel())
+            .arg("1");
+        let released: i64 = store.run("release", &retry).await.unwrap();
+        assert_eq!(released, 1);
+        assert!(store.try_acquire(&request).await.unwrap().is_some());
     }
 }

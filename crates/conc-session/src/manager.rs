@@ -637,9 +637,16 @@ impl SessionManager {
                         {
                             return Ok::<(), LockError>(());
                         }
-                        let removed = locks.cleanup_expired().await?;
-                        if removed > 0 {
-                            tracing::debug!(removed, "expired generation locks removed");
+                        // A failure (a dropped connection, a restarting server) is logged
+                        // and the loop goes on: the next round tries again.
+                        match locks.cleanup_expired().await {
+                            Ok(0) => {}
+                            Ok(removed) => {
+                                tracing::debug!(removed, "expired generation locks removed");
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "removing expired generation locks failed; trying again next round");
+                            }
                         }
                     }
                 },

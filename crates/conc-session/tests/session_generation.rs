@@ -240,3 +240,96 @@ async fn a_crashed_generators_lock_is_recovered_after_its_ttl() {
     generation.finish().await.unwrap();
     supervisor.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A lock store whose `cleanup_expired` fails the first `failures` times.
+#[derive(Debug)]
+struct FlakyCleanup {
+    inner: MemoryLockStore,
+    calls: std::sync::atomic::AtomicUsize,
+    failures: usize,
+}
+
+#[async_trait::async_trait]
+impl LockStore for FlakyCleanup {
+    async fn try_acquire(
+        &self,
+        request: &LockRequest,
+    ) -> Result<Option<conc_lock_store::Lease>, conc_lock_store::LockError> {
+        self.inner.try_acquire(request).await
+    }
+    async fn release(
+        &self,
+        lease: &conc_lock_store::Lease,
+    ) -> Result<bool, conc_lock_store::LockError> {
+        self.inner.release(lease).await
+    }
+    async fn renew(
+        &self,
+        lease: &conc_lock_store::Lease,
+        ttl: Duration,
+    ) -> Result<conc_lock_store::Lease, conc_lock_store::LockError> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn inspect(
+        &self,
+        key: &str,
+    ) -> Result<Option<conc_lock_store::LockInfo>, conc_lock_store::LockError> {
+        self.inner.inspect(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<conc_lock_store::LockInfo>, conc_lock_store::LockError> {
+        self.inner.list(prefix, limit).await
+    }
+    async fn cleanup_expired(&self) -> Result<u64, conc_lock_store::LockError> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.failures {
+            return Err(conc_lock_store::LockError::backend(
+                "flaky",
+                "the connection dropped",
+                std::io::Error::other("reset"),
+            ));
+        }
+        self.inner.cleanup_expired().await
+    }
+    async fn force_release(&self, key: &str) -> Result<bool, conc_lock_store::LockError> {
+        self.inner.force_release(key).await
+    }
+    async fn take_over(
+        &self,
+        request: &LockRequest,
+    ) -> Result<conc_lock_store::Lease, conc_lock_store::LockError> {
+        self.inner.take_over(request).await
+    }
+    fn max_ttl(&self) -> Duration {
+        self.inner.max_ttl()
+    }
+}
+
+/// The lock-cleanup task keeps going through store failures (a dropped connection): it
+/// logs them and tries again next round.
+#[tokio::test(start_paused = true)]
+async fn the_cleanup_task_survives_store_failures() {
+    let locks = Arc::new(FlakyCleanup {
+        inner: MemoryLockStore::new(),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+        failures: 2,
+    });
+    let manager = manager_on(locks.clone(), Duration::from_secs(30));
+    let supervisor = conc_async::Supervisor::new("cleanup");
+    manager
+        .spawn_lock_cleanup(&supervisor, Duration::from_millis(10))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        locks.calls.load(std::sync::atomic::Ordering::SeqCst) > 3,
+        "the loop went on after its failures"
+    );
+    assert_eq!(supervisor.running(), 1);
+    supervisor.shutdown(Duration::from_secs(1)).await;
+}
