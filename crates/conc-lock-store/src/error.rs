@@ -4,6 +4,53 @@ use std::time::Duration;
 
 use crate::request::LockInfo;
 
+/// Why a store could not connect: each cause has its own advice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// Nothing listens at the address (a closed port, a server that is down).
+    Refused,
+    /// The server refused the credentials.
+    Authentication,
+    /// The database (or schema) named in the URL does not exist.
+    DatabaseMissing,
+    /// The TLS handshake failed: a certificate that does not verify, a server without TLS.
+    Tls,
+    /// The server did not answer in time.
+    Timeout,
+    /// Any other connection failure (a reset, a DNS error, …).
+    Other,
+}
+
+impl ConnectFailure {
+    fn advice(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => {
+                "connection refused: is the server running, and are the host and port right?"
+            }
+            ConnectFailure::Authentication => {
+                "authentication failed: check the user and password in the URL"
+            }
+            ConnectFailure::DatabaseMissing => {
+                "the database does not exist: create it, or fix its name in the URL"
+            }
+            ConnectFailure::Tls => {
+                "TLS failed: check that the server speaks TLS and that its certificate verifies (add `sslrootcert=PATH` for a private CA)"
+            }
+            ConnectFailure::Timeout => {
+                "the server did not answer in time: check the network, or raise the connect timeout"
+            }
+            ConnectFailure::Other => "could not connect",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.advice())
+    }
+}
+
 /// A lock operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -73,6 +120,16 @@ pub enum LockError {
         /// The lost lease's fence.
         fence: u64,
     },
+    /// The store could not connect to its server, for `cause`.
+    #[error("{backend} lock store: {cause} ({message})")]
+    Connect {
+        /// Which backend.
+        backend: &'static str,
+        /// Why.
+        cause: ConnectFailure,
+        /// What the driver said.
+        message: String,
+    },
     /// The backend failed (I/O, a server error, a dropped connection, a timeout).
     #[error("{backend} lock store failed: {message}")]
     Backend {
@@ -116,9 +173,40 @@ impl LockError {
     /// Whether retrying the operation may help (a backend failure, or a store waiting out
     /// its recovery).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            LockError::Backend { .. } | LockError::Recovering { .. }
-        )
+        match self {
+            LockError::Backend { .. } | LockError::Recovering { .. } => true,
+            LockError::Connect { cause, .. } => matches!(
+                cause,
+                ConnectFailure::Refused | ConnectFailure::Timeout | ConnectFailure::Other
+            ),
+            _ => false,
+        }
+    }
+
+    /// Classifies a connection error by walking its source chain: a TLS error anywhere, a
+    /// refused or timed-out socket, or `Other`.
+    pub fn connect_failure(error: &(dyn std::error::Error + 'static)) -> ConnectFailure {
+        let mut current = Some(error);
+        let mut cause = ConnectFailure::Other;
+        while let Some(error) = current {
+            let text = error.to_string().to_ascii_lowercase();
+            if text.contains("certificate") || text.contains("tls") || text.contains("ssl") {
+                return ConnectFailure::Tls;
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => cause = ConnectFailure::Refused,
+                    std::io::ErrorKind::TimedOut => cause = ConnectFailure::Timeout,
+                    _ => {}
+                }
+                if let Some(inner) = io.get_ref()
+                    && Self::connect_failure(inner) == ConnectFailure::Tls
+                {
+                    return ConnectFailure::Tls;
+                }
+            }
+            current = error.source();
+        }
+        cause
     }
 }

@@ -52,6 +52,8 @@ mod redis_store;
 mod request;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod tls;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -61,12 +63,12 @@ pub mod servers;
 use std::fmt;
 use std::time::Duration;
 
-pub use error::LockError;
+pub use error::{ConnectFailure, LockError};
 pub use guard::LockGuard;
 pub use memory::MemoryLockStore;
 pub use notify::LockWatch;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresConfig, PostgresLockStore};
+pub use postgres::{PostgresConfig, PostgresLockStore, postgres_pool};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisLockStore};
 pub use request::{

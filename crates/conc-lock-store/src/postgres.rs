@@ -160,6 +160,124 @@ fn connection_lost(error: &tokio_postgres::Error) -> bool {
         || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// A connection pool for `url`, as the PostgreSQL stores build it: TLS by rustls when the
+/// URL asks for it (`sslmode=require`, `verify-ca` or `verify-full`; the certificate and
+/// host name are always verified, against the public roots and the PEM file named by
+/// `sslrootcert=PATH`), plain otherwise; `statement_timeout` = `op_timeout` on every
+/// connection; connect and wait timeouts from `config`. A server certificate that does not
+/// verify is refused ([`ConnectFailure::Tls`](crate::ConnectFailure::Tls)); there is no
+/// silent fallback to plaintext. Share it with [`PostgresLockStore`] and the session store,
+/// or with the rest of a service.
+pub fn postgres_pool(url: &str, config: &PostgresConfig) -> Result<Pool, LockError> {
+    build_pool(url, config).map(|(pool, _, _)| pool)
+}
+
+/// The pool, the driver configuration (for the LISTEN connection) and the TLS connector.
+fn build_pool(
+    url: &str,
+    config: &PostgresConfig,
+) -> Result<
+    (
+        Pool,
+        tokio_postgres::Config,
+        Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ),
+    LockError,
+> {
+    let split = crate::tls::split(url);
+    let mut pg: tokio_postgres::Config =
+        split
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| LockError::Backend {
+                backend: BACKEND,
+                message: format!("bad PostgreSQL URL: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+    pg.connect_timeout(config.connect_timeout);
+    pg.application_name(&config.application_name);
+    // No statement may outlive the operation that sent it (a stalled server included),
+    // which bounds how long a stalled acquirer can hold an old view of a key.
+    pg.options(format!(
+        "-c statement_timeout={}",
+        config.op_timeout.as_millis().max(1)
+    ));
+    // TLS only when asked for: a URL without `sslmode` stays plain, as before.
+    let tls = match split.ssl_mode.as_deref() {
+        None | Some("disable") => None,
+        Some(_) => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+            crate::tls::client_config(BACKEND, split.root_cert.as_deref())?,
+        )),
+    };
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match &tls {
+        Some(tls) => Manager::from_config(pg.clone(), tls.clone(), manager_config),
+        None => Manager::from_config(pg.clone(), NoTls, manager_config),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.op_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.op_timeout))
+        .build()
+        .map_err(|e| LockError::backend(BACKEND, "could not build the connection pool", e))?;
+    Ok((pool, pg, tls))
+}
+
+/// A pool's failure, with its cause named.
+pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> LockError {
+    use deadpool_postgres::PoolError;
+    use tokio_postgres::error::SqlState;
+    let (cause, message) = match &error {
+        PoolError::Backend(e) => {
+            let cause = match e.code() {
+                Some(c)
+                    if *c == SqlState::INVALID_PASSWORD
+                        || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                {
+                    crate::ConnectFailure::Authentication
+                }
+                Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+                    crate::ConnectFailure::DatabaseMissing
+                }
+                Some(_) => {
+                    return LockError::backend(BACKEND, format!("the server refused: {e}"), error);
+                }
+                None => LockError::connect_failure(e),
+            };
+            let detail = e
+                .as_db_error()
+                .map_or_else(|| error_chain(e), |db| db.message().to_owned());
+            (cause, detail)
+        }
+        PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+            return LockError::backend(BACKEND, "no pooled connection came free in time", error);
+        }
+        PoolError::Timeout(_) => (crate::ConnectFailure::Timeout, error.to_string()),
+        _ => return LockError::backend(BACKEND, "no connection", error),
+    };
+    LockError::Connect {
+        backend: BACKEND,
+        cause,
+        message,
+    }
+}
+
+/// `error` and its sources, joined.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 impl PostgresLockStore {
     /// Connects to `url` (`postgres://user@host:port/db`), creating the schema, table and
     /// sequence if needed.
@@ -171,37 +289,7 @@ impl PostgresLockStore {
         let schema = identifier(&config.schema, "schema")?;
         let table = identifier(&config.table, "table")?;
         let sequence = identifier(&format!("{}_fence", config.table), "sequence")?;
-        let mut pg: tokio_postgres::Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| LockError::Backend {
-                    backend: BACKEND,
-                    message: format!("bad PostgreSQL URL: {e}"),
-                    source: Some(Box::new(e)),
-                })?;
-        pg.connect_timeout(config.connect_timeout);
-        pg.application_name(&config.application_name);
-        // No statement may outlive the operation that sent it (a stalled server included),
-        // which bounds how long a stalled acquirer can hold an old view of a key.
-        pg.options(format!(
-            "-c statement_timeout={}",
-            config.op_timeout.as_millis().max(1)
-        ));
-        let listen_config = pg.clone();
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.op_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.op_timeout))
-            .build()
-            .map_err(|e| LockError::backend(BACKEND, "could not build the connection pool", e))?;
+        let (pool, listen_config, tls) = build_pool(url, &config)?;
         let t = format!("{schema}.{table}");
         let s = format!("{schema}.{sequence}");
         // A NOTIFY channel is an identifier: at most 63 bytes (ASCII here).
@@ -283,6 +371,7 @@ impl PostgresLockStore {
         store.migrate(&schema, &t, &s).await?;
         tokio::spawn(listen(
             listen_config,
+            tls,
             channel,
             Arc::downgrade(&watchers),
             stopped,
@@ -370,10 +459,7 @@ impl PostgresLockStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, LockError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| LockError::backend(BACKEND, "no connection", e))
+        self.pool.get().await.map_err(pool_error)
     }
 
     /// Runs `query` (returning rows), retrying on a fresh connection when the connection
@@ -530,43 +616,24 @@ impl LockStore for PostgresLockStore {
 /// tell what it missed) and connects again. Ends when the store is dropped.
 async fn listen(
     config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     channel: String,
     watchers: Weak<Watchers>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    use futures_util::StreamExt as _;
     let mut pause = Duration::from_millis(100);
     loop {
         let session = async {
-            let (client, mut connection) = config.connect(NoTls).await?;
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            let statement = format!("LISTEN \"{channel}\"");
-            let subscribe = client.batch_execute(&statement);
-            tokio::pin!(subscribe);
-            // Drive the connection while LISTEN runs.
-            loop {
-                tokio::select! {
-                    done = &mut subscribe => { done?; break; }
-                    message = messages.next() => match message {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(e),
-                        None => return Ok(()),
-                    },
+            match &tls {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls.clone()).await?;
+                    listen_on(client, connection, &channel, &watchers).await
+                }
+                None => {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    listen_on(client, connection, &channel, &watchers).await
                 }
             }
-            if let Some(watchers) = watchers.upgrade() {
-                // Anything may have happened while we were not listening.
-                watchers.notify_all();
-            }
-            while let Some(message) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(note) = message? {
-                    match watchers.upgrade() {
-                        Some(watchers) => watchers.notify(note.payload()),
-                        None => return Ok(()),
-                    }
-                }
-            }
-            Ok::<(), tokio_postgres::Error>(())
         };
         tokio::select! {
             _ = &mut stopped => return,
@@ -589,6 +656,48 @@ async fn listen(
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Sends `LISTEN` on one connection and forwards its notifications until it closes.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    channel: &str,
+    watchers: &Weak<Watchers>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt as _;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN \"{channel}\"");
+    let subscribe = client.batch_execute(&statement);
+    tokio::pin!(subscribe);
+    // Drive the connection while LISTEN runs.
+    loop {
+        tokio::select! {
+            done = &mut subscribe => { done?; break; }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+    if let Some(watchers) = watchers.upgrade() {
+        // Anything may have happened while we were not listening.
+        watchers.notify_all();
+    }
+    while let Some(message) = messages.next().await {
+        if let tokio_postgres::AsyncMessage::Notification(note) = message? {
+            match watchers.upgrade() {
+                Some(watchers) => watchers.notify(note.payload()),
+                None => return Ok(()),
+            }
+        }
+    }
+    Ok::<(), tokio_postgres::Error>(())
 }
 
 #[cfg(test)]

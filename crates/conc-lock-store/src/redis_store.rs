@@ -305,6 +305,22 @@ impl fmt::Debug for RedisLockStore {
     }
 }
 
+/// A connection failure, with its cause named.
+fn connect_error(error: redis::RedisError) -> LockError {
+    let cause = match error.kind() {
+        redis::ErrorKind::AuthenticationFailed => crate::ConnectFailure::Authentication,
+        _ if error.to_string().contains("NOAUTH") || error.to_string().contains("WRONGPASS") => {
+            crate::ConnectFailure::Authentication
+        }
+        _ => LockError::connect_failure(&error),
+    };
+    LockError::Connect {
+        backend: BACKEND,
+        cause,
+        message: error.to_string(),
+    }
+}
+
 fn redis_error(context: &'static str) -> impl Fn(redis::RedisError) -> LockError {
     move |e| LockError::backend(BACKEND, format!("{context}: {e}"), e)
 }
@@ -327,7 +343,18 @@ impl RedisLockStore {
     ///
     /// Cancel safe: at most the store's marker is written on connect.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, LockError> {
-        let client = redis::Client::open(url).map_err(redis_error("bad Redis URL"))?;
+        let split = crate::tls::split(url);
+        let client = match &split.root_cert {
+            Some(path) => redis::Client::build_with_tls(
+                split.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(crate::tls::read_root_cert(BACKEND, path)?),
+                },
+            ),
+            None => redis::Client::open(split.url.as_str()),
+        }
+        .map_err(redis_error("bad Redis URL"))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.op_timeout))
@@ -335,12 +362,12 @@ impl RedisLockStore {
         let connect = client.get_connection_manager_with_config(manager_config);
         let connection = tokio::time::timeout(config.connect_timeout, connect)
             .await
-            .map_err(|_| LockError::Backend {
+            .map_err(|_| LockError::Connect {
                 backend: BACKEND,
+                cause: crate::ConnectFailure::Timeout,
                 message: format!("connecting took longer than {:?}", config.connect_timeout),
-                source: None,
             })?
-            .map_err(redis_error("connect"))?;
+            .map_err(connect_error)?;
         let watchers = Arc::<Watchers>::default();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Self {
@@ -408,7 +435,7 @@ impl RedisLockStore {
                 return Err(LockError::Unsafe {
                     backend: BACKEND,
                     reason: format!(
-                        "cannot read maxmemory-policy ({e}); the CONFIG command is disabled on this server, as on many managed services. Make sure the policy is `noeviction` (an evicted lease frees a lock its holder still uses), then set RedisConfig::allow_eviction (or `allow_eviction=true` in the URL) to skip this check"
+                        "cannot read maxmemory-policy ({e}); the CONFIG command is disabled on this server, as on many managed services. Make sure the policy is `noeviction` (an evicted lease frees a lock its holder still uses), then set RedisConfig::allow_eviction to skip this check"
                     ),
                 });
             }

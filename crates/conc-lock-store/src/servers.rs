@@ -1,6 +1,7 @@
-//! Private servers for fault tests: a `redis-server` on a free port that a test may
-//! restart, flush or reconfigure, never the shared server other tests use. Built with the
-//! `conformance` feature.
+//! Private servers for fault and TLS tests: a `redis-server` on a free port that a test
+//! may restart, flush or reconfigure, and a PostgreSQL cluster of its own (`initdb` and
+//! `pg_ctl` in a temporary folder), never the shared servers other tests use. Built with
+//! the `conformance` feature.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +20,7 @@ pub struct PrivateRedis {
     port: u16,
     args: Vec<String>,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl PrivateRedis {
@@ -39,14 +41,53 @@ impl PrivateRedis {
             port,
             args: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
+            tls: false,
+        };
+        server.launch()?;
+        Ok(Some(server))
+    }
+
+    /// Starts one that speaks only TLS, with the PEM files `cert`, `key` and `ca`;
+    /// its [`url`](Self::url) is `rediss://`.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<Option<Self>, String> {
+        let Some(mut probe) = Self::start(&[])? else {
+            return Ok(None);
+        };
+        probe.stop();
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut server = Self {
+            port,
+            args: vec![
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            child: None,
+            tls: true,
         };
         server.launch()?;
         Ok(Some(server))
     }
 
     fn launch(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let ports: [&str; 4] = if self.tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tls-port", "0"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--logfile", ""])
             .args(&self.args)
@@ -72,6 +113,10 @@ impl PrivateRedis {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls {
+            // Listening is all a plain socket can tell of a TLS port.
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
@@ -79,9 +124,10 @@ impl PrivateRedis {
             && &reply == b"+PONG\r\n"
     }
 
-    /// Its URL.
+    /// Its URL (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Its PID, while it runs.
@@ -107,5 +153,185 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own: `initdb` in a temporary folder (as the
+/// `postgres` user when run as root), on a free port, optionally with TLS. Stopped by its
+/// PID on drop.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    port: u16,
+    dir: std::path::PathBuf,
+    _temp: TempDir,
+}
+
+/// A temporary folder removed on drop (no dependency on `tempfile` in the library).
+#[derive(Debug)]
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a PostgreSQL tool, as `postgres` when this process is root.
+fn pg_tool(tool: &str, args: &[&str]) -> Result<std::process::Output, String> {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", tool]);
+        c
+    } else {
+        Command::new(tool)
+    };
+    let output = command
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(format!(
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+impl PrivatePostgres {
+    /// Starts a cluster; with `tls` = `(cert PEM, key PEM)`, `ssl = on` with them. `hba`
+    /// lines go first in `pg_hba.conf` (the rest trusts local connections). `Ok(None)`,
+    /// after printing a `skipped:` line, when `initdb` is not installed.
+    pub fn start(tls: Option<(&str, &str)>, hba: &[&str]) -> Result<Option<Self>, String> {
+        if Command::new("initdb").arg("--version").output().is_err() {
+            println!("skipped: initdb is not installed, so no private PostgreSQL can be started");
+            return Ok(None);
+        }
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let root = std::env::temp_dir().join(format!(
+            "conc-pg-{}-{port}-{}",
+            std::process::id(),
+            crate::request::random_u64()
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let temp = TempDir(root.clone());
+        let data = root.join("data");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:", &root.display().to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("cannot give the folder to postgres".into());
+            }
+        }
+        let data_arg = data.display().to_string();
+        pg_tool(
+            "initdb",
+            &[
+                "-D",
+                &data_arg,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )?;
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            root.display()
+        );
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&cert_path, cert).map_err(|e| e.to_string())?;
+            std::fs::write(&key_path, key).map_err(|e| e.to_string())?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            if is_root() {
+                let _ = Command::new("chown")
+                    .args([
+                        "postgres:",
+                        &cert_path.display().to_string(),
+                        &key_path.display().to_string(),
+                    ])
+                    .status();
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        let append = |file: &str, text: &str, first: bool| -> Result<(), String> {
+            let path = data.join(file);
+            let old = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+            let new = if first {
+                format!("{text}{old}")
+            } else {
+                format!("{old}{text}")
+            };
+            std::fs::write(&path, new).map_err(|e| e.to_string())
+        };
+        append("postgresql.conf", &conf, false)?;
+        if !hba.is_empty() {
+            append("pg_hba.conf", &format!("{}\n", hba.join("\n")), true)?;
+        }
+        let log = root.join("log").display().to_string();
+        pg_tool(
+            "pg_ctl",
+            &["-D", &data_arg, "-l", &log, "-w", "-t", "30", "start"],
+        )?;
+        Ok(Some(Self {
+            port,
+            dir: data,
+            _temp: temp,
+        }))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `user` (and `password`) on `database`, with `query` appended.
+    pub fn url(&self, user: &str, database: &str, query: &str) -> String {
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{database}{query}",
+            self.port
+        )
+    }
+
+    /// The postmaster's PID.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // Immediate shutdown, by PID; then wait for it to go.
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &pid.to_string()])
+                .status();
+            let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proc.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }

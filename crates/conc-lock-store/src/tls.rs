@@ -1,0 +1,131 @@
+//! URL options of conc's own (`sslrootcert`), and the rustls client configuration the
+//! PostgreSQL and Redis backends share.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{ConnectFailure, LockError};
+
+/// A URL with conc's own query options taken out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SplitUrl {
+    /// The URL the driver gets.
+    pub(crate) url: String,
+    /// `sslrootcert=PATH`: a PEM file of CA certificates to trust, besides the public roots.
+    pub(crate) root_cert: Option<PathBuf>,
+    /// `sslmode` as written, if any.
+    pub(crate) ssl_mode: Option<String>,
+}
+
+/// Takes `sslrootcert` out of `url`'s query, and maps `sslmode=verify-ca|verify-full` to
+/// `require` (rustls always verifies the certificate and the host name).
+pub(crate) fn split(url: &str) -> SplitUrl {
+    let Some((base, query)) = url.split_once('?') else {
+        return SplitUrl {
+            url: url.to_owned(),
+            root_cert: None,
+            ssl_mode: None,
+        };
+    };
+    let mut kept = Vec::new();
+    let mut root_cert = None;
+    let mut ssl_mode = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "sslrootcert" => root_cert = Some(PathBuf::from(value)),
+            "sslmode" => {
+                ssl_mode = Some(value.to_owned());
+                let mapped = match value {
+                    "verify-ca" | "verify-full" => "require",
+                    other => other,
+                };
+                kept.push(format!("sslmode={mapped}"));
+            }
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    SplitUrl {
+        url,
+        root_cert,
+        ssl_mode,
+    }
+}
+
+/// The PEM bytes of `path`, or a typed error naming it.
+pub(crate) fn read_root_cert(backend: &'static str, path: &Path) -> Result<Vec<u8>, LockError> {
+    std::fs::read(path).map_err(|e| LockError::Connect {
+        backend,
+        cause: ConnectFailure::Tls,
+        message: format!("cannot read sslrootcert `{}`: {e}", path.display()),
+    })
+}
+
+/// A rustls client configuration trusting the public web roots and, if given, the PEM
+/// certificates in `root_cert`.
+#[cfg(feature = "postgres")]
+pub(crate) fn client_config(
+    backend: &'static str,
+    root_cert: Option<&Path>,
+) -> Result<rustls::ClientConfig, LockError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let tls_error = |message: String| LockError::Connect {
+        backend,
+        cause: ConnectFailure::Tls,
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = root_cert {
+        let pem = read_root_cert(backend, path)?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| {
+                tls_error(format!("sslrootcert `{}` is not PEM: {e}", path.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                tls_error(format!(
+                    "sslrootcert `{}` holds a bad certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(tls_error(format!(
+                "sslrootcert `{}` holds no certificate",
+                path.display()
+            )));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conc_options_are_taken_out() {
+        let parts =
+            split("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x");
+        assert_eq!(
+            parts.url,
+            "postgres://u@h/db?sslmode=require&application_name=x"
+        );
+        assert_eq!(parts.root_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(parts.ssl_mode.as_deref(), Some("verify-full"));
+        assert_eq!(split("redis://h:1").url, "redis://h:1");
+        assert_eq!(split("rediss://h:1?sslrootcert=/a").url, "rediss://h:1");
+    }
+}
