@@ -68,7 +68,10 @@ pub use guard::LockGuard;
 pub use memory::MemoryLockStore;
 pub use notify::LockWatch;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresConfig, PostgresLockStore, postgres_pool};
+pub use postgres::{
+    PostgresConfig, PostgresLockStore, is_connection_lost, pool_error as postgres_pool_error,
+    postgres_pool,
+};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisLockStore};
 pub use request::{

@@ -148,7 +148,13 @@ fn pg_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> LockErro
     move |e| LockError::backend(BACKEND, format!("{context}: {e}"), e)
 }
 
-/// Whether an error means the connection is gone (worth one more try on a fresh one).
+/// Whether an error means the connection is gone (worth one more try on a fresh one): a
+/// closed connection, an I/O error, or a server that shut the session down
+/// (`pg_terminate_backend`, a restart).
+pub fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    connection_lost(error)
+}
+
 fn connection_lost(error: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     error.is_closed()
@@ -227,8 +233,9 @@ fn build_pool(
     Ok((pool, pg, tls))
 }
 
-/// A pool's failure, with its cause named.
-pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> LockError {
+/// A pool's failure, with its cause named: authentication, a missing database, TLS, a
+/// refused or timed-out connection ([`LockError::Connect`]), or a busy pool.
+pub fn pool_error(error: deadpool_postgres::PoolError) -> LockError {
     use deadpool_postgres::PoolError;
     use tokio_postgres::error::SqlState;
     let (cause, message) = match &error {

@@ -189,22 +189,32 @@ fn store_error(backend: &'static str, e: impl fmt::Display) -> SessionError {
 }
 
 /// Why a versioned (and maybe fenced) write changed nothing: the session is gone, it has
-/// seen a newer fence, or a newer version exists.
+/// seen a newer fence, or a newer version exists. Unless the newer version is exactly this
+/// write (a try that committed before its connection dropped, sent again): then it is
+/// the saved copy, so a retried save is never applied twice nor reported as a conflict.
 async fn conflict_or_missing(
     store: &dyn SessionStore,
     session: &SessionData,
     fence: Option<u64>,
-) -> SessionError {
+) -> Result<SessionData, SessionError> {
     match store.load(&session.id).await {
-        Ok(None) => SessionError::NotFound(session.id.clone()),
-        Ok(Some(stored)) if fence.is_some_and(|f| stored.fence > f) => {
-            stale(&session.id, fence.unwrap_or(0), stored.fence)
+        Ok(None) => Err(SessionError::NotFound(session.id.clone())),
+        Ok(Some(stored))
+            if stored.version == session.version + 1
+                && stored.messages == session.messages
+                && stored.metadata == session.metadata
+                && fence.is_none_or(|f| stored.fence == f.max(session.fence)) =>
+        {
+            Ok(stored)
         }
-        Ok(Some(_)) => SessionError::Conflict {
+        Ok(Some(stored)) if fence.is_some_and(|f| stored.fence > f) => {
+            Err(stale(&session.id, fence.unwrap_or(0), stored.fence))
+        }
+        Ok(Some(_)) => Err(SessionError::Conflict {
             id: session.id.clone(),
             expected: session.version,
-        },
-        Err(e) => e,
+        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -302,7 +312,7 @@ mod sqlite {
             if changed == 1 {
                 return Ok(saved);
             }
-            Err(super::conflict_or_missing(self, session, fence).await)
+            super::conflict_or_missing(self, session, fence).await
         }
 
         /// Opens (creating if needed) the session table in the file at `path`.
@@ -478,8 +488,9 @@ pub use sqlite::SqliteSessionStore;
 mod postgres {
     use std::time::Duration;
 
-    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-    use tokio_postgres::NoTls;
+    use deadpool_postgres::Pool;
+    use tokio_postgres::Row;
+    use tokio_postgres::types::ToSql;
 
     use super::{SessionStore, check_id, decode, encode};
     use crate::data::SessionData;
@@ -521,32 +532,32 @@ mod postgres {
                 ..session.clone()
             };
             let text = encode(&saved)?;
-            let client = self.client().await?;
             let version = session.version as i64;
             let changed = match fence.map(fence_value).transpose()? {
                 None => {
                     let sql = format!(
-                        "UPDATE {} SET version = version + 1, data = $3 WHERE id = $1 AND version = $2",
+                        "UPDATE {} SET version = version + 1, data = $3 WHERE id = $1 AND version = $2 RETURNING 1",
                         self.table
                     );
-                    self.timed(client.execute(&sql, &[&session.id, &version, &text]))
+                    self.rows(&sql, &[&session.id, &version, &text])
                         .await?
+                        .len()
                 }
                 Some(f) => {
                     let sql = format!(
                         "UPDATE {} SET version = version + 1, data = $3, fence = $4
-                         WHERE id = $1 AND version = $2 AND fence <= $4",
+                         WHERE id = $1 AND version = $2 AND fence <= $4 RETURNING 1",
                         self.table
                     );
-                    self.timed(client.execute(&sql, &[&session.id, &version, &text, &f]))
+                    self.rows(&sql, &[&session.id, &version, &text, &f])
                         .await?
+                        .len()
                 }
             };
-            drop(client);
             if changed == 1 {
                 return Ok(saved);
             }
-            Err(super::conflict_or_missing(self, session, fence).await)
+            super::conflict_or_missing(self, session, fence).await
         }
 
         /// Connects to `url` and creates `schema.conc_sessions` if needed. `schema` must be
@@ -564,24 +575,32 @@ mod postgres {
             if !valid {
                 return Err(store_error(format!("invalid schema name `{schema}`")));
             }
-            let mut config: tokio_postgres::Config = url
-                .parse()
-                .map_err(|e| store_error(format!("bad PostgreSQL URL: {e}")))?;
-            config.connect_timeout(Duration::from_secs(5));
-            let manager = Manager::from_config(
-                config,
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            let pool = Pool::builder(manager)
-                .max_size(8)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(Duration::from_secs(5)))
-                .create_timeout(Some(Duration::from_secs(5)))
-                .build()
-                .map_err(store_error)?;
+            // The lock store's pool builder: TLS from the URL (`sslmode`, `sslrootcert`),
+            // statement and connect timeouts, errors that name their cause.
+            let config = conc_lock_store::PostgresConfig {
+                application_name: "conc-session".into(),
+                ..Default::default()
+            };
+            let pool = conc_lock_store::postgres_pool(url, &config).map_err(store_error)?;
+            Self::from_pool(pool, schema).await
+        }
+
+        /// A store over a pool the service already has (see
+        /// [`conc_lock_store::postgres_pool`] for one with TLS from a URL); creates
+        /// `schema.conc_sessions` if needed.
+        ///
+        /// # Cancel safety
+        ///
+        /// Dropping the future may leave the table created; nothing else.
+        pub async fn from_pool(pool: Pool, schema: &str) -> Result<Self, SessionError> {
+            let valid = !schema.is_empty()
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !schema.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(store_error(format!("invalid schema name `{schema}`")));
+            }
             let store = Self {
                 pool,
                 table: format!("\"{schema}\".conc_sessions"),
@@ -612,22 +631,50 @@ mod postgres {
         }
 
         async fn client(&self) -> Result<deadpool_postgres::Object, SessionError> {
-            self.pool.get().await.map_err(store_error)
+            self.pool
+                .get()
+                .await
+                .map_err(|e| store_error(conc_lock_store::postgres_pool_error(e)))
         }
 
-        async fn timed<R>(
+        /// Runs `sql`, retrying on a fresh connection when the connection was lost (a
+        /// `pg_terminate_backend`, a failover), each try within the operation timeout.
+        async fn rows(
             &self,
-            work: impl std::future::Future<Output = Result<R, tokio_postgres::Error>>,
-        ) -> Result<R, SessionError> {
-            tokio::time::timeout(self.op_timeout, work)
-                .await
-                .map_err(|_| {
-                    store_error(format!(
-                        "the operation took longer than {:?}",
-                        self.op_timeout
-                    ))
-                })?
-                .map_err(store_error)
+            sql: &str,
+            params: &[&(dyn ToSql + Sync)],
+        ) -> Result<Vec<Row>, SessionError> {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let attempt = async {
+                    let client = self.client().await?;
+                    match client.query(sql, params).await {
+                        Ok(rows) => Ok(Ok(rows)),
+                        Err(e) if conc_lock_store::is_connection_lost(&e) => {
+                            let _ = deadpool_postgres::Object::take(client);
+                            Ok(Err(e))
+                        }
+                        Err(e) => Err(store_error(e)),
+                    }
+                };
+                match tokio::time::timeout(self.op_timeout, attempt).await {
+                    Err(_) => {
+                        return Err(store_error(format!(
+                            "the operation took longer than {:?}",
+                            self.op_timeout
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Ok(Ok(Ok(rows))) => return Ok(rows),
+                    Ok(Ok(Err(e))) if tries < 3 => {
+                        tracing::debug!(error = %e, tries, "postgres session store lost its connection; retrying on a fresh one");
+                    }
+                    Ok(Ok(Err(e))) => {
+                        return Err(store_error(format!("the connection was lost: {e}")));
+                    }
+                }
+            }
         }
     }
 
@@ -640,14 +687,11 @@ mod postgres {
                 ..session.clone()
             };
             let text = encode(&stored)?;
-            let client = self.client().await?;
             let sql = format!(
-                "INSERT INTO {} (id, version, data) VALUES ($1, 0, $2) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO {} (id, version, data) VALUES ($1, 0, $2) ON CONFLICT (id) DO NOTHING RETURNING 1",
                 self.table
             );
-            let inserted = self
-                .timed(client.execute(&sql, &[&stored.id, &text]))
-                .await?;
+            let inserted = self.rows(&sql, &[&stored.id, &text]).await?.len();
             if inserted == 0 {
                 return Err(SessionError::AlreadyExists(stored.id));
             }
@@ -655,21 +699,21 @@ mod postgres {
         }
 
         async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
-            let client = self.client().await?;
             let sql = format!(
                 "SELECT version, data, fence FROM {} WHERE id = $1",
                 self.table
             );
-            let row = self.timed(client.query_opt(&sql, &[&id])).await?;
-            row.map(|r| {
-                decode(
-                    BACKEND,
-                    r.get::<_, &str>(1),
-                    r.get::<_, i64>(0) as u64,
-                    r.get::<_, i64>(2) as u64,
-                )
-            })
-            .transpose()
+            let rows = self.rows(&sql, &[&id]).await?;
+            rows.first()
+                .map(|r| {
+                    decode(
+                        BACKEND,
+                        r.get::<_, &str>(1),
+                        r.get::<_, i64>(0) as u64,
+                        r.get::<_, i64>(2) as u64,
+                    )
+                })
+                .transpose()
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
@@ -686,13 +730,11 @@ mod postgres {
 
         async fn advance_fence(&self, id: &str, fence: u64) -> Result<u64, SessionError> {
             let value = fence_value(fence)?;
-            let client = self.client().await?;
             let sql = format!(
-                "UPDATE {} SET fence = $2 WHERE id = $1 AND fence <= $2",
+                "UPDATE {} SET fence = $2 WHERE id = $1 AND fence <= $2 RETURNING 1",
                 self.table
             );
-            let changed = self.timed(client.execute(&sql, &[&id, &value])).await?;
-            drop(client);
+            let changed = self.rows(&sql, &[&id, &value]).await?.len();
             if changed == 1 {
                 return Ok(fence);
             }
@@ -700,9 +742,8 @@ mod postgres {
         }
 
         async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
-            let client = self.client().await?;
             let sql = format!("SELECT id FROM {} ORDER BY id LIMIT $1", self.table);
-            let rows = self.timed(client.query(&sql, &[&(limit as i64)])).await?;
+            let rows = self.rows(&sql, &[&(limit as i64)]).await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         }
     }

@@ -268,3 +268,69 @@ async fn postgres_sessions_are_fenced() {
         .await
         .unwrap();
 }
+
+/// The PostgreSQL session store survives `pg_terminate_backend` of its connections in the
+/// middle of a run (only its own, found by a unique application name): every update is
+/// retried on a fresh connection and applied once.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sessions_survive_terminated_connections() {
+    let Ok(url) = std::env::var("CONC_TEST_POSTGRES_URL") else {
+        println!(
+            "skipped: CONC_TEST_POSTGRES_URL is not set, so the PostgreSQL session store is not tested"
+        );
+        return;
+    };
+    let schema = format!("conc_terminated_{}", std::process::id());
+    let application = format!("conc-session-test-{}", std::process::id());
+    let pool = conc_lock_store::postgres_pool(
+        &url,
+        &conc_lock_store::PostgresConfig {
+            application_name: application.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sessions: Arc<dyn SessionStore> = Arc::new(
+        conc_session::PostgresSessionStore::from_pool(pool, &schema)
+            .await
+            .unwrap(),
+    );
+    let manager = manager(
+        sessions,
+        Arc::new(MemoryLockStore::new()),
+        Duration::from_secs(30),
+    );
+    manager.create_session("s").await.unwrap();
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for n in 0..10 {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap();
+        manager
+            .update_session("s", |data| {
+                let count: u32 = data
+                    .metadata
+                    .get("count")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                data.metadata
+                    .insert("count".into(), (count + 1).to_string());
+            })
+            .await
+            .unwrap_or_else(|e| panic!("update {n} failed: {e}"));
+    }
+    let session = manager.session("s").await.unwrap();
+    assert_eq!(session.metadata["count"], "10");
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
