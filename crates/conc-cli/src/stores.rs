@@ -1,14 +1,10 @@
 //! Store specs: `memory`, `sqlite:PATH`, `postgres://…`, `redis://…`, opened with a timeout.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conc_lock_store::{
-    LockStore, MemoryLockStore, PostgresConfig, PostgresLockStore, RedisConfig, RedisLockStore,
-    SqliteLockStore,
-};
-use conc_session::{MemorySessionStore, PostgresSessionStore, SessionStore, SqliteSessionStore};
+use conc_lock_store::{LockStore, StoreKind};
+use conc_session::SessionStore;
 
 /// How long opening a store may take before the command gives up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,36 +16,6 @@ pub(crate) struct StoreError(pub(crate) String);
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// What a spec names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Spec {
-    Memory,
-    Sqlite(String),
-    Postgres(String),
-    Redis(String),
-}
-
-pub(crate) fn parse(spec: &str) -> Result<Spec, StoreError> {
-    if spec == "memory" {
-        Ok(Spec::Memory)
-    } else if let Some(path) = spec.strip_prefix("sqlite:") {
-        if path.is_empty() {
-            return Err(StoreError(
-                "`sqlite:` needs a path, as in `sqlite:/tmp/conc.db`".into(),
-            ));
-        }
-        Ok(Spec::Sqlite(path.to_owned()))
-    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        Ok(Spec::Postgres(spec.to_owned()))
-    } else if spec.starts_with("redis://") {
-        Ok(Spec::Redis(spec.to_owned()))
-    } else {
-        Err(StoreError(format!(
-            "unknown store `{spec}`: use memory, sqlite:PATH, postgres://USER@HOST/DB or redis://HOST:PORT"
-        )))
     }
 }
 
@@ -66,59 +32,32 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-/// Opens a lock store from its spec.
-pub(crate) async fn locks(spec: &str) -> Result<Arc<dyn LockStore>, StoreError> {
-    Ok(match parse(spec)? {
-        Spec::Memory => Arc::new(MemoryLockStore::new()),
-        Spec::Sqlite(path) => Arc::new(
-            timed(
-                "the SQLite lock store",
-                SqliteLockStore::open(Path::new(&path)),
-            )
-            .await?,
-        ),
-        Spec::Postgres(url) => Arc::new(
-            timed(
-                "the PostgreSQL lock store",
-                PostgresLockStore::connect(&url, PostgresConfig::default()),
-            )
-            .await?,
-        ),
-        Spec::Redis(url) => Arc::new(
-            timed(
-                "the Redis lock store",
-                RedisLockStore::connect(&url, RedisConfig::default()),
-            )
-            .await?,
-        ),
-    })
+/// How a message names the store `spec` points at (`the PostgreSQL lock store`).
+fn what(spec: &str, role: &str) -> Result<String, StoreError> {
+    let parsed = conc_lock_store::parse_url(spec).map_err(|e| match e {
+        conc_lock_store::LockError::InvalidUrl { reason } => StoreError(reason),
+        other => StoreError(other.to_string()),
+    })?;
+    let backend = match parsed.kind {
+        StoreKind::Memory => "memory",
+        StoreKind::Sqlite => "SQLite",
+        StoreKind::Postgres => "PostgreSQL",
+        StoreKind::Redis => "Redis",
+        _ => "",
+    };
+    Ok(format!("the {backend} {role} store"))
 }
 
-/// Opens a session store from its spec (Redis keeps locks only).
+/// Opens a lock store from its URL (the library's parser: `conc_lock_store::connect`).
+pub(crate) async fn locks(spec: &str) -> Result<Arc<dyn LockStore>, StoreError> {
+    let what = what(spec, "lock")?;
+    timed(&what, conc_lock_store::connect(spec)).await
+}
+
+/// Opens a session store from its URL (`conc_session::connect`; Redis keeps locks only).
 pub(crate) async fn sessions(spec: &str) -> Result<Arc<dyn SessionStore>, StoreError> {
-    Ok(match parse(spec)? {
-        Spec::Memory => Arc::new(MemorySessionStore::new()),
-        Spec::Sqlite(path) => Arc::new(
-            timed(
-                "the SQLite session store",
-                SqliteSessionStore::open(Path::new(&path)),
-            )
-            .await?,
-        ),
-        Spec::Postgres(url) => Arc::new(
-            timed(
-                "the PostgreSQL session store",
-                PostgresSessionStore::connect(&url, "public"),
-            )
-            .await?,
-        ),
-        Spec::Redis(_) => {
-            return Err(StoreError(
-                "sessions cannot live in Redis here: use memory, sqlite:PATH or postgres://…"
-                    .into(),
-            ));
-        }
-    })
+    let what = what(spec, "session")?;
+    timed(&what, conc_session::connect(spec)).await
 }
 
 #[cfg(test)]
@@ -126,18 +65,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn specs_parse() {
-        assert_eq!(parse("memory").unwrap(), Spec::Memory);
+    fn specs_name_their_store() {
+        assert_eq!(what("memory", "lock").unwrap(), "the memory lock store");
         assert_eq!(
-            parse("sqlite:/tmp/x.db").unwrap(),
-            Spec::Sqlite("/tmp/x.db".into())
+            what("postgresql://u@h/db?sslmode=require", "session").unwrap(),
+            "the PostgreSQL session store"
         );
-        assert!(matches!(
-            parse("postgres://u@h/db").unwrap(),
-            Spec::Postgres(_)
-        ));
-        assert!(matches!(parse("redis://h:1").unwrap(), Spec::Redis(_)));
-        assert!(parse("sqlite:").is_err());
-        assert!(parse("mysql://x").unwrap_err().0.contains("unknown store"));
+        assert_eq!(
+            what("rediss://h:1", "lock").unwrap(),
+            "the Redis lock store"
+        );
+        assert!(what("sqlite:", "lock").is_err());
+        assert!(
+            what("mysql://x", "lock")
+                .unwrap_err()
+                .0
+                .contains("unknown store")
+        );
     }
 }

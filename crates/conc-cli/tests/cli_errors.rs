@@ -52,6 +52,13 @@ fn an_unreachable_server_is_one_line() {
         line.starts_with("conc: cannot open the PostgreSQL lock store"),
         "{line}"
     );
+    let line = one_line(fails(&[
+        "locks",
+        "list",
+        "--locks",
+        "postgres://postgres@127.0.0.1:1/test",
+    ]));
+    assert!(line.contains("connection refused"), "{line}");
     let line = one_line(fails(&["locks", "list", "--locks", "redis://127.0.0.1:1"]));
     assert!(
         line.starts_with("conc: cannot open the Redis lock store"),
@@ -89,4 +96,21 @@ fn a_bad_flag_gets_clap_s_message_and_exit_2() {
     assert!(stderr.contains("between 0 and 1"), "{stderr}");
     let stderr = fails(&["demo", "--duration", "forever"]);
     assert!(stderr.contains("not a duration"), "{stderr}");
+}
+
+/// A missing database names itself, in `conc locks` and `conc demo` alike.
+#[test]
+fn a_missing_database_is_named() {
+    let Ok(url) = std::env::var("CONC_TEST_POSTGRES_URL") else {
+        println!(
+            "skipped: CONC_TEST_POSTGRES_URL is not set, so the missing-database message is not tested"
+        );
+        return;
+    };
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
+    let missing = format!("{base}/conc_no_such_database");
+    let line = one_line(fails(&["locks", "list", "--locks", &missing]));
+    assert!(line.contains("the database does not exist"), "{line}");
+    let line = one_line(fails(&["demo", "--duration", "1s", "--locks", &missing]));
+    assert!(line.contains("the database does not exist"), "{line}");
 }

@@ -66,6 +66,12 @@ pub enum LockError {
         "invalid lock owner: the owner must not be empty, only whitespace or hold a NUL byte (use a worker, user or process id)"
     )]
     InvalidOwner,
+    /// A store URL that names no store conc knows, or has a bad option.
+    #[error("invalid lock store URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong, and what would be right.
+        reason: String,
+    },
     /// A metadata entry cannot be stored (it holds a NUL byte).
     #[error("invalid lock metadata: {reason}")]
     InvalidMetadata {

@@ -54,6 +54,7 @@ mod request;
 mod sqlite;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod tls;
+mod url;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -80,6 +81,7 @@ pub use request::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteLockStore};
+pub use url::{StoreKind, StoreUrl, connect, parse_url};
 
 /// A store of leased, fenced named locks.
 ///

@@ -51,4 +51,4 @@ pub use manager::{
 pub use store::PostgresSessionStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteSessionStore;
-pub use store::{MemorySessionStore, SessionStore};
+pub use store::{MemorySessionStore, SessionStore, connect};

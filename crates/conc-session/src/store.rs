@@ -78,6 +78,53 @@ fn stale(id: &str, fence: u64, seen: u64) -> SessionError {
     }
 }
 
+/// Opens the session store `url` names, with the lock store's URL syntax
+/// ([`conc_lock_store::parse_url`]): `memory`, `sqlite:PATH`, or `postgres://…` (with
+/// `schema=`, and TLS from `sslmode=` and `sslrootcert=`). Sessions do not live in Redis.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let sessions = conc_session::connect("memory").await.unwrap();
+/// assert!(conc_session::connect("redis://127.0.0.1:6379").await.is_err());
+/// # let _ = sessions;
+/// # }
+/// ```
+///
+/// # Cancel safety
+///
+/// Dropping the future may leave a table created; nothing else.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn SessionStore>, SessionError> {
+    use conc_lock_store::StoreKind;
+    let invalid = |message: String| SessionError::Store {
+        backend: "url",
+        message,
+    };
+    let parsed = conc_lock_store::parse_url(url).map_err(|e| invalid(e.to_string()))?;
+    match parsed.kind {
+        StoreKind::Memory => Ok(std::sync::Arc::new(MemorySessionStore::new())),
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => Ok(std::sync::Arc::new(
+            SqliteSessionStore::open(&parsed.target).await?,
+        )),
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => Ok(std::sync::Arc::new(
+            PostgresSessionStore::connect(
+                &parsed.target,
+                parsed.option("schema").unwrap_or("public"),
+            )
+            .await?,
+        )),
+        StoreKind::Redis => Err(invalid(
+            "sessions cannot live in Redis: use memory, sqlite:PATH or postgres://…".into(),
+        )),
+        #[allow(unreachable_patterns)]
+        kind => Err(invalid(format!(
+            "this build of conc-session has no {kind:?} session store: enable its cargo feature"
+        ))),
+    }
+}
+
 pub(crate) fn check_id(id: &str) -> Result<(), SessionError> {
     if id.is_empty() || id.len() > 256 {
         return Err(SessionError::InvalidId(format!(

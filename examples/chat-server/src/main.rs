@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p chat-server -- [--addr 127.0.0.1:3000] [--store sqlite:PATH|postgres://…]
+//!                             [--locks redis://…|rediss://…|postgres://…|sqlite:PATH]
 //!                             [--queue-wait-ms N] [--token-delay-ms N] [--failure-rate R]
 //! ```
 
@@ -10,11 +11,8 @@ use std::time::Duration;
 
 use chat_server::{AppState, ModelConfig, router};
 use clap::Parser;
-use conc_lock_store::{LockStore, PostgresConfig, PostgresLockStore, SqliteLockStore};
-use conc_session::{
-    PostgresSessionStore, SessionConfig, SessionContext, SessionManager, SessionStore,
-    SqliteSessionStore,
-};
+use conc_lock_store::LockStore;
+use conc_session::{SessionConfig, SessionContext, SessionManager, SessionStore};
 
 /// The chat server.
 #[derive(Debug, Parser)]
@@ -23,9 +21,14 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     addr: String,
-    /// Where conversations and locks live: sqlite:PATH or postgres://USER@HOST/DB.
+    /// Where conversations (and, unless --locks says otherwise, locks) live: sqlite:PATH,
+    /// postgres://USER@HOST/DB (`?sslmode=require&sslrootcert=PATH` for TLS) or memory.
     #[arg(long, default_value = "sqlite:chat.db")]
     store: String,
+    /// Where the generation locks live, if not with the conversations: any lock store URL,
+    /// Redis (`redis://`, `rediss://`) included.
+    #[arg(long)]
+    locks: Option<String>,
     /// Queue a second send for up to this long instead of answering 409.
     #[arg(long)]
     queue_wait_ms: Option<u64>,
@@ -37,35 +40,26 @@ struct Args {
     failure_rate: f64,
 }
 
-async fn stores(spec: &str) -> Result<(Arc<dyn SessionStore>, Arc<dyn LockStore>), String> {
-    if let Some(path) = spec.strip_prefix("sqlite:") {
-        let sessions = SqliteSessionStore::open(path)
-            .await
-            .map_err(|e| e.to_string())?;
-        let locks = SqliteLockStore::open(path)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((Arc::new(sessions), Arc::new(locks)))
-    } else if spec.starts_with("postgres://") {
-        let sessions = PostgresSessionStore::connect(spec, "public")
-            .await
-            .map_err(|e| e.to_string())?;
-        let locks = PostgresLockStore::connect(spec, PostgresConfig::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((Arc::new(sessions), Arc::new(locks)))
-    } else {
-        Err(format!(
-            "unknown store `{spec}`: use sqlite:PATH or postgres://USER@HOST/DB"
-        ))
-    }
+async fn stores(
+    spec: &str,
+    locks: Option<&str>,
+) -> Result<(Arc<dyn SessionStore>, Arc<dyn LockStore>), String> {
+    // The libraries' URL parser: sqlite:PATH, postgres://… (with sslmode and sslrootcert),
+    // memory; locks may also live in Redis.
+    let sessions = conc_session::connect(spec)
+        .await
+        .map_err(|e| e.to_string())?;
+    let locks = conc_lock_store::connect(locks.unwrap_or(spec))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((sessions, locks))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_target(false).init();
     let args = Args::parse();
-    let (sessions, locks) = match stores(&args.store).await {
+    let (sessions, locks) = match stores(&args.store, args.locks.as_deref()).await {
         Ok(stores) => stores,
         Err(e) => {
             eprintln!("chat-server: {e}");

@@ -1,0 +1,195 @@
+//! [`connect`]: one parser for every lock store URL, as `object_store::parse_url` is for
+//! object stores.
+
+use std::sync::Arc;
+
+use crate::LockStore;
+use crate::error::LockError;
+
+/// A URL split into its scheme part and the options conc reads from its query string; the
+/// other query options stay on the URL for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    /// What kind of store.
+    pub kind: StoreKind,
+    /// The URL without conc's options (for SQLite, the file's path).
+    pub target: String,
+    /// conc's options (`schema`, `table`, `prefix`, `allow_eviction`, …), in order.
+    pub options: Vec<(String, String)>,
+}
+
+/// The kinds of store a URL can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// `memory`: this process only.
+    Memory,
+    /// `sqlite:PATH` (or `sqlite://PATH`).
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+    /// `redis://…` or `rediss://…` (TLS).
+    Redis,
+}
+
+/// The query options conc reads itself; every other one is the driver's.
+const OWN: &[&str] = &["schema", "table", "prefix", "allow_eviction", "pool_size"];
+
+/// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
+/// or `rediss://`, with options in the query string. Bad input is a typed error saying
+/// what would be right.
+pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
+    let bad = |reason: String| LockError::InvalidUrl { reason };
+    let url = url.trim();
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut options = Vec::new();
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if OWN.contains(&name) {
+            if value.is_empty() {
+                return Err(bad(format!(
+                    "the option `{name}` needs a value, as in `{name}=…`"
+                )));
+            }
+            options.push((name.to_owned(), value.to_owned()));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rebuilt = |base: &str| {
+        if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        }
+    };
+    let (kind, target) = if base == "memory" {
+        (StoreKind::Memory, String::new())
+    } else if let Some(path) = base
+        .strip_prefix("sqlite://")
+        .or_else(|| base.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            return Err(bad(
+                "`sqlite:` needs a path, as in `sqlite:/var/lib/app/locks.db`".into(),
+            ));
+        }
+        (StoreKind::Sqlite, path.to_owned())
+    } else if base.starts_with("postgres://") || base.starts_with("postgresql://") {
+        (StoreKind::Postgres, rebuilt(base))
+    } else if base.starts_with("redis://") || base.starts_with("rediss://") {
+        (StoreKind::Redis, rebuilt(base))
+    } else {
+        return Err(bad(format!(
+            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB or redis://HOST:PORT (rediss:// for TLS)"
+        )));
+    };
+    Ok(StoreUrl {
+        kind,
+        target,
+        options,
+    })
+}
+
+impl StoreUrl {
+    /// The value of conc's option `name`, if given.
+    pub fn option(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Opens the lock store `url` names (see [`parse_url`]), with the default settings and
+/// conc's options from the query string: `schema=` and `table=` for PostgreSQL, `prefix=`
+/// and `allow_eviction=true` for Redis, and TLS from `sslmode=` and `sslrootcert=`
+/// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = conc_lock_store::connect("memory").await.unwrap();
+/// assert!(conc_lock_store::connect("mysql://db").await.is_err());
+/// # let _ = store;
+/// # }
+/// ```
+///
+/// # Cancel safety
+///
+/// Dropping the future may leave a schema or table created; nothing else.
+pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
+    let parsed = parse_url(url)?;
+    match parsed.kind {
+        StoreKind::Memory => Ok(Arc::new(crate::MemoryLockStore::new())),
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => Ok(Arc::new(
+            crate::SqliteLockStore::open(&parsed.target).await?,
+        )),
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            let mut config = crate::PostgresConfig::default();
+            if let Some(schema) = parsed.option("schema") {
+                config.schema = schema.to_owned();
+            }
+            if let Some(table) = parsed.option("table") {
+                config.table = table.to_owned();
+            }
+            if let Some(size) = parsed.option("pool_size") {
+                config.pool_size = size.parse().map_err(|_| LockError::InvalidUrl {
+                    reason: format!("pool_size must be a number, not `{size}`"),
+                })?;
+            }
+            Ok(Arc::new(
+                crate::PostgresLockStore::connect(&parsed.target, config).await?,
+            ))
+        }
+        #[cfg(feature = "redis")]
+        StoreKind::Redis => {
+            let mut config = crate::RedisConfig::default();
+            if let Some(prefix) = parsed.option("prefix") {
+                config.prefix = prefix.to_owned();
+            }
+            if let Some(allow) = parsed.option("allow_eviction") {
+                config.allow_eviction = allow == "true" || allow == "1";
+            }
+            Ok(Arc::new(
+                crate::RedisLockStore::connect(&parsed.target, config).await?,
+            ))
+        }
+        #[allow(unreachable_patterns)]
+        kind => Err(LockError::InvalidUrl {
+            reason: format!(
+                "this build of conc-lock-store has no {kind:?} backend: enable its cargo feature"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_their_options() {
+        let url = parse_url("postgresql://u@h/db?schema=locks&sslmode=require").unwrap();
+        assert_eq!(url.kind, StoreKind::Postgres);
+        assert_eq!(url.target, "postgresql://u@h/db?sslmode=require");
+        assert_eq!(url.option("schema"), Some("locks"));
+        let url = parse_url("rediss://h:6380/0?prefix=app:&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(url.kind, StoreKind::Redis);
+        assert_eq!(url.target, "rediss://h:6380/0?sslrootcert=/ca.pem");
+        assert_eq!(url.option("prefix"), Some("app:"));
+        assert_eq!(parse_url("sqlite:/tmp/x.db").unwrap().target, "/tmp/x.db");
+        assert_eq!(parse_url("memory").unwrap().kind, StoreKind::Memory);
+        for bad in ["sqlite:", "mysql://x", "", "postgres://h/db?schema="] {
+            let error = parse_url(bad).unwrap_err();
+            assert!(
+                matches!(error, LockError::InvalidUrl { .. }),
+                "{bad}: {error}"
+            );
+        }
+    }
+}
