@@ -81,6 +81,26 @@ impl Watchers {
     }
 }
 
+/// After a notification connection was lost: wakes every watcher (nobody can tell what
+/// was missed), waits `pause` (doubled for next time, up to 5 s), and says whether to
+/// connect again: `false` once the store is gone or `stopped` fired.
+pub(crate) async fn after_disconnect(
+    watchers: &std::sync::Weak<Watchers>,
+    stopped: &mut tokio::sync::oneshot::Receiver<()>,
+    pause: &mut std::time::Duration,
+) -> bool {
+    match watchers.upgrade() {
+        Some(watchers) => watchers.notify_all(),
+        None => return false,
+    }
+    let wait = *pause;
+    *pause = (*pause * 2).min(std::time::Duration::from_secs(5));
+    tokio::select! {
+        _ = stopped => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
 /// A watch on one key: [`changed`](Self::changed) returns when the key may have changed
 /// hands (released, taken over, force-released) in any process that shares the store, or
 /// when the store lost track (a reconnect). Wake-ups may be spurious: check the key again.

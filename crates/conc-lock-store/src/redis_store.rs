@@ -687,16 +687,9 @@ async fn subscribe(
                 }
             }
         }
-        let Some(watchers_now) = watchers.upgrade() else {
+        if !crate::notify::after_disconnect(&watchers, &mut stopped, &mut pause).await {
             return;
-        };
-        watchers_now.notify_all();
-        drop(watchers_now);
-        tokio::select! {
-            _ = &mut stopped => return,
-            () = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
