@@ -1,7 +1,30 @@
 //! `conc locks`: list, inspect, release and clean up locks, for the people on call.
 
-use conc_lock_store::{LockInfo, LockStore, format_time};
+use std::time::{Duration, SystemTime};
+
+use conc_lock_store::{LockInfo, LockRequest, LockStore, format_time};
 use serde_json::json;
+
+/// How long ago `time` was (zero if in the future), and how long until it (zero if past).
+fn age(time: SystemTime) -> Duration {
+    SystemTime::now().duration_since(time).unwrap_or_default()
+}
+
+fn left(time: SystemTime) -> Duration {
+    time.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// `1.2s`, `3m04s`, `2h05m`: short, for a table.
+fn short(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    }
+}
 
 fn to_json(info: &LockInfo) -> serde_json::Value {
     json!({
@@ -10,13 +33,15 @@ fn to_json(info: &LockInfo) -> serde_json::Value {
         "fence": info.fence,
         "acquired_at": format_time(info.acquired_at),
         "expires_at": format_time(info.expires_at),
+        "age_ms": age(info.acquired_at).as_millis() as u64,
+        "left_ms": left(info.expires_at).as_millis() as u64,
         "metadata": info.metadata,
     })
 }
 
 /// An aligned table of leases.
 pub(crate) fn table(infos: &[LockInfo]) -> String {
-    let rows: Vec<[String; 6]> = infos
+    let rows: Vec<[String; 7]> = infos
         .iter()
         .map(|i| {
             let metadata: Vec<String> =
@@ -26,19 +51,23 @@ pub(crate) fn table(infos: &[LockInfo]) -> String {
                 i.owner.clone(),
                 i.fence.to_string(),
                 format_time(i.acquired_at),
-                format_time(i.expires_at),
+                short(age(i.acquired_at)),
+                short(left(i.expires_at)),
                 metadata.join(","),
             ]
         })
         .collect();
-    let header = ["KEY", "OWNER", "FENCE", "ACQUIRED", "EXPIRES", "METADATA"].map(String::from);
+    let header = [
+        "KEY", "OWNER", "FENCE", "ACQUIRED", "AGE", "LEFT", "METADATA",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |row: &[String; 6]| {
+    let line = |row: &[String; 7]| {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -60,11 +89,26 @@ pub(crate) async fn list(
     limit: usize,
     as_json: bool,
 ) -> Result<String, String> {
-    let infos = store.list(prefix, limit).await.map_err(|e| e.to_string())?;
+    // One more than asked, to tell whether the limit cut the list.
+    let mut infos = store
+        .list(prefix, limit.saturating_add(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    let cut = infos.len() > limit;
+    infos.truncate(limit);
     Ok(if as_json {
-        serde_json::Value::Array(infos.iter().map(to_json).collect()).to_string()
+        json!({
+            "locks": infos.iter().map(to_json).collect::<Vec<_>>(),
+            "truncated": cut,
+        })
+        .to_string()
     } else if infos.is_empty() {
         format!("no live locks under `{prefix}`")
+    } else if cut {
+        format!(
+            "{}\n(only the first {limit}: more live locks match; raise --limit to see them)",
+            table(&infos)
+        )
     } else {
         table(&infos)
     })
@@ -88,15 +132,34 @@ pub(crate) async fn release(
     key: &str,
     as_json: bool,
 ) -> Result<String, String> {
-    let released = store.force_release(key).await.map_err(|e| e.to_string())?;
+    let holder = store.inspect(key).await.map_err(|e| e.to_string())?;
+    let Some(holder) = holder else {
+        return Ok(if as_json {
+            json!({ "key": key, "released": false }).to_string()
+        } else {
+            format!("`{key}` was not locked")
+        });
+    };
+    // A take-over, then a release: the lock is free, and the take-over's fence is newer
+    // than the holder's, so a resource that checks fences refuses the holder from now on.
+    let request = LockRequest::new(key, "conc-locks-release", Duration::from_secs(5))
+        .with_metadata("released_from", holder.owner.clone());
+    let taken = store.take_over(&request).await.map_err(|e| e.to_string())?;
+    store.release(&taken).await.map_err(|e| e.to_string())?;
     Ok(if as_json {
-        json!({ "key": key, "released": released }).to_string()
-    } else if released {
-        format!(
-            "released `{key}`; its holder learns at once (or, where the store cannot notify, at its next renewal)"
-        )
+        json!({
+            "key": key,
+            "released": true,
+            "holder": holder.owner,
+            "holder_fence": holder.fence,
+            "new_fence": taken.fence,
+        })
+        .to_string()
     } else {
-        format!("`{key}` was not locked")
+        format!(
+            "released `{key}` (held by `{}`, fence {}); new fence {}: writes with an older fence are refused by a resource that checks fences. The holder keeps running until it notices (at once where the store notifies, else at its next renewal).",
+            holder.owner, holder.fence, taken.fence
+        )
     })
 }
 

@@ -47,7 +47,7 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1000))]
         conversations: u16,
         /// How long to run, such as `10s` or `500ms`.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
         duration: Duration,
         /// Share of provider calls that fail (429, 503 or a hang), 0 to 1.
         #[arg(long, default_value_t = 0.2, value_parser = parse_rate)]
@@ -107,25 +107,26 @@ enum LockAction {
     Cleanup,
 }
 
+/// A duration, by `humantime` (`10s`, `500ms`, `1m 30s`); a bare number is seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((text, "s"), |at| text.split_at(at));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 10s or 500ms"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("`{text}`: the unit must be ms, s or m")),
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!(
+            "`{text}`: a duration cannot be negative; give one such as 10s or 500ms"
+        ));
+    }
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() => Duration::try_from_secs_f64(seconds)
+            .map_err(|e| format!("`{text}` is not a duration: {e}"))?,
+        _ => humantime::parse_duration(text)
+            .map_err(|e| format!("`{text}` is not a duration such as 10s or 500ms: {e}"))?,
     };
-    if !(0.05..=3600.0).contains(&seconds) {
+    if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&duration) {
         return Err(format!(
             "`{text}`: the duration must be between 50ms and 60m"
         ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -192,6 +193,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let spec = locks.ok_or(
                 "`conc locks` needs --locks SPEC (memory, sqlite:PATH, postgres://…, redis://…)",
             )?;
+            // On call, a mistyped path must not create an empty store and report "no locks".
+            if let Some(path) = spec.strip_prefix("sqlite:") {
+                let path = path.strip_prefix("//").unwrap_or(path);
+                let path = path.split('?').next().unwrap_or(path);
+                if !std::path::Path::new(path).exists() {
+                    return Err(format!(
+                        "no lock store at `{path}`: the file does not exist (conc locks never creates one; check the path)"
+                    ));
+                }
+            }
             let store = stores::locks(&spec).await.map_err(|e| e.to_string())?;
             let output = match action {
                 LockAction::List { prefix, limit } => {
@@ -257,6 +268,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("10h").is_err());
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("-1").unwrap_err().contains("negative"));
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_rate("0.5"), Ok(0.5));
         assert!(parse_rate("2").is_err());

@@ -44,6 +44,21 @@ async fn exercise(store: Arc<dyn LockStore>, spec: &str, prefix: &str) {
     ]));
     assert!(listed.starts_with("KEY"), "{listed}");
     assert!(
+        listed.contains("AGE") && listed.contains("LEFT"),
+        "{listed}"
+    );
+    let second = LockRequest::new(
+        format!("{prefix}conversation:8"),
+        "other",
+        Duration::from_secs(60),
+    );
+    let second = store.try_acquire(&second).await.unwrap().expect("free");
+    let cut = stdout(&conc(&[
+        "locks", "list", "--prefix", prefix, "--limit", "1", "--locks", spec,
+    ]));
+    assert!(cut.contains("raise --limit"), "the cut is said: {cut}");
+    store.release(&second).await.unwrap();
+    assert!(
         listed.contains(&key)
             && listed.contains("generator-on-host-3")
             && listed.contains("message_id=m-9"),
@@ -69,6 +84,10 @@ async fn exercise(store: Arc<dyn LockStore>, spec: &str, prefix: &str) {
         "locks", "release", &key, "--force", "--locks", spec,
     ]));
     assert!(released.contains("released"), "{released}");
+    assert!(
+        released.contains("keeps running until it notices") && released.contains("new fence"),
+        "{released}"
+    );
     assert!(!store.is_locked(&key).await.unwrap());
     assert!(
         !store.release(&lease).await.unwrap(),
