@@ -355,6 +355,20 @@ impl RedisLockStore {
             None => redis::Client::open(split.url.as_str()),
         }
         .map_err(redis_error("bad Redis URL"))?;
+        Self::from_client(client, config).await
+    }
+
+    /// A store on a [`redis::Client`] the service already has (its URL, TLS and
+    /// credentials included): the store opens its own connection manager and one pub/sub
+    /// connection through it, with the checks of [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: at most the store's marker is written on connect.
+    pub async fn from_client(
+        client: redis::Client,
+        config: RedisConfig,
+    ) -> Result<Self, LockError> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.op_timeout))

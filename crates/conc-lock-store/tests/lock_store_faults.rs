@@ -195,6 +195,22 @@ mod redis_faults {
             .unwrap();
     }
 
+    /// A service's own `redis::Client` is enough to build a store.
+    #[tokio::test]
+    async fn a_store_on_the_service_s_own_client() {
+        let Some(server) = PrivateRedis::start(&[]).unwrap() else {
+            return;
+        };
+        let client = redis::Client::open(server.url()).unwrap();
+        let store = RedisLockStore::from_client(client, config()).await.unwrap();
+        let lease = store
+            .try_acquire(&LockRequest::new("k", "o", Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.release(&lease).await.unwrap());
+    }
+
     #[tokio::test]
     async fn a_disabled_config_command_is_named_in_the_error() {
         let Some(server) = PrivateRedis::start(&["--rename-command", "CONFIG", ""]).unwrap() else {
