@@ -203,7 +203,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     ));
                 }
             }
-            let store = stores::locks(&spec).await.map_err(|e| e.to_string())?;
+            let looking = matches!(action, LockAction::List { .. } | LockAction::Inspect { .. });
+            let store = if looking {
+                stores::locks_read_only(&spec).await
+            } else {
+                stores::locks(&spec).await
+            }
+            .map_err(|e| e.to_string())?;
             let output = match action {
                 LockAction::List { prefix, limit } => {
                     locks::list(&*store, &prefix, limit, json).await?

@@ -54,6 +54,25 @@ pub(crate) async fn locks(spec: &str) -> Result<Arc<dyn LockStore>, StoreError> 
     timed(&what, conc_lock_store::connect(spec)).await
 }
 
+/// Opens a lock store for looking only: a SQLite file read-only (it must exist and hold a
+/// lock table; nothing is created), any other store as usual.
+pub(crate) async fn locks_read_only(spec: &str) -> Result<Arc<dyn LockStore>, StoreError> {
+    let parsed = conc_lock_store::parse_url(spec).map_err(|e| StoreError(e.to_string()))?;
+    if parsed.kind != StoreKind::Sqlite {
+        return locks(spec).await;
+    }
+    let config = conc_lock_store::SqliteConfig {
+        read_only: true,
+        ..Default::default()
+    };
+    let store = timed(
+        "the SQLite lock store",
+        conc_lock_store::SqliteLockStore::open_with(&parsed.target, config),
+    )
+    .await?;
+    Ok(Arc::new(store))
+}
+
 /// Opens a session store from its URL (`conc_session::connect`; Redis keeps locks only).
 pub(crate) async fn sessions(spec: &str) -> Result<Arc<dyn SessionStore>, StoreError> {
     let what = what(spec, "session")?;

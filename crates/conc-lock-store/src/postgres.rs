@@ -293,10 +293,35 @@ impl PostgresLockStore {
     ///
     /// Dropping the future may leave the schema created; nothing else.
     pub async fn connect(url: &str, config: PostgresConfig) -> Result<Self, LockError> {
+        let (pool, listen_config, tls) = build_pool(url, &config)?;
+        Self::build(pool, config, Some((listen_config, tls))).await
+    }
+
+    /// A store over a pool the service already has (see [`postgres_pool`] to build one
+    /// from a URL, TLS included); creates the schema and table if needed. A pool does not
+    /// give out its connection settings, so this store opens no `LISTEN` connection: a
+    /// take-over or release in *another* process reaches a holder at its next renewal, and
+    /// a waiter at its next poll (in this process, at once). Prefer
+    /// [`connect`](Self::connect) where stops must reach other processes at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the schema created; nothing else.
+    pub async fn from_pool(pool: Pool, config: PostgresConfig) -> Result<Self, LockError> {
+        Self::build(pool, config, None).await
+    }
+
+    async fn build(
+        pool: Pool,
+        config: PostgresConfig,
+        listener: Option<(
+            tokio_postgres::Config,
+            Option<tokio_postgres_rustls::MakeRustlsConnect>,
+        )>,
+    ) -> Result<Self, LockError> {
         let schema = identifier(&config.schema, "schema")?;
         let table = identifier(&config.table, "table")?;
         let sequence = identifier(&format!("{}_fence", config.table), "sequence")?;
-        let (pool, listen_config, tls) = build_pool(url, &config)?;
         let t = format!("{schema}.{table}");
         let s = format!("{schema}.{sequence}");
         // A NOTIFY channel is an identifier: at most 63 bytes (ASCII here).
@@ -376,13 +401,15 @@ impl PostgresLockStore {
             _listener: stop,
         };
         store.migrate(&schema, &t, &s).await?;
-        tokio::spawn(listen(
-            listen_config,
-            tls,
-            channel,
-            Arc::downgrade(&watchers),
-            stopped,
-        ));
+        if let Some((listen_config, tls)) = listener {
+            tokio::spawn(listen(
+                listen_config,
+                tls,
+                channel,
+                Arc::downgrade(&watchers),
+                stopped,
+            ));
+        }
         Ok(store)
     }
 

@@ -45,6 +45,9 @@ pub struct SqliteConfig {
     /// 25 ms): SQLite has no notifications, so a cheap `PRAGMA data_version` tells when
     /// anything changed, and only then are the watched keys read.
     pub watch_interval: Duration,
+    /// Open the file read-only (default `false`): for looking, never writing. The file and
+    /// its lock table must exist (nothing is created); acquire, release and cleanup fail.
+    pub read_only: bool,
 }
 
 impl Default for SqliteConfig {
@@ -55,6 +58,7 @@ impl Default for SqliteConfig {
             max_ttl: Duration::from_secs(3600),
             queue: 1024,
             watch_interval: Duration::from_millis(25),
+            read_only: false,
         }
     }
 }
@@ -177,11 +181,16 @@ impl SqliteLockStore {
         let path = path.as_ref().to_path_buf();
         let (jobs, mut inbox) = mpsc::channel::<Job>(config.queue.max(1));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (thread_path, busy) = (path.clone(), config.busy_timeout);
+        let (thread_path, busy, read_only) = (path.clone(), config.busy_timeout, config.read_only);
         std::thread::Builder::new()
             .name("conc-sqlite-locks".into())
             .spawn(move || {
-                let mut connection = match open_connection(&thread_path, busy) {
+                let opened = if read_only {
+                    open_read_only(&thread_path, busy)
+                } else {
+                    open_connection(&thread_path, busy)
+                };
+                let mut connection = match opened {
                     Ok(connection) => {
                         let _ = ready_tx.send(Ok(()));
                         connection
@@ -370,6 +379,41 @@ fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: Duration) {
     {
         tracing::warn!(%error, "could not start the SQLite lock watcher; holders learn of a take-over at their next renewal");
     }
+}
+
+/// Opens an existing lock file for reading only; refuses a file without the lock table.
+fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, LockError> {
+    let connection = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| LockError::Backend {
+        backend: BACKEND,
+        message: format!(
+            "cannot open `{}` read-only (does the file exist?): {e}",
+            path.display()
+        ),
+        source: Some(Box::new(e)),
+    })?;
+    connection
+        .busy_timeout(busy)
+        .map_err(sql_error("busy_timeout"))?;
+    let has_table: bool = connection
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'conc_locks'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(sql_error("read the schema"))?
+        > 0;
+    if !has_table {
+        return Err(LockError::Backend {
+            backend: BACKEND,
+            message: format!("`{}` holds no conc lock table", path.display()),
+            source: None,
+        });
+    }
+    Ok(connection)
 }
 
 fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LockError> {

@@ -69,6 +69,27 @@ async fn postgres_store_conforms() {
         .unwrap();
 }
 
+/// A store over a pool the service already has conforms too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_shared_pool_conforms() {
+    let Some(url) = url() else { return };
+    let schema = unique("pool");
+    let admin = admin(&url).await;
+    let config = conc_lock_store::PostgresConfig {
+        schema: schema.clone(),
+        ..Default::default()
+    };
+    let pool = conc_lock_store::postgres_pool(&url, &config).unwrap();
+    let store = conc_lock_store::PostgresLockStore::from_pool(pool, config)
+        .await
+        .unwrap();
+    conformance::run_all(Arc::new(store), "pg-pool").await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
 /// `pg_terminate_backend` on the store's connections while leases are held and renewing:
 /// the store recovers on fresh connections, no second holder appears, and `lost()` does not
 /// fire, because no lease really lapsed.

@@ -65,3 +65,35 @@ async fn an_unopenable_path_is_a_clear_error() {
     );
     assert!(error.to_string().contains("sqlite lock store failed"));
 }
+
+/// A read-only store (what `conc locks list` opens) sees the leases, writes nothing, and
+/// never creates a file.
+#[tokio::test]
+async fn a_read_only_store_looks_without_writing() {
+    use conc_lock_store::{LockRequest, LockStore, SqliteConfig, SqliteLockStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locks.db");
+    let read_only = || SqliteConfig {
+        read_only: true,
+        ..SqliteConfig::default()
+    };
+    assert!(SqliteLockStore::open_with(&path, read_only()).await.is_err());
+    assert!(!path.exists(), "a read-only open creates nothing");
+    let writer = SqliteLockStore::open(&path).await.unwrap();
+    let request = LockRequest::new("k", "holder", std::time::Duration::from_secs(30));
+    let lease = writer.try_acquire(&request).await.unwrap().unwrap();
+    let looker = SqliteLockStore::open_with(&path, read_only()).await.unwrap();
+    assert_eq!(looker.inspect("k").await.unwrap().unwrap().fence, lease.fence);
+    assert_eq!(looker.list("", 10).await.unwrap().len(), 1);
+    let other = LockRequest::new("k2", "o", std::time::Duration::from_secs(30));
+    assert!(looker.try_acquire(&other).await.is_err(), "it writes nothing");
+    let empty = dir.path().join("empty.db");
+    rusqlite::Connection::open(&empty)
+        .unwrap()
+        .execute_batch("CREATE TABLE unrelated (x INTEGER)")
+        .unwrap();
+    let error = SqliteLockStore::open_with(&empty, read_only())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no conc lock table"), "{error}");
+}
