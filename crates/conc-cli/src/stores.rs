@@ -57,6 +57,7 @@ pub(crate) async fn locks(spec: &str) -> Result<Arc<dyn LockStore>, StoreError> 
 /// Opens a lock store for looking only: a SQLite file read-only (it must exist and hold a
 /// lock table; nothing is created), any other store as usual.
 pub(crate) async fn locks_read_only(spec: &str) -> Result<Arc<dyn LockStore>, StoreError> {
+    what(spec, "lock")?;
     let parsed = conc_lock_store::parse_url(spec).map_err(|e| StoreError(e.to_string()))?;
     if parsed.kind != StoreKind::Sqlite {
         return locks(spec).await;
