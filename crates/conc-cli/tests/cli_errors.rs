@@ -125,3 +125,66 @@ fn a_negative_duration_gets_the_real_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot be negative"), "{stderr}");
 }
+
+/// A CA and a server certificate for localhost signed by it, as PEM: (ca, cert, key).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "conc test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// On a private PostgreSQL with TLS and a password user: a wrong password and a
+/// certificate that does not verify each give their own one-line error, in `conc locks`
+/// and `conc demo`.
+#[test]
+fn a_wrong_password_and_a_bad_certificate_are_named() {
+    let (_, cert, key) = certificates();
+    let Some(server) = conc_lock_store::servers::PrivatePostgres::start(
+        Some((&cert, &key)),
+        &["host all app 127.0.0.1/32 scram-sha-256"],
+    )
+    .unwrap() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(
+            &server.url("postgres", "postgres", ""),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("CREATE ROLE app LOGIN PASSWORD 'right'")
+            .await
+            .unwrap();
+    });
+    let wrong_password = server.url("app:wrong", "postgres", "");
+    let unverified = server.url("postgres", "postgres", "?sslmode=require");
+    for args in [
+        vec!["locks", "list", "--locks"],
+        vec!["demo", "--duration", "1s", "--locks"],
+    ] {
+        let with = |url: &str| {
+            let mut all = args.clone();
+            all.push(url);
+            one_line(fails(&all))
+        };
+        let line = with(&wrong_password);
+        assert!(line.contains("authentication failed"), "{line}");
+        let line = with(&unverified);
+        assert!(line.contains("TLS failed"), "{line}");
+    }
+}

@@ -77,16 +77,28 @@ async fn a_read_only_store_looks_without_writing() {
         read_only: true,
         ..SqliteConfig::default()
     };
-    assert!(SqliteLockStore::open_with(&path, read_only()).await.is_err());
+    assert!(
+        SqliteLockStore::open_with(&path, read_only())
+            .await
+            .is_err()
+    );
     assert!(!path.exists(), "a read-only open creates nothing");
     let writer = SqliteLockStore::open(&path).await.unwrap();
     let request = LockRequest::new("k", "holder", std::time::Duration::from_secs(30));
     let lease = writer.try_acquire(&request).await.unwrap().unwrap();
-    let looker = SqliteLockStore::open_with(&path, read_only()).await.unwrap();
-    assert_eq!(looker.inspect("k").await.unwrap().unwrap().fence, lease.fence);
+    let looker = SqliteLockStore::open_with(&path, read_only())
+        .await
+        .unwrap();
+    assert_eq!(
+        looker.inspect("k").await.unwrap().unwrap().fence,
+        lease.fence
+    );
     assert_eq!(looker.list("", 10).await.unwrap().len(), 1);
     let other = LockRequest::new("k2", "o", std::time::Duration::from_secs(30));
-    assert!(looker.try_acquire(&other).await.is_err(), "it writes nothing");
+    assert!(
+        looker.try_acquire(&other).await.is_err(),
+        "it writes nothing"
+    );
     let empty = dir.path().join("empty.db");
     rusqlite::Connection::open(&empty)
         .unwrap()
