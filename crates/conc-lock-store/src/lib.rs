@@ -52,6 +52,8 @@ mod redis_store;
 mod request;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_worker;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 mod tls;
 mod url;
@@ -81,6 +83,8 @@ pub use request::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteLockStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite_worker::{SqliteWorker, SqliteWorkerError};
 pub use url::{StoreKind, StoreUrl, connect, parse_url};
 
 /// A store of leased, fenced named locks.

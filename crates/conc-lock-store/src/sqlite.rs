@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use crate::sqlite_worker::{SqliteWorker, SqliteWorkerError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::error::LockError;
 use crate::notify::{LockWatch, Watchers};
@@ -63,8 +63,6 @@ impl Default for SqliteConfig {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
 /// A [`LockStore`] in a SQLite file.
 ///
 /// ```
@@ -85,7 +83,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// # }
 /// ```
 pub struct SqliteLockStore {
-    jobs: mpsc::Sender<Job>,
+    worker: SqliteWorker,
     config: SqliteConfig,
     path: PathBuf,
     watchers: Arc<Watchers>,
@@ -179,67 +177,52 @@ impl SqliteLockStore {
         config: SqliteConfig,
     ) -> Result<Self, LockError> {
         let path = path.as_ref().to_path_buf();
-        let (jobs, mut inbox) = mpsc::channel::<Job>(config.queue.max(1));
-        let (ready_tx, ready_rx) = oneshot::channel();
         let (thread_path, busy, read_only) = (path.clone(), config.busy_timeout, config.read_only);
-        std::thread::Builder::new()
-            .name("conc-sqlite-locks".into())
-            .spawn(move || {
-                let opened = if read_only {
+        let started = SqliteWorker::start(
+            "conc-sqlite-locks",
+            config.queue,
+            config.op_timeout,
+            move || {
+                if read_only {
                     open_read_only(&thread_path, busy)
                 } else {
                     open_connection(&thread_path, busy)
-                };
-                let mut connection = match opened {
-                    Ok(connection) => {
-                        let _ = ready_tx.send(Ok(()));
-                        connection
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                while let Some(job) = next_job(&mut inbox) {
-                    job(&mut connection);
                 }
-            })
-            .map_err(|e| LockError::backend(BACKEND, "could not start the connection thread", e))?;
-        let opened = tokio::time::timeout(config.op_timeout, ready_rx)
-            .await
-            .map_err(|_| LockError::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "opening {} took longer than {:?}",
-                    path.display(),
-                    config.op_timeout
-                ),
-                source: None,
-            })?;
-        match opened {
-            Ok(Ok(())) => {
-                let watchers = Arc::<Watchers>::default();
-                if path != Path::new(":memory:") {
-                    spawn_watcher(
-                        path.clone(),
-                        Arc::downgrade(&watchers),
-                        config.watch_interval,
-                    );
-                }
-                Ok(Self {
-                    jobs,
-                    config,
-                    path,
-                    watchers,
-                })
+            },
+        )
+        .await;
+        let worker = match started {
+            Ok(Ok(worker)) => worker,
+            Ok(Err(e)) => return Err(e),
+            Err(SqliteWorkerError::TimedOut(limit)) => {
+                return Err(LockError::Backend {
+                    backend: BACKEND,
+                    message: format!("opening {} took longer than {limit:?}", path.display()),
+                    source: None,
+                });
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(LockError::Backend {
-                backend: BACKEND,
-                message: "the connection thread stopped while opening".into(),
-                source: None,
-            }),
+            Err(e) => {
+                return Err(LockError::backend(
+                    BACKEND,
+                    "the connection thread stopped while opening",
+                    e,
+                ));
+            }
+        };
+        let watchers = Arc::<Watchers>::default();
+        if path != Path::new(":memory:") {
+            spawn_watcher(
+                path.clone(),
+                Arc::downgrade(&watchers),
+                config.watch_interval,
+            );
         }
+        Ok(Self {
+            worker,
+            config,
+            path,
+            watchers,
+        })
     }
 
     /// The file this store uses.
@@ -252,56 +235,18 @@ impl SqliteLockStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<R, LockError> + Send + 'static,
     ) -> Result<R, LockError> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |connection| {
-            let _ = reply.send(f(connection));
-        });
-        let limit = self.config.op_timeout;
-        let timed_out = || LockError::Backend {
-            backend: BACKEND,
-            message: format!("the operation took longer than {limit:?}"),
-            source: None,
-        };
-        let stopped = || LockError::Backend {
-            backend: BACKEND,
-            message: "the connection thread has stopped".into(),
-            source: None,
-        };
-        let exchange = async {
-            self.jobs.send(job).await.map_err(|_| stopped())?;
-            // Most operations finish in tens of microseconds: poll for the answer while
-            // yielding to other tasks (never blocking the executor) before parking, which
-            // saves the costly wake-up of a parked runtime thread.
-            let mut answer = answer;
-            let spin_until = std::time::Instant::now() + Duration::from_micros(60);
-            while std::time::Instant::now() < spin_until {
-                match answer.try_recv() {
-                    Ok(result) => return result,
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(stopped()),
-                    Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
-                }
-            }
-            answer.await.map_err(|_| stopped())?
-        };
-        tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|_| timed_out())?
-    }
-}
-
-/// The next job: polls briefly (yielding the CPU) before parking, because a lock's
-/// acquire is usually followed at once by more work, and waking a parked thread costs tens
-/// of microseconds.
-fn next_job(inbox: &mut mpsc::Receiver<Job>) -> Option<Job> {
-    let spin_until = std::time::Instant::now() + Duration::from_micros(50);
-    loop {
-        match inbox.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < spin_until => {
-                std::thread::yield_now();
-            }
-            Err(mpsc::error::TryRecvError::Empty) => return inbox.blocking_recv(),
+        match self.worker.call(f).await {
+            Ok(result) => result,
+            Err(SqliteWorkerError::TimedOut(limit)) => Err(LockError::Backend {
+                backend: BACKEND,
+                message: format!("the operation took longer than {limit:?}"),
+                source: None,
+            }),
+            Err(e) => Err(LockError::backend(
+                BACKEND,
+                "the connection thread has stopped",
+                e,
+            )),
         }
     }
 }
