@@ -299,9 +299,9 @@ fn decode(
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use std::path::Path;
-    use std::sync::Arc;
     use std::time::Duration;
 
+    use conc_lock_store::{SqliteWorker, SqliteWorkerError};
     use rusqlite::{Connection, OptionalExtension, params};
 
     use super::{SessionStore, check_id, decode, encode};
@@ -315,12 +315,21 @@ mod sqlite {
     }
 
     /// Sessions in a SQLite file shared by the processes of one machine (WAL mode, busy
-    /// timeout). Each call runs on tokio's blocking pool, off the async executor, within a
-    /// time limit.
+    /// timeout), on the lock store's SQLite stack: a connection thread of its own for the
+    /// writes ([`conc_lock_store::SqliteWorker`]), off the async executor, within a time
+    /// limit, and a second, read-only one for `load` and `list`, so reads do not queue
+    /// behind writes.
     #[derive(Debug, Clone)]
     pub struct SqliteSessionStore {
-        connection: Arc<parking_lot::Mutex<Connection>>,
-        op_timeout: Duration,
+        writer: SqliteWorker,
+        reader: SqliteWorker,
+    }
+
+    /// The time limit of each operation, queueing included.
+    const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn worker_error(e: SqliteWorkerError) -> SessionError {
+        store_error(e)
     }
 
     /// A fence as SQLite stores it.
@@ -369,8 +378,13 @@ mod sqlite {
         /// Dropping the future may leave the table created; nothing else.
         pub async fn open(path: impl AsRef<Path>) -> Result<Self, SessionError> {
             let path = path.as_ref().to_path_buf();
-            let connection =
-                tokio::task::spawn_blocking(move || -> Result<Connection, SessionError> {
+            let writer_path = path.clone();
+            let writer = SqliteWorker::start(
+                "conc-sqlite-sessions",
+                1024,
+                OP_TIMEOUT,
+                move || -> Result<Connection, SessionError> {
+                    let path = writer_path;
                     let connection = Connection::open(&path).map_err(store_error)?;
                     connection
                         .busy_timeout(Duration::from_secs(5))
@@ -419,28 +433,59 @@ mod sqlite {
                         return Err(store_error(e));
                     }
                     Ok(connection)
-                })
-                .await
-                .map_err(store_error)??;
-            Ok(Self {
-                connection: Arc::new(parking_lot::Mutex::new(connection)),
-                op_timeout: Duration::from_secs(10),
-            })
+                },
+            )
+            .await
+            .map_err(worker_error)??;
+            // An in-memory database is one connection's own: reads go to the writer.
+            if path == Path::new(":memory:") {
+                return Ok(Self {
+                    reader: writer.clone(),
+                    writer,
+                });
+            }
+            let reader = SqliteWorker::start(
+                "conc-sqlite-sessions-read",
+                1024,
+                OP_TIMEOUT,
+                move || -> Result<Connection, SessionError> {
+                    let connection = Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(store_error)?;
+                    connection
+                        .busy_timeout(Duration::from_secs(5))
+                        .map_err(store_error)?;
+                    Ok(connection)
+                },
+            )
+            .await
+            .map_err(worker_error)??;
+            Ok(Self { writer, reader })
         }
 
+        /// Runs a write on the writer's thread.
         async fn call<R: Send + 'static>(
             &self,
             f: impl FnOnce(&Connection) -> Result<R, SessionError> + Send + 'static,
         ) -> Result<R, SessionError> {
-            let connection = self.connection.clone();
-            let work = tokio::task::spawn_blocking(move || f(&connection.lock()));
-            match tokio::time::timeout(self.op_timeout, work).await {
-                Ok(joined) => joined.map_err(store_error)?,
-                Err(_) => Err(store_error(format!(
-                    "the operation took longer than {:?}",
-                    self.op_timeout
-                ))),
-            }
+            self.writer
+                .call(move |c| f(c))
+                .await
+                .map_err(worker_error)?
+        }
+
+        /// Runs a read on the reader's thread.
+        async fn read<R: Send + 'static>(
+            &self,
+            f: impl FnOnce(&Connection) -> Result<R, SessionError> + Send + 'static,
+        ) -> Result<R, SessionError> {
+            self.reader
+                .call(move |c| f(c))
+                .await
+                .map_err(worker_error)?
         }
     }
 
@@ -469,7 +514,7 @@ mod sqlite {
         async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
             let id = id.to_owned();
             let row: Option<(i64, String, i64)> = self
-                .call(move |c| {
+                .read(move |c| {
                     c.prepare_cached("SELECT version, data, fence FROM conc_sessions WHERE id = ?1")
                         .and_then(|mut s| {
                             s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -513,7 +558,7 @@ mod sqlite {
 
         async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
             let limit = limit as i64;
-            self.call(move |c| {
+            self.read(move |c| {
                 let mut statement = c
                     .prepare_cached("SELECT id FROM conc_sessions ORDER BY id LIMIT ?1")
                     .map_err(store_error)?;
