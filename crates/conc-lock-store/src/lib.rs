@@ -82,7 +82,7 @@ pub use request::{
     default_drift_margin, format_time, validate_key,
 };
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteConfig, SqliteLockStore};
+pub use sqlite::{SqliteConfig, SqliteLockStore, SqliteSynchronous};
 #[cfg(feature = "sqlite")]
 pub use sqlite_worker::{SqliteWorker, SqliteWorkerError};
 pub use url::{StoreKind, StoreUrl, connect, parse_url};

@@ -48,6 +48,35 @@ pub struct SqliteConfig {
     /// Open the file read-only (default `false`): for looking, never writing. The file and
     /// its lock table must exist (nothing is created); acquire, release and cleanup fail.
     pub read_only: bool,
+    /// The durability of a commit (`PRAGMA synchronous`, default `Normal`: in WAL mode a
+    /// power cut may lose the last commits, never corrupt the file; `Full` syncs each one).
+    pub synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `PRAGMA synchronous` levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SqliteSynchronous {
+    /// No syncs: fastest; an OS crash or a power cut can corrupt the file.
+    Off,
+    /// Syncs at checkpoints (the default, with WAL): a power cut may lose the last commits.
+    #[default]
+    Normal,
+    /// Syncs every commit: a commit survives a power cut.
+    Full,
+    /// As `Full`, and syncs the directory too.
+    Extra,
+}
+
+impl SqliteSynchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Off => "OFF",
+            SqliteSynchronous::Normal => "NORMAL",
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Extra => "EXTRA",
+        }
+    }
 }
 
 impl Default for SqliteConfig {
@@ -59,6 +88,7 @@ impl Default for SqliteConfig {
             queue: 1024,
             watch_interval: Duration::from_millis(25),
             read_only: false,
+            synchronous: SqliteSynchronous::Normal,
         }
     }
 }
@@ -177,7 +207,12 @@ impl SqliteLockStore {
         config: SqliteConfig,
     ) -> Result<Self, LockError> {
         let path = path.as_ref().to_path_buf();
-        let (thread_path, busy, read_only) = (path.clone(), config.busy_timeout, config.read_only);
+        let (thread_path, busy, read_only, synchronous) = (
+            path.clone(),
+            config.busy_timeout,
+            config.read_only,
+            config.synchronous,
+        );
         let started = SqliteWorker::start(
             "conc-sqlite-locks",
             config.queue,
@@ -186,7 +221,7 @@ impl SqliteLockStore {
                 if read_only {
                     open_read_only(&thread_path, busy)
                 } else {
-                    open_connection(&thread_path, busy)
+                    open_connection(&thread_path, busy, synchronous)
                 }
             },
         )
@@ -361,7 +396,11 @@ fn open_read_only(path: &Path, busy: Duration) -> Result<Connection, LockError> 
     Ok(connection)
 }
 
-fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LockError> {
+fn open_connection(
+    path: &Path,
+    busy: Duration,
+    synchronous: SqliteSynchronous,
+) -> Result<Connection, LockError> {
     let mut connection = Connection::open(path).map_err(sql_error("open"))?;
     connection
         .busy_timeout(busy)
@@ -378,7 +417,7 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LockError>
             std::thread::sleep(Duration::from_millis(20));
         }
         connection
-            .pragma_update(None, "synchronous", "NORMAL")
+            .pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(sql_error("synchronous"))?;
     }
     migrate(&mut connection)?;

@@ -109,3 +109,30 @@ async fn a_read_only_store_looks_without_writing() {
         .unwrap_err();
     assert!(error.to_string().contains("no conc lock table"), "{error}");
 }
+
+/// Every durability level opens and works.
+#[tokio::test]
+async fn every_synchronous_level_works() {
+    use conc_lock_store::{SqliteConfig, SqliteSynchronous};
+    let dir = tempfile::tempdir().unwrap();
+    for (n, level) in [
+        SqliteSynchronous::Off,
+        SqliteSynchronous::Normal,
+        SqliteSynchronous::Full,
+        SqliteSynchronous::Extra,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config = SqliteConfig {
+            synchronous: level,
+            ..SqliteConfig::default()
+        };
+        let store = SqliteLockStore::open_with(dir.path().join(format!("{n}.db")), config)
+            .await
+            .unwrap();
+        let request = LockRequest::new("k", "o", std::time::Duration::from_secs(5));
+        let lease = store.try_acquire(&request).await.unwrap().unwrap();
+        assert!(store.release(&lease).await.unwrap());
+    }
+}
