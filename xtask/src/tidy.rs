@@ -6,7 +6,9 @@
 //! - a leftover `todo!`, `unimplemented!` or `dbg!`;
 //! - an `#[ignore]` without a reason;
 //! - a workspace crate without a README.md;
-//! - a `pub async fn` in library code whose doc comment has no `# Cancel safety` section.
+//! - a `pub async fn` in library code whose doc comment has no `# Cancel safety` section;
+//! - a doc comment in library code that cites the source documents ("seed 00N") instead of
+//!   saying what the behaviour is and why.
 
 use std::fmt;
 use std::fs;
@@ -95,6 +97,18 @@ pub fn check_file(rel: &Path, text: &str, problems: &mut Vec<Problem>) {
     let ignore = concat!("#[", "ignore");
     let cancel_safety = concat!("# Cancel", " safety");
     let lines: Vec<&str> = text.lines().collect();
+    let jargon = concat!("seed ", "0");
+    if library {
+        for (index, line) in lines.iter().enumerate() {
+            let code = line.trim_start();
+            if (code.starts_with("///") || code.starts_with("//!")) && code.contains(jargon) {
+                push(
+                    index + 1,
+                    "a public doc cites a source document (\"seed 00N\"): say what the behaviour is and why".into(),
+                );
+            }
+        }
+    }
     for (index, line) in text.lines().enumerate() {
         let code = line.trim_start();
         if code.starts_with("//") && !code.starts_with("///") {
@@ -238,5 +252,8 @@ mod tests {
             concat!("pub async", " fn")
         );
         assert!(problems("crates/a/src/lib.rs", &documented).is_empty());
+        let jargon = format!("//! The lock {}03.\n", concat!("(seed ", "0"));
+        assert!(problems("crates/a/src/lib.rs", &jargon)[0].contains("source document"));
+        assert!(problems("crates/a/tests/t.rs", &jargon).is_empty());
     }
 }

@@ -1,6 +1,6 @@
-//! Bounded channels only (seed 001, 3.2; seed 004).
+//! Bounded channels only.
 //!
-//! A thin layer over tokio's bounded `mpsc` that adds what the seeds ask for: a zero
+//! A thin layer over tokio's bounded `mpsc` that adds what services need: a zero
 //! capacity is an error, not a panic; any sender can [`close`](Sender::close) the channel
 //! (the receiver drains what was sent, then gets `None`); `send_timeout` names its limit;
 //! the receiver is a `Stream`. For blocking threads, [`blocking_channel`] is a bounded

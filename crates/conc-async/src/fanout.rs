@@ -1,4 +1,4 @@
-//! Fan-out / fan-in with bounded concurrency (seed 001, 6.1).
+//! Fan-out / fan-in with bounded concurrency.
 
 use std::future::Future;
 

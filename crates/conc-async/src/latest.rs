@@ -1,4 +1,4 @@
-//! [`Latest`]: seed 000's integration pattern as one type (latest wins).
+//! [`Latest`]: the latest run wins, as one type: newer runs supersede and abort older ones.
 //!
 //! Each [`run`](Latest::run) takes a sequence token, aborts the run it supersedes,
 //! coalesces with an identical run already in flight, and commits its value only if it is

@@ -1,4 +1,5 @@
-//! tokio adapters on [`conc_core`] that make the seeds' rules the easy path.
+//! tokio adapters on [`conc_core`] that make the safe way the easy path: timeouts on every
+//! external call, bounded channels, supervised tasks that never fail silently.
 //!
 //! | seed rule | here |
 //! | --- | --- |

@@ -1,4 +1,4 @@
-//! [`Pipeline`]: stages joined by bounded channels (seed 001, 6.2).
+//! [`Pipeline`]: stages joined by bounded channels.
 //!
 //! Each stage is a spawned task that takes items from its input channel, runs up to its
 //! own `concurrency` of them at once (keeping their order), and sends the results on. A

@@ -1,5 +1,4 @@
-//! [`Supervisor`]: background tasks that are tracked, cancellable and never fail silently
-//! (seed 001, section 3).
+//! [`Supervisor`]: background tasks that are tracked, cancellable and never fail silently.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;

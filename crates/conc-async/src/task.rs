@@ -1,4 +1,4 @@
-//! [`Task`]: cancellable, composable units of work (seed 004).
+//! [`Task`]: cancellable, composable units of work.
 //!
 //! A `Task` is a recipe: nothing runs until it is [`run`](Task::run) with a signal or
 //! [`spawn`](Task::spawn)ed. Combinators build bigger recipes; every task in them gets a

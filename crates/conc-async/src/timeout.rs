@@ -1,4 +1,4 @@
-//! Named timeouts (seed 001, 2.3: every external call has a timeout).
+//! Named timeouts: every external call gets one, and its error says which call ran late.
 //!
 //! The error names the operation and the limit, so a log line says what hung. Where an
 //! [`AbortController`] is passed, the timeout also aborts it with [`AbortReason::Timeout`],

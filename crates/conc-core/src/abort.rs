@@ -1,5 +1,4 @@
-//! Abort signals: cancel superseded work, and treat abort as an outcome (seed 000, rules 2
-//! and 5).
+//! Abort signals: cancel superseded work, and treat abort as an outcome.
 //!
 //! An [`AbortController`] aborts; its [`AbortSignal`]s observe. A signal can have children
 //! ([`AbortSignal::child`]) that are aborted with it. An [`AbortManager`] keeps one active

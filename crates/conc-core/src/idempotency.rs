@@ -1,4 +1,4 @@
-//! Idempotency keys and the single-flight registry (seed 000, rule 3).
+//! Idempotency keys and the single-flight registry.
 //!
 //! [`IdempotencyKey`] builds a deterministic key from stable domain identifiers;
 //! [`IdempotencyRegistry::run`] runs one execution per key at a time and shares its result

@@ -13,7 +13,7 @@
 //! | [`AbortController`], [`AbortSignal`], [`AbortManager`] | superseded work left running |
 //! | [`IdempotencyKey`], [`IdempotencyRegistry`] | the same write performed twice at once |
 //!
-//! # Example: the seed's integration pattern
+//! # Example: latest wins, aborts and single-flight together
 //!
 //! Rapid re-runs commit only the last result, superseded work is aborted, and duplicates
 //! run once:

@@ -1,6 +1,6 @@
-//! [`Mutex`]: a strictly FIFO async mutex that knows whether it is held (seed 002).
+//! [`Mutex`]: a strictly FIFO async mutex that knows whether it is held.
 //!
-//! The seed's promise-chain mutex answered `isLocked()` with `true` for ever. This one keeps
+//! A promise-chain mutex can answer `isLocked()` with `true` for ever. This one keeps
 //! its truth in one atomic word: `is_locked()` is exact at the instant it is read, and the
 //! uncontended path is a single compare-and-swap to lock and one to unlock.
 //!
@@ -365,7 +365,7 @@ impl<T> fmt::Debug for Lock<'_, T> {
 /// Exclusive access to the value of a [`Mutex`]; the lock is released when it drops.
 ///
 /// This is an async lock's guard: holding it across an `.await` is allowed, but keep it to
-/// the critical section (seed 001, 2.1).
+/// the critical section.
 #[must_use = "if unused the Mutex will immediately unlock"]
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,

@@ -1,4 +1,4 @@
-//! [`SequenceGuard`]: drop stale completions, commit only the newest (seed 000, rule 1).
+//! [`SequenceGuard`]: drop stale completions, commit only the newest.
 //!
 //! Every request takes a [`SequenceToken`] from [`SequenceGuard::next`] before it starts.
 //! When its result arrives, it commits through [`SequenceGuard::commit_if_current`], which runs

@@ -1,8 +1,8 @@
 //! Leased, fenced named locks behind one [`LockStore`] trait.
 //!
-//! The generation lock of a chat conversation (seed 003) lives in a store that every
+//! The generation lock of a chat conversation lives in a store that every
 //! process shares, with an expiry so a crashed generator cannot block the conversation for
-//! ever. This crate makes it safer than the seed's table:
+//! ever. This crate makes it safer than a plain lock table:
 //!
 //! - every [`Lease`] carries a **fencing token** ([`Lease::fence`]), a number that strictly
 //!   increases per key across release, expiry and takeover, and is never reused: pass it to

@@ -16,7 +16,7 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 /// server's expiry arithmetic.
 pub const TTL_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Free-form metadata kept with a lease (the seed keeps the user id and message id).
+/// Free-form metadata kept with a lease (such as the user id and the message id).
 pub type Metadata = BTreeMap<String, String>;
 
 /// What to lock, for whom, and for how long.

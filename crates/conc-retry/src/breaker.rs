@@ -1,4 +1,4 @@
-//! [`CircuitBreaker`]: stop calling a dependency that keeps failing (seed 001, 6.3), with
+//! [`CircuitBreaker`]: stop calling a dependency that keeps failing, with
 //! resilience4j's semantics.
 //!
 //! - **Closed**: calls pass. It opens after `consecutive_failures` failures in a row, or when

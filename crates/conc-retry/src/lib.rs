@@ -1,5 +1,5 @@
 //! Retry with backoff and jitter, error classes, a circuit breaker and a retry budget: one
-//! crate every call site can share (seed 002's "one source of truth"; seed 001, 6.3).
+//! crate every call site can share, so the policy has one source of truth.
 //!
 //! - [`RetryPolicy`]: attempts, elapsed limit, exponential backoff with
 //!   [`Jitter`] (`None`, `Full`, `Equal`, `Decorrelated`), a cap that jitter never passes, a

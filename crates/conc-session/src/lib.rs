@@ -1,12 +1,12 @@
 //! A session manager for chat backends, safe across processes.
 //!
-//! - **Atomic session updates** (seed 002): [`SessionManager::update_session`] queues
+//! - **Atomic session updates**: [`SessionManager::update_session`] queues
 //!   updates of one session in this process and checks versions in the store, so no update
 //!   is lost, even between processes (where tower-sessions, for one, lets the last writer
 //!   win). [`SessionManager::append_message`] is idempotent by message id.
-//! - **Processing lock** (seed 002): [`SessionManager::begin_processing`]; a session switch
+//! - **Processing lock**: [`SessionManager::begin_processing`]; a session switch
 //!   during processing is refused with [`SessionError::Busy`]; errors instead of hangs.
-//! - **Generation lock** (seed 003): [`SessionManager::start_generation`], one generation per
+//! - **Generation lock**: [`SessionManager::start_generation`], one generation per
 //!   conversation across every process sharing the lock store, with `Reject` or
 //!   `Queue { max_wait }`, a "please wait" error a UI can show, [`SessionManager::is_generating`]
 //!   and [`SessionManager::stop_generation`].

@@ -1,5 +1,5 @@
-//! [`SessionManager`]: atomic session updates, the processing lock (seed 002) and the
-//! per-conversation generation lock (seed 003).
+//! [`SessionManager`]: atomic session updates, the processing lock and the
+//! per-conversation generation lock.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,7 +42,7 @@ impl Default for SessionConfig {
     }
 }
 
-/// Everything the manager needs, in one bundle (seed 001, section 4).
+/// Everything the manager needs, in one bundle.
 #[derive(Debug, Clone)]
 pub struct SessionContext {
     /// Where sessions live.
@@ -68,7 +68,7 @@ pub enum GenerationMode {
 /// Counters since the manager started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
-    /// Starts that found a generation already running (seed 003's counter).
+    /// Starts that found a generation already running.
     pub concurrent_attempts: u64,
     /// Of those, rejected.
     pub rejected: u64,
@@ -383,7 +383,7 @@ impl SessionManager {
         .await
     }
 
-    /// Takes the processing lock for `expected_session` (seed 002): while the guard lives,
+    /// Takes the processing lock for `expected_session`: while the guard lives,
     /// [`switch_session`](Self::switch_session) is refused.
     ///
     /// Errors instead of hangs: [`SessionError::ProcessingTimeout`] after the configured
@@ -430,7 +430,7 @@ impl SessionManager {
         format!("{}{conversation}", self.inner.context.config.lock_prefix)
     }
 
-    /// Starts a generation in `conversation` for `user`'s message `message_id` (seed 003):
+    /// Starts a generation in `conversation` for `user`'s message `message_id`:
     /// one at a time per conversation, across every process that shares the lock store.
     ///
     /// # Cancel safety
