@@ -7,7 +7,7 @@ use std::time::Duration;
 use conc_core::{AbortController, AbortReason, AbortSignal};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::LockStore;
 use crate::error::LockError;
@@ -54,10 +54,20 @@ impl Shared {
         if Instant::now() < valid_until {
             return true;
         }
-        self.lost.abort(AbortReason::user(
-            "lease lapsed: its validity ran out before a renewal succeeded",
-        ));
+        self.lose("lease lapsed: its validity ran out before a renewal succeeded");
         false
+    }
+
+    /// Fires `lost` once, logging the loss (warn, with `key`, `fence` and `owner`) and
+    /// counting it (`conc_lock_leases_lost_total`, with the `metrics` feature).
+    fn lose(&self, why: &'static str) {
+        if !self.lost.abort(AbortReason::user(why)) {
+            return;
+        }
+        let lease = self.lease.lock().clone();
+        warn!(key = %lease.key, fence = lease.fence, owner = %lease.owner, "{why}");
+        #[cfg(feature = "metrics")]
+        metrics::counter!("conc_lock_leases_lost_total").increment(1);
     }
 }
 
@@ -72,7 +82,17 @@ impl LockGuard {
         request: LockRequest,
         wait: Duration,
     ) -> Result<Self, LockError> {
+        let started = Instant::now();
         let lease = store.acquire(&request, wait).await?;
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("conc_lock_wait_seconds").record(started.elapsed().as_secs_f64());
+        debug!(
+            key = %lease.key,
+            fence = lease.fence,
+            owner = %lease.owner,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "lease acquired"
+        );
         Ok(Self::with_margin(store, lease, margin_of(&request)))
     }
 
@@ -165,7 +185,9 @@ impl LockGuard {
             renewal.abort();
         }
         let lease = self.state.lease.lock().clone();
-        self.store.release(&lease).await
+        let released = self.store.release(&lease).await?;
+        debug!(key = %lease.key, fence = lease.fence, released, "lease released");
+        Ok(released)
     }
 }
 
@@ -233,7 +255,6 @@ async fn renew(store: Arc<dyn LockStore>, state: Arc<Shared>, mut watch: Option<
             }
         };
         if !state.check_validity() {
-            warn!(key = %current.key, fence = current.fence, "lease lapsed: renewals did not succeed in time");
             return;
         }
         if changed {
@@ -246,10 +267,7 @@ async fn renew(store: Arc<dyn LockStore>, state: Arc<Shared>, mut watch: Option<
             {
                 Ok(Ok(Some(info))) if info.fence == current.fence => continue,
                 Ok(Ok(_)) => {
-                    warn!(key = %current.key, fence = current.fence, "lease lost: taken over or released by force");
-                    state.lost.abort(AbortReason::user(
-                        "lease lost: it was taken over or released by force",
-                    ));
+                    state.lose("lease lost: it was taken over or released by force");
                     return;
                 }
                 // The renewal below finds out.
@@ -268,16 +286,14 @@ async fn renew(store: Arc<dyn LockStore>, state: Arc<Shared>, mut watch: Option<
         match tokio::time::timeout(limit, store.renew(&current, current.ttl)).await {
             Ok(Ok(renewed)) => {
                 failures = 0;
+                trace!(key = %renewed.key, fence = renewed.fence, "lease renewed");
                 *state.lease.lock() = Lease {
                     requested_at: sent,
                     ..renewed
                 };
             }
-            Ok(Err(LockError::Lost { key, fence })) => {
-                warn!(%key, fence, "lease lost: it expired or was taken over");
-                state.lost.abort(AbortReason::user(
-                    "lease lost: it expired or was taken over",
-                ));
+            Ok(Err(LockError::Lost { .. })) => {
+                state.lose("lease lost: it expired or was taken over");
                 return;
             }
             Ok(Err(error)) => {
