@@ -126,22 +126,10 @@ fn a_negative_duration_gets_the_real_message() {
     assert!(stderr.contains("cannot be negative"), "{stderr}");
 }
 
-/// A CA and a server certificate for localhost signed by it, as PEM: (ca, cert, key).
+/// A CA and a server certificate signed by it, as PEM: (ca, cert, key).
 fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "conc test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let made = conc_lock_store::servers::TestCertificates::new().unwrap();
+    (made.ca, made.cert, made.key)
 }
 
 /// On a private PostgreSQL with TLS and a password user: a wrong password and a

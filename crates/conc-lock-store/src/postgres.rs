@@ -286,8 +286,8 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl PostgresLockStore {
-    /// Connects to `url` (`postgres://user@host:port/db`), creating the schema, table and
-    /// sequence if needed.
+    /// Connects to `url` (`postgres://user@host:port/db`), creating the schema and table if
+    /// needed.
     ///
     /// # Cancel safety
     ///
@@ -321,9 +321,7 @@ impl PostgresLockStore {
     ) -> Result<Self, LockError> {
         let schema = identifier(&config.schema, "schema")?;
         let table = identifier(&config.table, "table")?;
-        let sequence = identifier(&format!("{}_fence", config.table), "sequence")?;
         let t = format!("{schema}.{table}");
-        let s = format!("{schema}.{sequence}");
         // A NOTIFY channel is an identifier: at most 63 bytes (ASCII here).
         let mut channel = format!("{}_{}", config.schema, config.table);
         channel.truncate(63);
@@ -400,7 +398,7 @@ impl PostgresLockStore {
             watchers: watchers.clone(),
             _listener: stop,
         };
-        store.migrate(&schema, &t, &s).await?;
+        store.migrate(&schema, &t).await?;
         if let Some((listen_config, tls)) = listener {
             tokio::spawn(listen(
                 listen_config,
@@ -413,7 +411,7 @@ impl PostgresLockStore {
         Ok(store)
     }
 
-    async fn migrate(&self, schema: &str, table: &str, sequence: &str) -> Result<(), LockError> {
+    async fn migrate(&self, schema: &str, table: &str) -> Result<(), LockError> {
         let index = identifier(&format!("{}_expires_at", self.config.table), "index")?;
         let mut client = self.client().await?;
         let work = async {
@@ -430,7 +428,6 @@ impl PostgresLockStore {
             .map_err(pg_error("migration lock"))?;
             tx.batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema};
-                 CREATE SEQUENCE IF NOT EXISTS {sequence};
                  CREATE TABLE IF NOT EXISTS {table} (
                      key TEXT PRIMARY KEY,
                      owner TEXT NOT NULL,

@@ -335,3 +335,40 @@ impl Drop for PrivatePostgres {
         }
     }
 }
+
+/// PEM text for TLS tests, made at test time: a CA, and a server certificate for
+/// `localhost` and `127.0.0.1` signed by it, with its key.
+#[derive(Debug, Clone)]
+pub struct TestCertificates {
+    /// The CA certificate (what a client trusts, as `sslrootcert`).
+    pub ca: String,
+    /// The server certificate.
+    pub cert: String,
+    /// The server certificate's private key.
+    pub key: String,
+}
+
+impl TestCertificates {
+    /// A fresh CA and server certificate.
+    pub fn new() -> Result<Self, String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let fail = |e: rcgen::Error| format!("cannot make a test certificate: {e}");
+        let ca_key = KeyPair::generate().map_err(fail)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "conc test CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let key = KeyPair::generate().map_err(fail)?;
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .map_err(fail)?;
+        let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+        Ok(Self {
+            ca: ca.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
