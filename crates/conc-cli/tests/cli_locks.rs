@@ -141,3 +141,18 @@ async fn locks_on_redis_leaves_no_keys() {
     let prefix = format!("cli-test-{}:", std::process::id());
     exercise(store, &url, &prefix).await;
 }
+
+/// `conc locks` on a Redis Cluster of the test's own, named by a `redis+cluster://` URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_on_a_redis_cluster() {
+    let Some(cluster) = conc_lock_store::servers::PrivateRedisCluster::start(3, 0).unwrap() else {
+        return;
+    };
+    let url = cluster.url();
+    let store = Arc::new(
+        RedisLockStore::connect(&url, RedisConfig::default())
+            .await
+            .expect("the cluster answers"),
+    );
+    exercise(store, &url, "cli-cluster:").await;
+}

@@ -1,43 +1,53 @@
-//! [`RedisLockStore`]: leases in one Redis instance, for services on many machines.
+//! [`RedisLockStore`]: leases in Redis, one server or a Redis Cluster, for services on many
+//! machines.
 //!
-//! Each operation is one Lua script, so it is atomic on the server, and reads the server's
-//! clock (`TIME`), never the application's. A lease is a hash (`<prefix>lock:<key>`) with
-//! its owner, token, fence, metadata and expiry. The hash also gets a `PEXPIRE` of the TTL
-//! plus a grace period, so Redis reclaims abandoned leases by itself; until then
-//! [`cleanup_expired`](LockStore::cleanup_expired) can count and remove them. A release
-//! keeps the hash, without its token, for that grace period, so the key's last fence stays
-//! known.
+//! Each operation on a lock is one Lua script over the keys of a single hash slot, so it is
+//! atomic on the server, runs unchanged on a Redis Cluster, and reads the server's clock
+//! (`TIME`), never the application's. A lease is a hash, `<prefix>lock:{<key>}` (the braces
+//! make the key its own hash tag), with its owner, token, fence, metadata and expiry. The
+//! hash also gets a `PEXPIRE` of the TTL plus a grace period, so Redis reclaims abandoned
+//! leases by itself; until then [`cleanup_expired`](LockStore::cleanup_expired) can count
+//! and remove them. A release keeps the hash, without its token, for that grace period, so
+//! the key's last fence stays known. Nothing global is written on the way to a lock:
+//! [`list`](LockStore::list) and `cleanup_expired` walk the keys node by node with `SCAN`,
+//! in batches, never one long blocking script.
 //!
 //! Fences only go forward, whatever happens to the server's memory: a fence is one more
 //! than the key's last, and at least the server's clock in microseconds. After a restart
 //! without persistence, a `FLUSHALL` or the loss of a key, the next fence comes from the
 //! clock alone, which has moved past every fence drawn before. The one assumption: the
-//! Redis server's clock never steps back (NTP slews; it does not jump back).
+//! Redis servers' clocks never step back (NTP slews; it does not jump back), and on a
+//! cluster they agree to within the fences' spacing (microseconds apart per grant).
 //!
 //! A wipe must not silently admit a second holder either. The store keeps a marker
-//! (`<prefix>epoch`, without expiry) that every store instance reads on connect. When an
-//! instance that knew the marker finds it gone, the state was lost: it grants no lock
+//! without expiry that every store instance learns: on one server a single
+//! `<prefix>epoch`, read on connect; on a cluster one per hash slot,
+//! `<prefix>epoch:{<tag>}`, learned when the instance first uses the slot. When an
+//! instance that knew a marker finds it gone, the state was lost: it grants no lock there
 //! until the longest lease that could still be live has run out (the delayed restart of
 //! the Redlock analysis), logs it at warn, and every other instance that knew the marker
-//! does the same. An instance that connects for the first time after the wipe cannot tell
-//! it from a new server; the fences still protect the resource.
+//! does the same. An instance that had not yet learned the marker cannot tell the loss
+//! from a new server or a slot never used; the fences still protect the resource.
 //!
-//! Live leases must not be evictable: `connect` reads `maxmemory-policy` and refuses any
-//! policy but `noeviction` (see [`RedisConfig::allow_eviction`]).
+//! Live leases must not be evictable: `connect` reads `maxmemory-policy` on every master
+//! and refuses any policy but `noeviction` (see [`RedisConfig::allow_eviction`]).
 //!
 //! A release, a take-over and a forced release are published on `<prefix>events`; each
-//! store subscribes once, so holders and waiters in every process learn at once.
+//! store subscribes once (on a cluster, to one node at a time: a publication reaches every
+//! node), so holders and waiters in every process learn at once.
 //!
-//! This is a single instance, not Redlock: a failover to a replica that missed the last
-//! writes loses leases. The replica's clock-based fences still go forward; run replicas
-//! with `replica-lazy-flush`-free defaults and treat a failover like a restart.
+//! Neither a single server nor a cluster is Redlock: a failover to a replica that missed
+//! the last writes loses leases. The replica's clock-based fences still go forward; treat a
+//! failover like a restart.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 
 use crate::error::LockError;
 use crate::notify::{LockWatch, Watchers};
@@ -113,10 +123,9 @@ elseif ARGV[1] ~= '' and epoch ~= ARGV[1] then
 end
 ";
 
-/// KEYS: marker, lock, index, expiries. ARGV: (guard), key, owner, token, metadata, ttl,
-/// grace, force (`1` takes the key whoever holds it), events channel. A lease longer than
-/// any before is published (`\0longest:<ms>`), so every instance knows how long to wait
-/// after a wipe.
+/// KEYS: marker, lock. ARGV: (guard), key, owner, token, metadata, ttl, grace, force (`1`
+/// takes the key whoever holds it), events channel. A lease longer than any before is
+/// published (`\0longest:<ms>`), so every instance knows how long to wait after a wipe.
 /// Returns {status, epoch, after, longest, wiped, fence, acquired, expires}; status 1
 /// granted, 0 held, 2 recovering.
 const ACQUIRE: &str = "
@@ -134,8 +143,6 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'owner', ARGV[5], 'token', ARGV[6], 'fence', fmt(fence),
   'metadata', ARGV[7], 'acquired_at', fmt(now), 'expires_at', fmt(expires))
 redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[9]))
-redis.call('ZADD', KEYS[3], 0, ARGV[4])
-redis.call('ZADD', KEYS[4], expires, ARGV[4])
 if ttl > longest then
   redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
   redis.call('PUBLISH', ARGV[11], '\\0longest:' .. fmt(ttl))
@@ -143,7 +150,7 @@ end
 if live and not own then redis.call('PUBLISH', ARGV[11], ARGV[4]) end
 return {1, epoch, fmt(after), fmt(longest), wiped, fmt(fence), fmt(now), fmt(expires)}";
 
-/// KEYS: marker, lock, expiries. ARGV: (guard), key, token, ttl, grace, events channel.
+/// KEYS: marker, lock. ARGV: (guard), key, token, ttl, grace, events channel.
 /// Returns {epoch, after, longest, wiped, expires or false}.
 const RENEW: &str = "
 local f = redis.call('HMGET', KEYS[2], 'token', 'expires_at')
@@ -152,7 +159,6 @@ if f[1] == ARGV[5] and f[1] ~= '' and tonumber(f[2]) > now then
   local expires = now + ttl
   redis.call('HSET', KEYS[2], 'expires_at', fmt(expires))
   redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[7]))
-  redis.call('ZADD', KEYS[3], expires, ARGV[4])
   if ttl > longest then
     redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
     redis.call('PUBLISH', ARGV[8], '\\0longest:' .. fmt(ttl))
@@ -165,17 +171,15 @@ return {epoch, fmt(after), fmt(longest), wiped, false}";
 const INIT: &str = "
 return {epoch, fmt(after), fmt(longest), wiped}";
 
-/// KEYS: lock, index, expiries. ARGV: key, token, grace, events channel, retry (`1` on a
-/// retry after a lost connection: a lease this token already released counts as released).
-/// A released lease keeps its token, marked `released:`, for the grace period.
+/// KEYS: lock. ARGV: key, token, grace, events channel, retry (`1` on a retry after a lost
+/// connection: a lease this token already released counts as released). A released lease
+/// keeps its token, marked `released:`, for the grace period.
 const RELEASE: &str = "
 local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at')
 if ARGV[5] == '1' and f[1] == 'released:' .. ARGV[2] then return 1 end
 if f[1] == ARGV[2] and f[1] ~= '' and tonumber(f[2]) > now then
   redis.call('HSET', KEYS[1], 'token', 'released:' .. ARGV[2], 'expires_at', fmt(now))
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('PUBLISH', ARGV[4], ARGV[1])
   return 1
 end
@@ -187,44 +191,18 @@ local f = redis.call('HMGET', KEYS[1], 'owner', 'metadata', 'fence', 'acquired_a
 if f[5] and f[6] ~= '' and tonumber(f[5]) > now then return {f[1], f[2], f[3], f[4], f[5]} end
 return false";
 
-/// KEYS: index. ARGV: lock key prefix, user prefix, limit.
-const LIST: &str = "
-local keys = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2], '[' .. ARGV[2] .. '\\255')
-local out = {}
-local limit = tonumber(ARGV[3])
-for _, key in ipairs(keys) do
-  if #out / 6 >= limit then break end
-  local f = redis.call('HMGET', ARGV[1] .. key, 'owner', 'metadata', 'fence', 'acquired_at', 'expires_at', 'token')
-  if f[5] and f[6] ~= '' and tonumber(f[5]) > now then
-    table.insert(out, key)
-    for i = 1, 5 do table.insert(out, f[i]) end
-  end
-end
-return out";
-
-/// KEYS: index, expiries. ARGV: lock key prefix.
+/// KEYS: lock. Counts (1) and closes a lease that expired without a release.
 const CLEANUP: &str = "
-local keys = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-local removed = 0
-for _, key in ipairs(keys) do
-  local f = redis.call('HMGET', ARGV[1] .. key, 'expires_at', 'token')
-  local exp = f[1]
-  if exp and tonumber(exp) <= now then
-    if f[2] ~= '' and string.sub(f[2], 1, 9) ~= 'released:' then removed = removed + 1 end
-    redis.call('HSET', ARGV[1] .. key, 'token', '')
-  end
-  if (not exp) or tonumber(exp) <= now then
-    redis.call('ZREM', KEYS[1], key)
-    redis.call('ZREM', KEYS[2], key)
-  end
+local f = redis.call('HMGET', KEYS[1], 'expires_at', 'token')
+if f[1] and tonumber(f[1]) <= now and f[2] ~= '' and string.sub(f[2], 1, 9) ~= 'released:' then
+  redis.call('HSET', KEYS[1], 'token', '')
+  return 1
 end
-return removed";
+return 0";
 
-/// KEYS: lock, index, expiries. ARGV: key, grace, events channel.
+/// KEYS: lock. ARGV: key, grace, events channel.
 const FORCE: &str = "
 local f = redis.call('HMGET', KEYS[1], 'expires_at', 'token')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
 if f[1] and f[2] ~= '' and tonumber(f[1]) > now then
   redis.call('HSET', KEYS[1], 'token', '', 'expires_at', fmt(now))
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -239,7 +217,6 @@ struct Scripts {
     release: Script,
     renew: Script,
     inspect: Script,
-    list: Script,
     cleanup: Script,
     force: Script,
 }
@@ -254,25 +231,124 @@ impl Scripts {
             release: s(RELEASE),
             renew: guarded(RENEW),
             inspect: s(INSPECT),
-            list: s(LIST),
             cleanup: s(CLEANUP),
             force: s(FORCE),
         }
     }
 }
 
-/// What this instance knows of the store's marker.
+/// The hash slots of a Redis Cluster, computed as the servers do (CRC16 of the key's hash
+/// tag), and a short tag for each slot, so that a key can be named in any slot.
+mod slots {
+    use std::sync::OnceLock;
+
+    /// How many hash slots a cluster has.
+    pub(super) const COUNT: u16 = 16384;
+
+    /// The slot of `key`: the CRC16 of its hash tag (the text between the first `{` and the
+    /// first `}` after it, when not empty), or of the whole key.
+    pub(super) fn of(key: &[u8]) -> u16 {
+        let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        });
+        crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % COUNT
+    }
+
+    /// The first decimal number whose CRC16 falls in `slot`: `{tag}` names a key in it.
+    pub(super) fn tag(slot: u16) -> &'static str {
+        static TAGS: OnceLock<Vec<Box<str>>> = OnceLock::new();
+        let tags = TAGS.get_or_init(|| {
+            let mut tags: Vec<Option<Box<str>>> = vec![None; usize::from(COUNT)];
+            let mut missing = tags.len();
+            let mut n = 0u64;
+            while missing > 0 {
+                let text = n.to_string();
+                let slot = usize::from(of(text.as_bytes()));
+                if tags[slot].is_none() {
+                    tags[slot] = Some(text.into_boxed_str());
+                    missing -= 1;
+                }
+                n += 1;
+            }
+            tags.into_iter().flatten().collect()
+        });
+        &tags[usize::from(slot % COUNT)]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn slots_match_the_servers_and_every_slot_has_a_tag() {
+            // Known values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+            assert_eq!(super::of(b"123456789"), 0x31C3);
+            assert_eq!(super::of(b"foo"), 12182);
+            assert_eq!(super::of(b"{user1000}.following"), super::of(b"user1000"));
+            assert_eq!(super::of(b"foo{}{bar}"), super::of(b"foo{}{bar}"));
+            assert_eq!(super::of(b"foo{{bar}}zap"), super::of(b"{bar"));
+            for slot in 0..super::COUNT {
+                let tag = super::tag(slot);
+                assert_eq!(super::of(format!("x{{{tag}}}y").as_bytes()), slot);
+            }
+        }
+    }
+}
+
+/// One server through a connection manager, or a cluster through the redis crate's
+/// cluster connection (which follows `MOVED`/`ASK` and the cluster's topology).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What this instance knows of the store's markers.
 #[derive(Debug, Default)]
 struct Epoch {
-    /// The marker's id, once seen.
-    id: String,
+    /// The markers' ids, once seen: by hash slot on a cluster, under slot 0 on one server.
+    ids: HashMap<u16, String>,
     /// The longest lease the store has granted, in ms.
     longest: u64,
     /// Until when (server clock, ms) the store grants nothing, as last seen.
     after: i64,
 }
 
-/// A [`LockStore`] in Redis.
+/// How many keys one `SCAN` call looks at, and how many leases are read at once.
+const BATCH: usize = 500;
+
+/// A [`LockStore`] in Redis: one server, or a Redis Cluster.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -280,6 +356,8 @@ struct Epoch {
 ///
 /// # async fn example() -> Result<(), conc_lock_store::LockError> {
 /// let store = RedisLockStore::connect("redis://127.0.0.1:6379", RedisConfig::default()).await?;
+/// // or a cluster, named by any of its nodes:
+/// // RedisLockStore::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000", RedisConfig::default())
 /// let request = LockRequest::new("conversation:1", "worker-a", Duration::from_secs(30));
 /// if let Some(lease) = store.try_acquire(&request).await? {
 ///     store.release(&lease).await?;
@@ -288,7 +366,7 @@ struct Epoch {
 /// # }
 /// ```
 pub struct RedisLockStore {
-    connection: ConnectionManager,
+    connection: Connection,
     config: RedisConfig,
     scripts: Scripts,
     epoch: Arc<parking_lot::Mutex<Epoch>>,
@@ -301,6 +379,7 @@ impl fmt::Debug for RedisLockStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLockStore")
             .field("prefix", &self.config.prefix)
+            .field("cluster", &self.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -325,6 +404,77 @@ fn redis_error(context: &'static str) -> impl Fn(redis::RedisError) -> LockError
     move |e| LockError::backend(BACKEND, format!("{context}: {e}"), e)
 }
 
+fn parse_error(context: &'static str) -> impl Fn(redis::ParsingError) -> LockError {
+    move |e| LockError::Backend {
+        backend: BACKEND,
+        message: format!("{context}: unexpected reply: {e}"),
+        source: None,
+    }
+}
+
+fn timed_out(what: &str, limit: Duration) -> LockError {
+    LockError::Backend {
+        backend: BACKEND,
+        message: format!("{what} took longer than {limit:?}"),
+        source: None,
+    }
+}
+
+/// The node URLs of a `redis+cluster://` or `rediss+cluster://` URL
+/// (`redis+cluster://[user:password@]host:port[,host:port…][/db][?query]`), or `None` for
+/// any other URL.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, LockError>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+cluster://")?)
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let (hosts, path) = match hosts.split_once('/') {
+        Some((hosts, path)) => (hosts, format!("/{path}")),
+        None => (hosts, String::new()),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("{scheme}://{credentials}{host}{path}{query}"))
+        .collect();
+    if nodes.is_empty() {
+        return Some(Err(LockError::InvalidUrl {
+            reason: format!(
+                "`{url}` names no node: write redis+cluster://HOST:PORT,HOST:PORT (any nodes of the cluster)"
+            ),
+        }));
+    }
+    Some(Ok(nodes))
+}
+
+/// A client for one server, with the root certificate an `sslrootcert=` option names.
+fn client_for(url: &str) -> Result<redis::Client, LockError> {
+    let split = crate::tls::split(url);
+    match &split.root_cert {
+        Some(path) => redis::Client::build_with_tls(
+            split.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(crate::tls::read_root_cert(BACKEND, path)?),
+            },
+        ),
+        None => redis::Client::open(split.url.as_str()),
+    }
+    .map_err(|e| LockError::InvalidUrl {
+        reason: format!("bad Redis URL: {e}"),
+    })
+}
+
 type InfoFields = (String, String, u64, i64, i64);
 
 /// The guard's part of a reply: epoch id, grant-after (ms), longest lease (ms), wiped.
@@ -333,34 +483,112 @@ type GuardReply = (String, i64, u64, i64);
 /// An acquire's reply: status, the guard's part, and a granted lease's fence and times.
 type AcquireReply = (i64, GuardReply, Option<(u64, i64, i64)>);
 
+/// Escapes the glob characters of `text` for `SCAN … MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl RedisLockStore {
-    /// Connects to `url` (`redis://host:port/db`) through a connection manager that
-    /// reconnects on its own; checks that lock keys cannot be evicted (see
-    /// [`RedisConfig::allow_eviction`]), reads the store's marker, and subscribes to the
-    /// store's events.
+    /// Connects to `url` and checks the server; see [`from_client`](Self::from_client) for
+    /// what is checked.
+    ///
+    /// - One server: `redis://host:port/db`, `rediss://host:port` for TLS (with
+    ///   `?sslrootcert=/path/ca.pem` for a private CA), through a connection manager that
+    ///   reconnects on its own.
+    /// - A Redis Cluster: `redis+cluster://host:port,host:port` (or `rediss+cluster://`),
+    ///   naming any of its nodes; see [`connect_cluster`](Self::connect_cluster).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: at most the store's marker is written on connect.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, LockError> {
-        let split = crate::tls::split(url);
-        let client = match &split.root_cert {
-            Some(path) => redis::Client::build_with_tls(
-                split.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(crate::tls::read_root_cert(BACKEND, path)?),
-                },
-            ),
-            None => redis::Client::open(split.url.as_str()),
+        if let Some(nodes) = cluster_nodes(url) {
+            return Self::connect_cluster(&nodes?, config).await;
         }
-        .map_err(redis_error("bad Redis URL"))?;
-        Self::from_client(client, config).await
+        Self::from_client(client_for(url)?, config).await
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (`redis://host:port` or
+    /// `rediss://host:port` URLs, any nodes of it) belong to. Every operation on a lock is a
+    /// script over one hash slot, routed to the slot's master; `list` and
+    /// `cleanup_expired` go master by master. `maxmemory-policy` is checked on every master.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is written on connect.
+    pub async fn connect_cluster(
+        nodes: &[impl AsRef<str>],
+        config: RedisConfig,
+    ) -> Result<Self, LockError> {
+        let mut urls = Vec::new();
+        let mut root_cert = None;
+        for node in nodes {
+            let split = crate::tls::split(node.as_ref());
+            if let Some(path) = &split.root_cert {
+                root_cert = Some(crate::tls::read_root_cert(BACKEND, path)?);
+            }
+            urls.push(split.url);
+        }
+        if urls.is_empty() {
+            return Err(LockError::InvalidUrl {
+                reason: "a Redis Cluster needs at least one node URL".into(),
+            });
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.op_timeout)
+            .retries(2);
+        if let Some(pem) = &root_cert {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        let client = builder.build().map_err(|e| LockError::InvalidUrl {
+            reason: format!("bad Redis Cluster URL: {e}"),
+        })?;
+        let connection =
+            tokio::time::timeout(config.connect_timeout, client.get_async_connection())
+                .await
+                .map_err(|_| LockError::Connect {
+                    backend: BACKEND,
+                    cause: crate::ConnectFailure::Timeout,
+                    message: format!("connecting took longer than {:?}", config.connect_timeout),
+                })?
+                .map_err(connect_error)?;
+        let mut subscribers = Vec::new();
+        for url in &urls {
+            subscribers.push(
+                match &root_cert {
+                    Some(pem) => redis::Client::build_with_tls(
+                        url.as_str(),
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        },
+                    ),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(|e| LockError::InvalidUrl {
+                    reason: format!("bad Redis URL: {e}"),
+                })?,
+            );
+        }
+        Self::assemble(Connection::Cluster(connection), subscribers, config).await
     }
 
     /// A store on a [`redis::Client`] the service already has (its URL, TLS and
     /// credentials included): the store opens its own connection manager and one pub/sub
-    /// connection through it, with the checks of [`connect`](Self::connect).
+    /// connection through it. It checks that lock keys cannot be evicted (see
+    /// [`RedisConfig::allow_eviction`]), reads the store's marker, and subscribes to the
+    /// store's events.
     ///
     /// # Cancel safety
     ///
@@ -382,6 +610,23 @@ impl RedisLockStore {
                 message: format!("connecting took longer than {:?}", config.connect_timeout),
             })?
             .map_err(connect_error)?;
+        Self::assemble(Connection::Single(connection), vec![client], config).await
+    }
+
+    /// The checks and the subscription common to one server and a cluster.
+    async fn assemble(
+        connection: Connection,
+        subscribers: Vec<redis::Client>,
+        config: RedisConfig,
+    ) -> Result<Self, LockError> {
+        if config.prefix.contains(['{', '}']) {
+            return Err(LockError::InvalidUrl {
+                reason: format!(
+                    "the key prefix `{}` holds a brace; conc puts each lock in a hash slot of its own (`<prefix>lock:{{<key>}}`), so the prefix may not contain `{{` or `}}`",
+                    config.prefix
+                ),
+            });
+        }
         let watchers = Arc::<Watchers>::default();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Self {
@@ -393,13 +638,16 @@ impl RedisLockStore {
             _subscriber: stop,
         };
         store.check_eviction_policy().await?;
-        let mut invocation = store.scripts.init.prepare_invoke();
-        store.guard_args(&mut invocation);
-        let reply: GuardReply = store.run("connect", &invocation).await?;
-        store.learn(&reply);
+        if !store.is_cluster() {
+            // One server: learn its one marker now, so a wipe from here on is seen.
+            let mut invocation = store.scripts.init.prepare_invoke();
+            store.guard_args(0, &mut invocation);
+            let reply: GuardReply = store.run("connect", &invocation).await?;
+            store.learn(0, &reply);
+        }
         let (ready, subscribed) = tokio::sync::oneshot::channel();
         tokio::spawn(subscribe(
-            client,
+            subscribers,
             store.events_channel(),
             store.config.connect_timeout,
             Arc::downgrade(&watchers),
@@ -420,60 +668,185 @@ impl RedisLockStore {
         }
     }
 
-    /// Refuses a `maxmemory-policy` that can evict lock keys, unless allowed.
-    async fn check_eviction_policy(&self) -> Result<(), LockError> {
-        let mut connection = self.connection.clone();
-        let mut command = redis::cmd("CONFIG");
-        command.arg("GET").arg("maxmemory-policy");
-        let query = command.query_async::<Vec<String>>(&mut connection);
-        let reply = tokio::time::timeout(self.config.op_timeout, query)
-            .await
-            .map_err(|_| LockError::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "reading maxmemory-policy took longer than {:?}",
-                    self.config.op_timeout
-                ),
-                source: None,
-            })?;
-        let policy = match reply {
-            Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
-            Err(e) if self.config.allow_eviction => {
-                tracing::warn!(error = %e, "cannot read maxmemory-policy; going on, as allow_eviction is set");
-                return Ok(());
-            }
-            Err(e) if e.kind() == redis::ErrorKind::Io || e.is_connection_dropped() => {
-                return Err(redis_error("read maxmemory-policy")(e));
-            }
-            Err(e) => {
-                return Err(LockError::Unsafe {
-                    backend: BACKEND,
-                    reason: format!(
-                        "cannot read maxmemory-policy ({e}); the CONFIG command is disabled on this server, as on many managed services. Make sure the policy is `noeviction` (an evicted lease frees a lock its holder still uses), then set RedisConfig::allow_eviction to skip this check"
-                    ),
-                });
+    /// Whether this store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
+    /// Runs `command` on one node (`node`: a slot the node serves as master; `None` on one
+    /// server), within the operation timeout.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        command: redis::Cmd,
+        node: Option<u16>,
+    ) -> Result<T, LockError> {
+        let call = async {
+            match (self.connection.clone(), node) {
+                (Connection::Cluster(mut c), Some(slot)) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::new(slot, SlotAddr::Master),
+                    ));
+                    let value = c.route_command(command, route).await?;
+                    Ok(redis::from_redis_value(value)?)
+                }
+                (mut c, _) => command.query_async::<T>(&mut c).await,
             }
         };
-        if policy == "noeviction" || policy.is_empty() {
-            return Ok(());
+        match tokio::time::timeout(self.config.op_timeout, call).await {
+            Ok(result) => result.map_err(redis_error(what)),
+            Err(_) => Err(timed_out(what, self.config.op_timeout)),
         }
-        if self.config.allow_eviction {
-            tracing::warn!(%policy, "maxmemory-policy can evict lock keys; going on, as allow_eviction is set");
-            return Ok(());
+    }
+
+    /// One slot served by each master of the cluster; `[None]` on one server.
+    async fn masters(&self) -> Result<Vec<Option<u16>>, LockError> {
+        if !self.is_cluster() {
+            return Ok(vec![None]);
         }
-        Err(LockError::Unsafe {
-            backend: BACKEND,
-            reason: format!(
-                "maxmemory-policy is `{policy}`, which can evict a live lease and free a lock its holder still uses; set it to `noeviction` (CONFIG SET maxmemory-policy noeviction), or use a Redis of its own for locks, or set RedisConfig::allow_eviction to accept the risk"
-            ),
-        })
+        let mut command = redis::cmd("CLUSTER");
+        command.arg("SLOTS");
+        let ranges: Vec<redis::Value> = self
+            .query("read the cluster's slots", command, None)
+            .await?;
+        let mut masters: Vec<(String, u16)> = Vec::new();
+        for range in ranges {
+            let parsed = || -> Result<(String, u16), redis::ParsingError> {
+                let redis::Value::Array(fields) = range else {
+                    return Err("a slot range is not an array".into());
+                };
+                let start: u16 = redis::from_redis_value_ref(fields.first().ok_or("no start")?)?;
+                let master: Vec<redis::Value> =
+                    redis::from_redis_value_ref(fields.get(2).ok_or("no master")?)?;
+                let host: String = redis::from_redis_value_ref(master.first().ok_or("no host")?)?;
+                let port: u16 = redis::from_redis_value_ref(master.get(1).ok_or("no port")?)?;
+                Ok((format!("{host}:{port}"), start))
+            };
+            let (address, slot) = parsed().map_err(parse_error("read the cluster's slots"))?;
+            if !masters.iter().any(|(a, _)| *a == address) {
+                masters.push((address, slot));
+            }
+        }
+        Ok(masters.into_iter().map(|(_, slot)| Some(slot)).collect())
+    }
+
+    /// The names of the keys that match `pattern`, master by master, `SCAN` by `SCAN`;
+    /// sorted, without duplicates.
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, LockError> {
+        let mut keys = Vec::new();
+        for node in self.masters().await? {
+            let mut cursor = 0u64;
+            loop {
+                let mut command = redis::cmd("SCAN");
+                command
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(BATCH);
+                let (next, batch): (u64, Vec<String>) = self.query("scan", command, node).await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Refuses a `maxmemory-policy` that can evict lock keys, on any master, unless allowed.
+    async fn check_eviction_policy(&self) -> Result<(), LockError> {
+        for node in self.masters().await? {
+            let mut command = redis::cmd("CONFIG");
+            command.arg("GET").arg("maxmemory-policy");
+            let reply = match self
+                .query::<Vec<String>>("read maxmemory-policy", command, node)
+                .await
+            {
+                Ok(reply) => Ok(reply),
+                Err(LockError::Backend {
+                    source: Some(source),
+                    message,
+                    ..
+                }) => match source.downcast::<redis::RedisError>() {
+                    Ok(e) => Err(*e),
+                    Err(_) => {
+                        return Err(LockError::Backend {
+                            backend: BACKEND,
+                            message,
+                            source: None,
+                        });
+                    }
+                },
+                Err(other) => return Err(other),
+            };
+            let policy = match reply {
+                Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+                Err(e) if self.config.allow_eviction => {
+                    tracing::warn!(error = %e, "cannot read maxmemory-policy; going on, as allow_eviction is set");
+                    continue;
+                }
+                Err(e) if e.kind() == redis::ErrorKind::Io || e.is_connection_dropped() => {
+                    return Err(redis_error("read maxmemory-policy")(e));
+                }
+                Err(e) => {
+                    return Err(LockError::Unsafe {
+                        backend: BACKEND,
+                        reason: format!(
+                            "cannot read maxmemory-policy ({e}); the CONFIG command is disabled on this server, as on many managed services. Make sure the policy is `noeviction` (an evicted lease frees a lock its holder still uses), then set RedisConfig::allow_eviction to skip this check"
+                        ),
+                    });
+                }
+            };
+            if policy == "noeviction" || policy.is_empty() {
+                continue;
+            }
+            if self.config.allow_eviction {
+                tracing::warn!(%policy, "maxmemory-policy can evict lock keys; going on, as allow_eviction is set");
+                continue;
+            }
+            return Err(LockError::Unsafe {
+                backend: BACKEND,
+                reason: format!(
+                    "maxmemory-policy is `{policy}`, which can evict a live lease and free a lock its holder still uses; set it to `noeviction` (CONFIG SET maxmemory-policy noeviction), or use a Redis of its own for locks, or set RedisConfig::allow_eviction to accept the risk"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The marker that guards `slot` (on one server, the one marker, under slot 0).
+    fn marker_key(&self, slot: u16) -> String {
+        if self.is_cluster() {
+            format!("{}epoch:{{{}}}", self.config.prefix, slots::tag(slot))
+        } else {
+            format!("{}epoch", self.config.prefix)
+        }
+    }
+
+    /// The slot whose marker guards `lock_key`: its hash slot on a cluster, 0 on one server.
+    fn guard_slot(&self, lock_key: &str) -> u16 {
+        if self.is_cluster() {
+            slots::of(lock_key.as_bytes())
+        } else {
+            0
+        }
     }
 
     /// The guard's arguments: the marker key, the known id, a fresh id, the delay.
-    fn guard_args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+    fn guard_args(&self, slot: u16, invocation: &mut redis::ScriptInvocation<'_>) {
         let (known, longest) = {
             let epoch = self.epoch.lock();
-            (epoch.id.clone(), epoch.longest)
+            (
+                epoch.ids.get(&slot).cloned().unwrap_or_default(),
+                epoch.longest,
+            )
         };
         let delay = match self.config.restart_delay {
             Some(delay) => delay,
@@ -483,26 +856,30 @@ impl RedisLockStore {
             }
         };
         invocation
-            .key(format!("{}epoch", self.config.prefix))
+            .key(self.marker_key(slot))
             .arg(known)
             .arg(random_token())
             .arg(ms(delay));
     }
 
     /// Remembers the marker as the server reported it; warns once per wipe found.
-    fn learn(&self, (id, after, longest, wiped): &GuardReply) {
+    fn learn(&self, slot: u16, (id, after, longest, wiped): &GuardReply) {
         let mut epoch = self.epoch.lock();
-        if *wiped == 1 && epoch.id != *id {
+        let known = epoch.ids.get(&slot).is_some_and(|known| known == id);
+        if *wiped == 1 && !known {
             tracing::warn!(
                 prefix = %self.config.prefix,
+                slot,
                 until = %crate::format_time(from_unix_millis(*after)),
-                "the Redis lock store lost its state (a restart without persistence, a flush or an eviction): no lock is granted until every lease that could still be live has run out"
+                "the Redis lock store lost its state (a restart without persistence, a flush, an eviction or a failover): no lock is granted there until every lease that could still be live has run out"
             );
             self.watchers.notify_all();
         }
-        epoch.id.clone_from(id);
+        if !known {
+            epoch.ids.insert(slot, id.clone());
+        }
         epoch.longest = epoch.longest.max(*longest);
-        epoch.after = *after;
+        epoch.after = epoch.after.max(*after);
     }
 
     fn events_channel(&self) -> String {
@@ -516,12 +893,12 @@ impl RedisLockStore {
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.config.max_ttl)?;
         let token = random_token();
+        let lock_key = self.lock_key(&request.key);
+        let slot = self.guard_slot(&lock_key);
         let mut invocation = self.scripts.acquire.prepare_invoke();
-        self.guard_args(&mut invocation);
+        self.guard_args(slot, &mut invocation);
         invocation
-            .key(self.lock_key(&request.key))
-            .key(self.index_key())
-            .key(self.expiries_key())
+            .key(lock_key)
             .arg(&request.key)
             .arg(&request.owner)
             .arg(&token)
@@ -532,7 +909,7 @@ impl RedisLockStore {
             .arg(self.events_channel());
         let sent = tokio::time::Instant::now();
         let reply: Vec<redis::Value> = self.run("acquire", &invocation).await?;
-        let parse = || -> redis::RedisResult<AcquireReply> {
+        let parse = || -> Result<AcquireReply, redis::ParsingError> {
             let field = |n: usize| reply.get(n).cloned().unwrap_or(redis::Value::Nil);
             let status: i64 = redis::from_redis_value(field(0))?;
             let guard: GuardReply = (
@@ -552,8 +929,8 @@ impl RedisLockStore {
             };
             Ok((status, guard, granted))
         };
-        let (status, guard, granted) = parse().map_err(redis_error("acquire"))?;
-        self.learn(&guard);
+        let (status, guard, granted) = parse().map_err(parse_error("acquire"))?;
+        self.learn(slot, &guard);
         if status == 2 {
             if force {
                 return Err(LockError::Recovering {
@@ -585,20 +962,27 @@ impl RedisLockStore {
         (until > SystemTime::now()).then_some(until)
     }
 
+    /// The hash of the lease on `key`: `<prefix>lock:{<key>}`, its own hash slot.
     fn lock_key(&self, key: &str) -> String {
-        format!("{}lock:{key}", self.config.prefix)
+        format!("{}lock:{{{key}}}", self.config.prefix)
     }
 
-    fn index_key(&self) -> String {
-        format!("{}index", self.config.prefix)
+    /// The lock key's user key, if `name` is one of this store's lock keys.
+    fn user_key<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(self.config.prefix.as_str())?
+            .strip_prefix("lock:{")?
+            .strip_suffix('}')
     }
 
-    fn expiries_key(&self) -> String {
-        format!("{}expiries", self.config.prefix)
+    /// The live lease in the hash `lock_key`, if any.
+    async fn inspect_lock_key(&self, lock_key: String) -> Result<Option<InfoFields>, LockError> {
+        let mut invocation = self.scripts.inspect.prepare_invoke();
+        invocation.key(lock_key);
+        self.run("inspect", &invocation).await
     }
 
     /// Runs a prepared script invocation within the operation timeout; the connection
-    /// manager reconnects after a dropped connection, and one failed try is retried.
+    /// reconnects after a dropped connection, and one failed try is retried.
     async fn run<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
@@ -630,13 +1014,7 @@ impl RedisLockStore {
                     tracing::debug!(error = %e, tries, "redis connection trouble; retrying");
                 }
                 Ok(Err(e)) => return Err(redis_error(what)(e)),
-                Err(_) => {
-                    return Err(LockError::Backend {
-                        backend: BACKEND,
-                        message: format!("{what} took longer than {:?}", self.config.op_timeout),
-                        source: None,
-                    });
-                }
+                Err(_) => return Err(timed_out(what, self.config.op_timeout)),
             }
         }
     }
@@ -644,9 +1022,10 @@ impl RedisLockStore {
 
 /// Subscribes to the store's events and wakes the watchers of each key named; after a
 /// lost connection it wakes every watcher (it cannot tell what it missed) and subscribes
-/// again. Ends when the store is dropped.
+/// again, through the next of `clients` (the nodes of a cluster). Ends when the store is
+/// dropped.
 async fn subscribe(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
     watchers: Weak<Watchers>,
@@ -657,7 +1036,10 @@ async fn subscribe(
     let mut ready = Some(ready);
     use futures_util::StreamExt as _;
     let mut pause = Duration::from_millis(100);
+    let mut turn = 0usize;
     loop {
+        let client = &clients[turn % clients.len().max(1)];
+        turn = turn.wrapping_add(1);
         let session = async {
             let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
                 .await
@@ -737,8 +1119,6 @@ impl LockStore for RedisLockStore {
             let mut invocation = self.scripts.release.prepare_invoke();
             invocation
                 .key(self.lock_key(&lease.key))
-                .key(self.index_key())
-                .key(self.expiries_key())
                 .arg(&lease.key)
                 .arg(&lease.token)
                 .arg(ms(self.config.grace))
@@ -757,11 +1137,12 @@ impl LockStore for RedisLockStore {
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         validate_ttl(ttl, self.config.max_ttl)?;
+        let lock_key = self.lock_key(&lease.key);
+        let slot = self.guard_slot(&lock_key);
         let mut invocation = self.scripts.renew.prepare_invoke();
-        self.guard_args(&mut invocation);
+        self.guard_args(slot, &mut invocation);
         invocation
-            .key(self.lock_key(&lease.key))
-            .key(self.expiries_key())
+            .key(lock_key)
             .arg(&lease.key)
             .arg(&lease.token)
             .arg(ms(ttl))
@@ -770,53 +1151,65 @@ impl LockStore for RedisLockStore {
         let sent = tokio::time::Instant::now();
         let (id, after, longest, wiped, renewed): (String, i64, u64, i64, Option<i64>) =
             self.run("renew", &invocation).await?;
-        self.learn(&(id, after, longest, wiped));
+        self.learn(slot, &(id, after, longest, wiped));
         lease.renewed(renewed.map(from_unix_millis), ttl, sent)
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
         validate_key(key)?;
-        let mut invocation = self.scripts.inspect.prepare_invoke();
-        invocation.key(self.lock_key(key));
-        let fields: Option<InfoFields> = self.run("inspect", &invocation).await?;
+        let fields = self.inspect_lock_key(self.lock_key(key)).await?;
         Ok(fields.map(|f| info(key.to_owned(), f)))
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError> {
-        let mut invocation = self.scripts.list.prepare_invoke();
-        invocation
-            .key(self.index_key())
-            .arg(self.lock_key(""))
-            .arg(prefix)
-            .arg(limit);
-        let flat: Vec<redis::Value> = self.run("list", &invocation).await?;
+        let pattern = format!(
+            "{}*",
+            glob_escape(&format!("{}lock:{{{prefix}", self.config.prefix))
+        );
+        let names = self.scan(&pattern).await?;
+        let mut keys: Vec<&str> = names
+            .iter()
+            .filter_map(|name| self.user_key(name))
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        keys.sort_unstable();
         let mut out = Vec::new();
-        for row in flat.chunks(6) {
-            let parse = || -> redis::RedisResult<LockInfo> {
-                let key: String = redis::from_redis_value_ref(&row[0])?;
-                let fields: InfoFields = (
-                    redis::from_redis_value_ref(&row[1])?,
-                    redis::from_redis_value_ref(&row[2])?,
-                    redis::from_redis_value_ref(&row[3])?,
-                    redis::from_redis_value_ref(&row[4])?,
-                    redis::from_redis_value_ref(&row[5])?,
-                );
-                Ok(info(key, fields))
-            };
-            if row.len() == 6 {
-                out.push(parse().map_err(redis_error("list"))?);
+        for chunk in keys.chunks(BATCH) {
+            let reads = chunk
+                .iter()
+                .map(|key| self.inspect_lock_key(self.lock_key(key)));
+            let found = futures_util::future::try_join_all(reads).await?;
+            for (key, fields) in chunk.iter().zip(found) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if let Some(fields) = fields {
+                    out.push(info((*key).to_owned(), fields));
+                }
             }
         }
         Ok(out)
     }
 
     async fn cleanup_expired(&self) -> Result<u64, LockError> {
-        let mut invocation = self.scripts.cleanup.prepare_invoke();
-        invocation
-            .key(self.index_key())
-            .key(self.expiries_key())
-            .arg(self.lock_key(""));
-        self.run("cleanup", &invocation).await
+        let pattern = format!(
+            "{}*",
+            glob_escape(&format!("{}lock:{{", self.config.prefix))
+        );
+        let names = self.scan(&pattern).await?;
+        let mut removed = 0;
+        for chunk in names.chunks(BATCH) {
+            let closes = chunk.iter().map(|name| async move {
+                let mut invocation = self.scripts.cleanup.prepare_invoke();
+                invocation.key(name);
+                self.run::<u64>("cleanup", &invocation).await
+            });
+            removed += futures_util::future::try_join_all(closes)
+                .await?
+                .into_iter()
+                .sum::<u64>();
+        }
+        Ok(removed)
     }
 
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
@@ -824,8 +1217,6 @@ impl LockStore for RedisLockStore {
         let mut invocation = self.scripts.force.prepare_invoke();
         invocation
             .key(self.lock_key(key))
-            .key(self.index_key())
-            .key(self.expiries_key())
             .arg(key)
             .arg(ms(self.config.grace))
             .arg(self.events_channel());
@@ -865,11 +1256,9 @@ mod retry_tests {
         let token = random_token();
         let acquire = || {
             let mut invocation = store.scripts.acquire.prepare_invoke();
-            store.guard_args(&mut invocation);
+            store.guard_args(0, &mut invocation);
             invocation
                 .key(store.lock_key("k"))
-                .key(store.index_key())
-                .key(store.expiries_key())
                 .arg("k")
                 .arg("owner")
                 .arg(&token)
@@ -907,8 +1296,6 @@ mod retry_tests {
         let mut retry = store.scripts.release.prepare_invoke();
         retry
             .key(store.lock_key("k"))
-            .key(store.index_key())
-            .key(store.expiries_key())
             .arg("k")
             .arg(&token)
             .arg(1000)

@@ -1,5 +1,5 @@
 //! Private servers for fault and TLS tests: a `redis-server` on a free port that a test
-//! may restart, flush or reconfigure, and a PostgreSQL cluster of its own (`initdb` and
+//! may restart, flush or reconfigure, a Redis Cluster of such servers, and a PostgreSQL cluster of its own (`initdb` and
 //! `pg_ctl` in a temporary folder), never the shared servers other tests use. Built with
 //! the `conformance` feature.
 
@@ -153,6 +153,219 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of the test's own: `masters` masters with `replicas` replicas each,
+/// `redis-server --cluster-enabled yes` on free ports, joined by `redis-cli --cluster
+/// create`. Nodes keep no data on disk; a node's cluster configuration lives in a
+/// temporary folder, so a restarted node rejoins (empty). A failed master's replica takes
+/// over after a second. Every node is stopped by its PID on drop.
+#[derive(Debug)]
+pub struct PrivateRedisCluster {
+    nodes: Vec<PrivateRedis>,
+    _dir: TempDir,
+}
+
+impl PrivateRedisCluster {
+    /// Starts and joins the nodes, and waits until the cluster serves every slot.
+    /// `Ok(None)`, after printing a `skipped:` line, when `redis-server` or `redis-cli` is
+    /// not installed.
+    pub fn start(masters: usize, replicas: usize) -> Result<Option<Self>, String> {
+        if Command::new("redis-cli")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            println!(
+                "skipped: redis-cli is not installed, so no private Redis Cluster can be started"
+            );
+            return Ok(None);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "conc-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port().map_err(|e| format!("no free port: {e}"))?
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
+        let dir = TempDir(dir);
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            let config = dir.0.join(format!("nodes-{port}.conf"));
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &config.display().to_string(),
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--cluster-replica-validity-factor",
+                "0",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--dir",
+                &dir.0.display().to_string(),
+            ]
+            .map(str::to_owned);
+            let mut node = PrivateRedis {
+                port,
+                args: args.to_vec(),
+                child: None,
+                tls: false,
+            };
+            match node.launch() {
+                Ok(()) => nodes.push(node),
+                Err(e) if e.contains("cannot start") => {
+                    println!(
+                        "skipped: redis-server is not installed, so no private Redis Cluster can be started"
+                    );
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_until_ok(Duration::from_secs(30))?;
+        Ok(Some(cluster))
+    }
+
+    fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` with all 16384 slots
+    /// served, sees every master that serves slots connected (after a kill: until the
+    /// replica has taken over), and every running replica is in sync with its master.
+    pub fn wait_until_ok(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|node| {
+                let info_ok = Self::cli(node.port, &["cluster", "info"]).is_some_and(|info| {
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                });
+                // Every master that serves slots is up: a killed one has been replaced.
+                let masters_up = Self::cli(node.port, &["cluster", "nodes"]).is_some_and(|nodes| {
+                    nodes.lines().all(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        fields.len() < 9
+                            || !fields[2].contains("master")
+                            || (fields[7] == "connected" && !fields[2].contains("fail"))
+                    })
+                });
+                // A replica has its master's data (or it could not take over).
+                let synced = Self::cli(node.port, &["info", "replication"]).is_some_and(|info| {
+                    !info.contains("role:slave") || info.contains("master_link_status:up")
+                });
+                info_ok && masters_up && synced
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the private Redis Cluster was not ok within {limit:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its URL: `redis+cluster://` and every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The `redis://` URL of each node.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateRedis::url).collect()
+    }
+
+    /// The index (into [`node_urls`](Self::node_urls)) of the running master that serves
+    /// the hash slot of `key`, as a running node reports it.
+    pub fn master_of(&self, key: &str) -> Result<usize, String> {
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .ok_or("no node runs")?;
+        let slot: u16 = Self::cli(asked.port, &["cluster", "keyslot", key])
+            .ok_or("CLUSTER KEYSLOT failed")?
+            .trim()
+            .parse()
+            .map_err(|e| format!("CLUSTER KEYSLOT: {e}"))?;
+        let nodes = Self::cli(asked.port, &["cluster", "nodes"]).ok_or("CLUSTER NODES failed")?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(s), Ok(e)) if s <= slot && slot <= e)
+            });
+            if !serves {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .ok_or("a node address without a port")?;
+            return self
+                .nodes
+                .iter()
+                .position(|n| n.port == port)
+                .ok_or_else(|| format!("no node of ours on port {port}"));
+        }
+        Err(format!("no master serves slot {slot}"))
+    }
+
+    /// Kills node `index` (SIGKILL: a crash, nothing kept).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.stop();
+        }
+    }
+
+    /// Starts node `index` again on its port, with its cluster configuration and no data.
+    pub fn restart(&mut self, index: usize) -> Result<(), String> {
+        let node = self.nodes.get_mut(index).ok_or("no such node")?;
+        node.restart()
     }
 }
 

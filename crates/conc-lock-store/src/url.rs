@@ -28,7 +28,8 @@ pub enum StoreKind {
     Sqlite,
     /// `postgres://…` or `postgresql://…`.
     Postgres,
-    /// `redis://…` or `rediss://…` (TLS).
+    /// `redis://…` or `rediss://…` (TLS); a Redis Cluster: `redis+cluster://HOST:PORT,HOST:PORT`
+    /// (`rediss+cluster://` for TLS).
     Redis,
 }
 
@@ -36,7 +37,7 @@ pub enum StoreKind {
 const OWN: &[&str] = &["schema", "table", "prefix", "allow_eviction", "pool_size"];
 
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
-/// or `rediss://`, with options in the query string. Bad input is a typed error saying
+/// or `rediss://`, `redis+cluster://` or `rediss+cluster://` (any nodes, comma-separated), with options in the query string. Bad input is a typed error saying
 /// what would be right.
 pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
     let bad = |reason: String| LockError::InvalidUrl { reason };
@@ -78,11 +79,19 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
         (StoreKind::Sqlite, path.to_owned())
     } else if base.starts_with("postgres://") || base.starts_with("postgresql://") {
         (StoreKind::Postgres, rebuilt(base))
-    } else if base.starts_with("redis://") || base.starts_with("rediss://") {
+    } else if [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|scheme| base.starts_with(scheme))
+    {
         (StoreKind::Redis, rebuilt(base))
     } else {
         return Err(bad(format!(
-            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB or redis://HOST:PORT (rediss:// for TLS)"
+            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB, redis://HOST:PORT (rediss:// for TLS) or redis+cluster://HOST:PORT,HOST:PORT"
         )));
     };
     Ok(StoreUrl {
@@ -181,6 +190,9 @@ mod tests {
         let url = parse_url("rediss://h:6380/0?prefix=app:&sslrootcert=/ca.pem").unwrap();
         assert_eq!(url.kind, StoreKind::Redis);
         assert_eq!(url.target, "rediss://h:6380/0?sslrootcert=/ca.pem");
+        let url = parse_url("redis+cluster://h1:7000,h2:7000?prefix=app:").unwrap();
+        assert_eq!(url.kind, StoreKind::Redis);
+        assert_eq!(url.target, "redis+cluster://h1:7000,h2:7000");
         assert_eq!(url.option("prefix"), Some("app:"));
         assert_eq!(parse_url("sqlite:/tmp/x.db").unwrap().target, "/tmp/x.db");
         assert_eq!(parse_url("memory").unwrap().kind, StoreKind::Memory);

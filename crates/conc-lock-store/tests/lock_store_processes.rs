@@ -44,6 +44,19 @@ fn log(path: &Path, line: String) {
         .expect("log write");
 }
 
+/// The URL of the private Redis Cluster the parent started (`redis-cluster` runs).
+static CLUSTER_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The cluster's URL: the parent's, or the one a child was given.
+#[cfg(feature = "redis")]
+fn cluster_url() -> String {
+    CLUSTER_URL
+        .get()
+        .cloned()
+        .or_else(|| std::env::var("CONC_LOCK_CLUSTER_URL").ok())
+        .expect("the cluster's URL")
+}
+
 /// Opens the store a run uses: `sqlite`, `postgres` or `redis`, isolated by `scope`.
 async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
     match backend {
@@ -61,8 +74,12 @@ async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
             )
         }
         #[cfg(feature = "redis")]
-        "redis" => {
-            let url = std::env::var("CONC_TEST_REDIS_URL").expect("url");
+        "redis" | "redis-cluster" => {
+            let url = if backend == "redis" {
+                std::env::var("CONC_TEST_REDIS_URL").expect("url")
+            } else {
+                cluster_url()
+            };
             let config = conc_lock_store::RedisConfig {
                 prefix: format!("{scope}:"),
                 ..Default::default()
@@ -197,6 +214,10 @@ fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
     let mut child = Command::new(&exe)
         .env("CONC_LOCK_CHILD", dir.path())
         .env("CONC_LOCK_PAUSED", "1")
+        .env(
+            "CONC_LOCK_CLUSTER_URL",
+            CLUSTER_URL.get().map_or("", String::as_str),
+        )
         .env("CONC_LOCK_BACKEND", backend)
         .env("CONC_LOCK_SCOPE", scope)
         .spawn()
@@ -315,6 +336,10 @@ fn contend(backend: &str, scope: &str) -> Result<(), String> {
             Command::new(&exe)
                 .env("CONC_LOCK_CHILD", dir.path())
                 .env("CONC_LOCK_BACKEND", backend)
+                .env(
+                    "CONC_LOCK_CLUSTER_URL",
+                    CLUSTER_URL.get().map_or("", String::as_str),
+                )
                 .env("CONC_LOCK_SCOPE", &scope)
                 .env("CONC_LOCK_VICTIM", if i == 0 { "1" } else { "0" })
                 .spawn()
@@ -500,6 +525,20 @@ fn main() -> ExitCode {
             backends.push(backend);
         }
     }
+    // A Redis Cluster of the test's own (three masters), when Redis is built in.
+    #[cfg(feature = "redis")]
+    let _cluster = match conc_lock_store::servers::PrivateRedisCluster::start(3, 0) {
+        Ok(Some(cluster)) => {
+            let _ = CLUSTER_URL.set(cluster.url());
+            backends.push("redis-cluster");
+            Some(cluster)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("several processes on redis-cluster FAILED: cannot start the cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (mut passed, mut failed) = (0, 0);
     for backend in backends {
         match parent(backend) {

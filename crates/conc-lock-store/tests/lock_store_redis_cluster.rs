@@ -1,0 +1,183 @@
+//! The Redis backend on a Redis Cluster of the test's own (`servers::PrivateRedisCluster`:
+//! `redis-server --cluster-enabled yes` on free ports, joined by `redis-cli --cluster
+//! create`): the whole conformance suite, and the loss of a master.
+
+#![cfg(all(feature = "redis", feature = "conformance"))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conc_lock_store::conformance::{self, FencedFile};
+use conc_lock_store::servers::PrivateRedisCluster;
+use conc_lock_store::{LockGuard, LockRequest, LockStore, RedisConfig, RedisLockStore};
+
+fn config() -> RedisConfig {
+    RedisConfig {
+        prefix: "cluster:".into(),
+        op_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_conforms() {
+    let Some(cluster) = PrivateRedisCluster::start(3, 0).unwrap() else {
+        return;
+    };
+    let store = RedisLockStore::connect(&cluster.url(), config())
+        .await
+        .unwrap();
+    assert!(store.is_cluster());
+    conformance::run_all(Arc::new(store), "redis-cluster").await;
+}
+
+/// Keys spread over every master: `list` walks them all, in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_cleanup_walk_every_master() {
+    let Some(cluster) = PrivateRedisCluster::start(3, 0).unwrap() else {
+        return;
+    };
+    let store = RedisLockStore::connect(&cluster.url(), config())
+        .await
+        .unwrap();
+    let mut masters = std::collections::HashSet::new();
+    for n in 0..40 {
+        let key = format!("spread:{n:02}");
+        masters.insert(cluster.master_of(&key).unwrap());
+        store
+            .try_acquire(&LockRequest::new(&key, "o", Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(masters.len(), 3, "the keys fall on every master");
+    let listed = store.list("spread:", 1000).await.unwrap();
+    let keys: Vec<String> = listed.into_iter().map(|info| info.key).collect();
+    let expected: Vec<String> = (0..40).map(|n| format!("spread:{n:02}")).collect();
+    assert_eq!(keys, expected);
+    assert_eq!(store.list("spread:", 7).await.unwrap().len(), 7);
+    for n in 0..10 {
+        let request = LockRequest::new(format!("short:{n}"), "o", Duration::from_millis(50));
+        store.try_acquire(&request).await.unwrap().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(store.cleanup_expired().await.unwrap(), 10);
+    assert_eq!(store.cleanup_expired().await.unwrap(), 0);
+}
+
+/// A master dies: its replica takes over; leases on the other masters never notice; every
+/// key can be locked again, with fences that only went forward, and a holder fenced off by
+/// a take-over after the failover cannot write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_fences_go_forward() {
+    let Some(mut cluster) = PrivateRedisCluster::start(3, 1).unwrap() else {
+        return;
+    };
+    let url = cluster.url();
+    let store: Arc<dyn LockStore> =
+        Arc::new(RedisLockStore::connect(&url, config()).await.unwrap());
+    let other: Arc<dyn LockStore> =
+        Arc::new(RedisLockStore::connect(&url, config()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..24).map(|n| format!("conv:{n}")).collect();
+    let victim = cluster.master_of(&keys[0]).unwrap();
+    let on_victim: Vec<&String> = keys
+        .iter()
+        .filter(|k| cluster.master_of(k).unwrap() == victim)
+        .collect();
+    let elsewhere: Vec<&String> = keys
+        .iter()
+        .filter(|k| cluster.master_of(k).unwrap() != victim)
+        .collect();
+    assert!(!elsewhere.is_empty());
+    let ttl = Duration::from_secs(3);
+    let mut before = std::collections::HashMap::new();
+    let mut guards = Vec::new();
+    for key in &keys {
+        let guard = LockGuard::acquire(
+            store.clone(),
+            LockRequest::new(key.as_str(), "holder", ttl),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        FencedFile::new(dir.path().join(key))
+            .write(guard.fence())
+            .unwrap();
+        before.insert(key.clone(), guard.fence());
+        guards.push(guard);
+    }
+    cluster.kill(victim);
+    // The other masters go on: their holders renew, and nobody else gets in.
+    for key in &elsewhere {
+        let intruder = LockRequest::new(key.as_str(), "intruder", ttl);
+        assert!(other.try_acquire(&intruder).await.unwrap().is_none());
+    }
+    cluster.wait_until_ok(Duration::from_secs(30)).unwrap();
+    // After the failover every key is served again; a take-over fences off the holder.
+    for key in &on_victim {
+        let request = LockRequest::new(key.as_str(), "operator", ttl);
+        let mut taken = None;
+        let mut last_error = None;
+        for _ in 0..200 {
+            match other.take_over(&request).await {
+                Ok(lease) => {
+                    taken = Some(lease);
+                    break;
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+            }
+        }
+        let taken = taken.unwrap_or_else(|| {
+            panic!("{key} is not served again after the failover: {last_error:?}")
+        });
+        assert!(
+            taken.fence > before[*key],
+            "fence {} after {}",
+            taken.fence,
+            before[*key]
+        );
+        let resource = FencedFile::new(dir.path().join(key));
+        resource.write(taken.fence).unwrap();
+        assert!(
+            resource.write(before[*key]).is_err(),
+            "the old holder is fenced off"
+        );
+        assert!(other.release(&taken).await.unwrap());
+    }
+    for (key, guard) in keys.iter().zip(&guards) {
+        if on_victim.contains(&key) {
+            tokio::time::timeout(Duration::from_secs(5), guard.lost().aborted())
+                .await
+                .expect("the holder fenced off by the take-over learns of it");
+        } else {
+            assert!(!guard.lost().is_aborted(), "{key} was never touched");
+        }
+    }
+    // The killed node comes back (empty) as a replica; the cluster stays whole.
+    cluster.restart(victim).unwrap();
+    cluster.wait_until_ok(Duration::from_secs(30)).unwrap();
+    for key in &keys {
+        let lease = loop {
+            if let Some(lease) = other
+                .try_acquire(&LockRequest::new(key.as_str(), "after", ttl))
+                .await
+                .unwrap()
+            {
+                break lease;
+            }
+            if !on_victim.contains(&key) {
+                // Still held by its first holder: take it, fenced.
+                break other
+                    .take_over(&LockRequest::new(key.as_str(), "after", ttl))
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(lease.fence > before[key]);
+    }
+}
