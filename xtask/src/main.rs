@@ -194,7 +194,11 @@ fn bench(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "conc-benches", "--"]);
+    cmd.args(["bench", "-p", "conc-benches"]);
+    for bench in ["core", "async", "retry", "lock_store", "session"] {
+        cmd.args(["--bench", bench]);
+    }
+    cmd.arg("--");
     if quick {
         cmd.args([
             "--warm-up-time",
@@ -205,10 +209,20 @@ fn bench(args: &[String]) -> Result {
             "20",
         ]);
     }
-    for f in filter {
+    for f in &filter {
         cmd.arg(f);
     }
     run("bench", &mut cmd)?;
+    // The hand-off latency is a distribution (p50, p99), not a criterion case.
+    let runs_handoff = filter.is_empty() || filter.iter().any(|f| "handoff".contains(f.as_str()));
+    if runs_handoff {
+        let mut handoff = cargo();
+        handoff.args(["bench", "-p", "conc-benches", "--bench", "handoff", "--"]);
+        if quick {
+            handoff.arg("--quick");
+        }
+        run("bench-handoff", &mut handoff)?;
+    }
     let machine = machine_description();
     let (rows, report) = report::write(
         Path::new("target/criterion"),
@@ -216,6 +230,15 @@ fn bench(args: &[String]) -> Result {
         &machine,
     )
     .map_err(|e| format!("bench report: {e}"))?;
+    if runs_handoff {
+        let handoff = std::fs::read_to_string("target/conc-bench/handoff.md")
+            .map_err(|e| format!("bench report: the hand-off table: {e}"))?;
+        let mut text =
+            std::fs::read_to_string(&report).map_err(|e| format!("bench report: {e}"))?;
+        text.push('\n');
+        text.push_str(&handoff.replacen("# Hand-off latency", "## Hand-off latency", 1));
+        std::fs::write(&report, text).map_err(|e| format!("bench report: {e}"))?;
+    }
     eprintln!(
         "==> [bench] {} rows written to {} (and ratios.svg)",
         rows.len(),
