@@ -36,6 +36,7 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     monotonic_fence(&store, prefix).await;
     foreign_release_refused(&store, prefix).await;
     renew_after_expiry_fails(&store, prefix).await;
+    renew_many_answers_per_lease(&store, prefix).await;
     inspect_is_truthful(&store, prefix).await;
     list_by_prefix(&store, prefix).await;
     cleanup_count(&store, prefix).await;
@@ -45,6 +46,73 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     guard_renews_and_reports_loss(&store, prefix).await;
     take_over_fences_off_the_holder(&store, prefix).await;
     take_over_reaches_the_holder_at_once(&store, prefix).await;
+}
+
+/// `renew_many` renews the live leases of a batch and refuses, one by one, the released,
+/// taken-over and expired ones and a TTL out of range; results in the order given.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
+pub async fn renew_many_answers_per_lease(store: &Arc<dyn LockStore>, prefix: &str) {
+    let acquire = |name: &str, ttl: Duration| {
+        let request = LockRequest::new(key(prefix, &format!("many:{name}")), "batch", ttl);
+        let store = store.clone();
+        async move {
+            store
+                .try_acquire(&request)
+                .await
+                .expect("try_acquire")
+                .expect("free")
+        }
+    };
+    let live = acquire("live", Duration::from_secs(5)).await;
+    let other = acquire("other", Duration::from_secs(5)).await;
+    let released = acquire("released", Duration::from_secs(5)).await;
+    let taken = acquire("taken", Duration::from_secs(5)).await;
+    let expired = acquire("expired", Duration::from_millis(50)).await;
+    assert!(store.release(&released).await.expect("release"));
+    store
+        .take_over(&LockRequest::new(
+            taken.key.clone(),
+            "operator",
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("take_over");
+    let mut too_long = other.clone();
+    too_long.ttl = store.max_ttl() + Duration::from_secs(1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let batch = [
+        live.clone(),
+        released.clone(),
+        taken.clone(),
+        expired.clone(),
+        too_long,
+        other.clone(),
+    ];
+    let results = store.renew_many(&batch).await;
+    assert_eq!(results.len(), batch.len(), "one result per lease");
+    let renewed = results[0].as_ref().expect("the live lease is renewed");
+    assert_eq!(renewed.fence, live.fence);
+    assert!(renewed.expires_at >= live.expires_at);
+    for (n, what) in [(1, "released"), (2, "taken over"), (3, "expired")] {
+        assert!(
+            matches!(results[n], Err(LockError::Lost { .. })),
+            "the {what} lease is lost: {:?}",
+            results[n]
+        );
+    }
+    assert!(
+        matches!(results[4], Err(LockError::InvalidTtl { .. })),
+        "a TTL out of range is refused: {:?}",
+        results[4]
+    );
+    assert!(results[5].is_ok(), "the last live lease is renewed");
+    for lease in [live, other] {
+        store.release(&lease).await.expect("release");
+    }
+    let _ = store.force_release(&taken.key).await;
 }
 
 fn key(prefix: &str, name: &str) -> String {

@@ -150,6 +150,34 @@ pub enum LockError {
 }
 
 impl LockError {
+    /// The error to report for each lease of a batch whose one request failed (a batched
+    /// renewal): the same kind and message, without the source, which cannot be shared.
+    pub(crate) fn for_each_of_a_batch(&self) -> LockError {
+        match self {
+            LockError::Connect {
+                backend,
+                cause,
+                message,
+            } => LockError::Connect {
+                backend,
+                cause: *cause,
+                message: message.clone(),
+            },
+            LockError::Backend {
+                backend, message, ..
+            } => LockError::Backend {
+                backend,
+                message: message.clone(),
+                source: None,
+            },
+            other => LockError::Backend {
+                backend: "lock store",
+                message: other.to_string(),
+                source: None,
+            },
+        }
+    }
+
     /// A backend error with its source.
     pub fn backend(
         backend: &'static str,

@@ -118,6 +118,23 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// A dropped call may or may not have renewed; the lease keeps its old or new expiry.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError>;
 
+    /// Renews each of `leases` for its own TTL ([`Lease::ttl`]) in as few round trips as
+    /// the backend allows: one statement on PostgreSQL, one pipeline on one Redis server
+    /// (on a cluster, the requests of each node go out together on its connection), one
+    /// transaction on SQLite. The results come in the order of `leases`, each as
+    /// [`renew`](Self::renew) would give it. Every [`LockGuard`] of a process renews
+    /// through this, batched with the other guards on the same store.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`renew`](Self::renew): a dropped call may have renewed some of the leases.
+    async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
+        let mut out = Vec::with_capacity(leases.len());
+        for lease in leases {
+            out.push(self.renew(lease, lease.ttl).await);
+        }
+        out
+    }
     /// The live lease on `key`, if any.
     ///
     /// # Cancel safety

@@ -81,6 +81,7 @@ struct Sql {
     release: String,
     release_retry: String,
     renew: String,
+    renew_many: String,
     inspect: String,
     list: String,
     cleanup: String,
@@ -369,6 +370,12 @@ impl PostgresLockStore {
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
                  WHERE key = $1 AND token = $2 AND {live} RETURNING expires_at"
             ),
+            renew_many: format!(
+                "UPDATE {t} SET expires_at = clock_timestamp() + r.ttl * interval '1 millisecond'
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(rkey, rtoken, ttl)
+                 WHERE key = r.rkey AND token = r.rtoken AND {live}
+                 RETURNING key, token, expires_at"
+            ),
             inspect: format!("SELECT {info} FROM {t} WHERE key = $1 AND {live}"),
             list: format!(
                 "SELECT {info} FROM {t} WHERE key >= $1 AND starts_with(key, $1) AND {live} ORDER BY key LIMIT $2"
@@ -600,6 +607,50 @@ impl LockStore for PostgresLockStore {
             )
             .await?;
         lease.renewed(rows.first().map(|row| row.get(0)), ttl, sent)
+    }
+
+    async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
+        let mut out: Vec<Option<Result<Lease, LockError>>> = Vec::with_capacity(leases.len());
+        let (mut keys, mut tokens, mut ttls) = (Vec::new(), Vec::new(), Vec::new());
+        for lease in leases {
+            match validate_ttl(lease.ttl, self.config.max_ttl) {
+                Ok(()) => {
+                    keys.push(lease.key.as_str());
+                    tokens.push(lease.token.as_str());
+                    ttls.push(millis(lease.ttl));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        if !keys.is_empty() {
+            let sent = tokio::time::Instant::now();
+            match self
+                .rows("renew", &self.sql.renew_many, &[&keys, &tokens, &ttls])
+                .await
+            {
+                Ok(rows) => {
+                    let renewed: std::collections::HashMap<(String, String), SystemTime> = rows
+                        .iter()
+                        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+                        .collect();
+                    for (slot, lease) in out.iter_mut().zip(leases) {
+                        if slot.is_none() {
+                            let expires = renewed
+                                .get(&(lease.key.clone(), lease.token.clone()))
+                                .copied();
+                            *slot = Some(lease.renewed(expires, lease.ttl, sent));
+                        }
+                    }
+                }
+                Err(error) => {
+                    for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                        *slot = Some(Err(error.for_each_of_a_batch()));
+                    }
+                }
+            }
+        }
+        out.into_iter().flatten().collect()
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {

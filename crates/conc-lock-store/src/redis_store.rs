@@ -213,6 +213,8 @@ return 0";
 
 struct Scripts {
     init: Script,
+    /// The renew script's source, for `SCRIPT LOAD` before a batch of `EVALSHA`s.
+    renew_source: String,
     acquire: Script,
     release: Script,
     renew: Script,
@@ -227,6 +229,7 @@ impl Scripts {
         let guarded = |body: &str| Script::new(&format!("{NOW}{GUARD}{body}"));
         Self {
             init: guarded(INIT),
+            renew_source: format!("{NOW}{GUARD}{RENEW}"),
             acquire: guarded(ACQUIRE),
             release: s(RELEASE),
             renew: guarded(RENEW),
@@ -841,6 +844,13 @@ impl RedisLockStore {
 
     /// The guard's arguments: the marker key, the known id, a fresh id, the delay.
     fn guard_args(&self, slot: u16, invocation: &mut redis::ScriptInvocation<'_>) {
+        let (marker, known, fresh, delay) = self.guard_values(slot);
+        invocation.key(marker).arg(known).arg(fresh).arg(delay);
+    }
+
+    /// The values of [`guard_args`](Self::guard_args): marker key, known id, fresh id,
+    /// delay (ms).
+    fn guard_values(&self, slot: u16) -> (String, String, String, u64) {
         let (known, longest) = {
             let epoch = self.epoch.lock();
             (
@@ -855,11 +865,7 @@ impl RedisLockStore {
                 longest + default_drift_margin(longest)
             }
         };
-        invocation
-            .key(self.marker_key(slot))
-            .arg(known)
-            .arg(random_token())
-            .arg(ms(delay));
+        (self.marker_key(slot), known, random_token(), ms(delay))
     }
 
     /// Remembers the marker as the server reported it; warns once per wipe found.
@@ -1153,6 +1159,97 @@ impl LockStore for RedisLockStore {
             self.run("renew", &invocation).await?;
         self.learn(slot, &(id, after, longest, wiped));
         lease.renewed(renewed.map(from_unix_millis), ttl, sent)
+    }
+
+    async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
+        if self.is_cluster() {
+            // The cluster connection multiplexes each node's requests on one connection:
+            // issued together, they go out together.
+            let renewals = leases.iter().map(|lease| self.renew(lease, lease.ttl));
+            return futures_util::future::join_all(renewals).await;
+        }
+        let mut out: Vec<Option<Result<Lease, LockError>>> = Vec::with_capacity(leases.len());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for lease in leases {
+            if let Err(e) = validate_ttl(lease.ttl, self.config.max_ttl) {
+                out.push(Some(Err(e)));
+                continue;
+            }
+            let (marker, known, fresh, delay) = self.guard_values(0);
+            let mut command = redis::cmd("EVALSHA");
+            command
+                .arg(self.scripts.renew.get_hash())
+                .arg(2)
+                .arg(marker)
+                .arg(self.lock_key(&lease.key))
+                .arg(known)
+                .arg(fresh)
+                .arg(delay)
+                .arg(&lease.key)
+                .arg(&lease.token)
+                .arg(ms(lease.ttl))
+                .arg(ms(self.config.grace))
+                .arg(self.events_channel());
+            pipe.add_command(command);
+            out.push(None);
+        }
+        type RenewReply = (String, i64, u64, i64, Option<i64>);
+        let sent = tokio::time::Instant::now();
+        let mut replies: Result<Vec<redis::RedisResult<RenewReply>>, LockError> =
+            Err(timed_out("renew", self.config.op_timeout));
+        for attempt in 0..2 {
+            let mut connection = self.connection.clone();
+            let call = pipe.query_async::<Vec<redis::RedisResult<RenewReply>>>(&mut connection);
+            replies = match tokio::time::timeout(self.config.op_timeout, call).await {
+                Ok(Ok(replies)) => Ok(replies),
+                Ok(Err(e)) => Err(redis_error("renew")(e)),
+                Err(_) => Err(timed_out("renew", self.config.op_timeout)),
+            };
+            let missing_script = matches!(&replies, Ok(r) if r.iter().any(|reply| matches!(reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))));
+            if attempt == 0 && missing_script {
+                // A restarted server forgot the script: load it and send the batch again.
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(&self.scripts.renew_source);
+                if let Err(e) = self
+                    .query::<String>("load the renew script", load, None)
+                    .await
+                {
+                    replies = Err(e);
+                    break;
+                }
+                continue;
+            }
+            break;
+        }
+        match replies {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                for (slot, lease) in out.iter_mut().zip(leases) {
+                    if slot.is_some() {
+                        continue;
+                    }
+                    *slot = Some(match replies.next() {
+                        Some(Ok((id, after, longest, wiped, renewed))) => {
+                            self.learn(0, &(id, after, longest, wiped));
+                            lease.renewed(renewed.map(from_unix_millis), lease.ttl, sent)
+                        }
+                        Some(Err(e)) => Err(redis_error("renew")(e)),
+                        None => Err(LockError::Backend {
+                            backend: BACKEND,
+                            message: "renew: a batched reply is missing".into(),
+                            source: None,
+                        }),
+                    });
+                }
+            }
+            Err(error) => {
+                for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                    *slot = Some(Err(error.for_each_of_a_batch()));
+                }
+            }
+        }
+        out.into_iter().flatten().collect()
     }
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {

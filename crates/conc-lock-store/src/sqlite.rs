@@ -562,6 +562,51 @@ impl LockStore for SqliteLockStore {
         .await
     }
 
+    async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
+        let max_ttl = self.config.max_ttl;
+        let batch = leases.to_vec();
+        let sent = tokio::time::Instant::now();
+        let count = batch.len();
+        // One transaction on the connection's thread: one round trip, one commit.
+        let outcome = self
+            .call(move |connection| {
+                let transaction = connection.transaction().map_err(sql_error("renew"))?;
+                let mut out = Vec::with_capacity(batch.len());
+                {
+                    let mut statement = transaction
+                        .prepare_cached(
+                            "UPDATE conc_locks SET expires_at = ?4 WHERE key = ?1 AND token = ?2 AND expires_at > ?3",
+                        )
+                        .map_err(sql_error("renew"))?;
+                    let now = now_millis();
+                    for lease in &batch {
+                        if let Err(e) = validate_ttl(lease.ttl, max_ttl) {
+                            out.push(Err(e));
+                            continue;
+                        }
+                        let expires_at = now.saturating_add(ttl_millis(lease.ttl));
+                        let renewed = statement
+                            .execute(params![lease.key, lease.token, now, expires_at])
+                            .map_err(sql_error("renew"))?;
+                        out.push(lease.renewed(
+                            (renewed == 1).then(|| from_unix_millis(expires_at)),
+                            lease.ttl,
+                            sent,
+                        ));
+                    }
+                }
+                transaction.commit().map_err(sql_error("renew"))?;
+                Ok(out)
+            })
+            .await;
+        match outcome {
+            Ok(out) => out,
+            Err(error) => (0..count)
+                .map(|_| Err(error.for_each_of_a_batch()))
+                .collect(),
+        }
+    }
+
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
         validate_key(key)?;
         let key = key.to_owned();

@@ -223,6 +223,39 @@ mod redis_faults {
         assert!(error.to_string().contains("CONFIG"), "{error}");
     }
 
+    /// A batched renewal after the server forgot its scripts (`SCRIPT FLUSH`, as after a
+    /// restart) loads the script and renews every lease of the batch.
+    #[tokio::test]
+    async fn a_batched_renewal_survives_a_script_flush() {
+        let Some(server) = PrivateRedis::start(&[]).unwrap() else {
+            return;
+        };
+        let store = RedisLockStore::connect(&server.url(), config())
+            .await
+            .unwrap();
+        let mut leases = Vec::new();
+        for n in 0..50 {
+            let request = LockRequest::new(format!("k{n}"), "o", Duration::from_secs(5));
+            leases.push(store.try_acquire(&request).await.unwrap().unwrap());
+        }
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut admin(&server.url()).await)
+            .await
+            .unwrap();
+        let results = store.renew_many(&leases).await;
+        assert_eq!(results.len(), 50);
+        for (lease, result) in leases.iter().zip(&results) {
+            let renewed = result.as_ref().expect("renewed");
+            assert_eq!(renewed.fence, lease.fence);
+        }
+        // And a lost one in the middle of a batch is refused alone.
+        assert!(store.release(&leases[7]).await.unwrap());
+        let results = store.renew_many(&leases).await;
+        assert!(matches!(results[7], Err(LockError::Lost { .. })));
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 49);
+    }
+
     #[tokio::test]
     async fn a_ttl_of_duration_max_writes_nothing() {
         let Some(server) = PrivateRedis::start(&[]).unwrap() else {
