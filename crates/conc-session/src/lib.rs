@@ -30,9 +30,10 @@
 //! });
 //! manager.create_session("s-1").await.unwrap();
 //! let message = Message::new("m-1", Role::User, "hi");
-//! manager.append_message("s-1", message.clone()).await.unwrap();
-//! let saved = manager.append_message("s-1", message).await.unwrap(); // a duplicate
-//! assert_eq!(saved.messages.len(), 1);
+//! let first = manager.append_message("s-1", message.clone()).await.unwrap();
+//! let again = manager.append_message("s-1", message).await.unwrap(); // a duplicate
+//! assert!(first.added && !again.added);
+//! assert_eq!(manager.session("s-1").await.unwrap().messages.len(), 1);
 //! # }
 //! ```
 
@@ -51,4 +52,4 @@ pub use manager::{
 pub use store::PostgresSessionStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteSessionStore;
-pub use store::{MemorySessionStore, SessionStore, connect};
+pub use store::{Appended, MemorySessionStore, SessionStore, connect};

@@ -13,7 +13,7 @@ use conc_lock_store::{LockError, LockGuard, LockRequest, LockStore};
 
 use crate::data::{Message, SessionData};
 use crate::error::{GenerationError, SessionError};
-use crate::store::{SessionStore, check_id};
+use crate::store::{Appended, SessionStore, check_id};
 
 /// Settings of a [`SessionManager`].
 #[derive(Debug, Clone)]
@@ -365,7 +365,9 @@ impl SessionManager {
         }
     }
 
-    /// Appends `message` unless a message with its id is already there (idempotent).
+    /// Appends `message` unless a message with its id is already there (idempotent), in
+    /// one atomic store operation whose cost does not grow with the conversation
+    /// ([`SessionStore::append`]).
     ///
     /// # Cancel safety
     ///
@@ -374,13 +376,8 @@ impl SessionManager {
         &self,
         id: &str,
         message: Message,
-    ) -> Result<SessionData, SessionError> {
-        self.update_session(id, |data| {
-            if !data.has_message(&message.id) {
-                data.messages.push(message.clone());
-            }
-        })
-        .await
+    ) -> Result<Appended, SessionError> {
+        self.inner.context.sessions.append(id, &message, None).await
     }
 
     /// Takes the processing lock for `expected_session`: while the guard lives,
@@ -737,8 +734,11 @@ pub struct GenerationGuard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GenerationWrite {
-    /// Saved: the session as saved.
+    /// Saved: the session as saved (by [`GenerationGuard::update`]).
     Committed(SessionData),
+    /// Appended (by [`GenerationGuard::append_reply`]): the session's version and fence
+    /// after it. `added` is `false` when the reply was there already.
+    Appended(Appended),
     /// Not written: the generation was stopped (in this process or another).
     Stopped,
     /// Not written: the generation's lease ran out or was taken (a take-over, a forced
@@ -755,7 +755,7 @@ pub enum GenerationWrite {
 }
 
 impl GenerationWrite {
-    /// The saved session, if the write was committed.
+    /// The saved session, if an [`update`](GenerationGuard::update) was committed.
     pub fn committed(self) -> Option<SessionData> {
         match self {
             GenerationWrite::Committed(session) => Some(session),
@@ -763,9 +763,12 @@ impl GenerationWrite {
         }
     }
 
-    /// Whether the write was committed.
+    /// Whether the write was committed (an update saved or a reply appended).
     pub fn is_committed(&self) -> bool {
-        matches!(self, GenerationWrite::Committed(_))
+        matches!(
+            self,
+            GenerationWrite::Committed(_) | GenerationWrite::Appended(_)
+        )
     }
 }
 
@@ -791,13 +794,46 @@ impl GenerationGuard {
         &self,
         mut message: Message,
     ) -> Result<GenerationWrite, GenerationError> {
-        message.fence = Some(self.fence());
-        self.update(move |data| {
-            if !data.has_message(&message.id) {
-                data.messages.push(message.clone());
+        let fence = self.fence();
+        message.fence = Some(fence);
+        if let Some(refused) = self.refusal() {
+            return Ok(refused);
+        }
+        match self
+            .manager
+            .inner
+            .context
+            .sessions
+            .append(&self.conversation, &message, Some(fence))
+            .await
+        {
+            Ok(appended) => Ok(GenerationWrite::Appended(appended)),
+            Err(SessionError::StaleFence { fence, seen, .. }) => {
+                self.count_dropped();
+                Ok(GenerationWrite::Superseded { fence, seen })
             }
-        })
-        .await
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// `Stopped` or `LeaseLost` (counted as a dropped result) when the generation may not
+    /// write any more, as this process knows; `None` when it may try.
+    fn refusal(&self) -> Option<GenerationWrite> {
+        let stopped_here = self
+            .controller
+            .signal()
+            .reason()
+            .is_some_and(|reason| *reason.root() == stop_reason());
+        let lease_valid = self.lock.as_ref().is_some_and(LockGuard::is_valid);
+        if stopped_here || (lease_valid && self.controller.is_aborted()) {
+            self.count_dropped();
+            return Some(GenerationWrite::Stopped);
+        }
+        if !lease_valid {
+            self.count_dropped();
+            return Some(GenerationWrite::LeaseLost);
+        }
+        None
     }
 
     /// Applies `update` to the conversation's session, fenced: refused, with nothing
@@ -813,19 +849,8 @@ impl GenerationGuard {
         update: impl FnMut(&mut SessionData) + Send,
     ) -> Result<GenerationWrite, GenerationError> {
         let fence = self.fence();
-        let stopped_here = self
-            .controller
-            .signal()
-            .reason()
-            .is_some_and(|reason| *reason.root() == stop_reason());
-        let lease_valid = self.lock.as_ref().is_some_and(LockGuard::is_valid);
-        if stopped_here || (lease_valid && self.controller.is_aborted()) {
-            self.count_dropped();
-            return Ok(GenerationWrite::Stopped);
-        }
-        if !lease_valid {
-            self.count_dropped();
-            return Ok(GenerationWrite::LeaseLost);
+        if let Some(refused) = self.refusal() {
+            return Ok(refused);
         }
         match self
             .manager

@@ -1,11 +1,24 @@
 //! [`SessionStore`]: where sessions live, with optimistic versioning; memory, SQLite and
 //! PostgreSQL backends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::data::SessionData;
+use crate::data::{Message, SessionData};
 use crate::error::SessionError;
+
+/// What [`SessionStore::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Appended {
+    /// Whether the message was added; `false` when a message with its id was there
+    /// already (nothing changed).
+    pub added: bool,
+    /// The session's version after the call.
+    pub version: u64,
+    /// The session's recorded fence after the call.
+    pub fence: u64,
+}
 
 /// Keeps sessions. `save` compares versions, so a stale write fails with
 /// [`SessionError::Conflict`] instead of overwriting a newer one.
@@ -68,6 +81,62 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     ///
     /// Cancel safe: it only reads.
     async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError>;
+
+    /// Appends `message` to session `id`, unless a message with its id is there already
+    /// (then nothing changes: a retried append is applied once). The session's version
+    /// rises by one, so a concurrent [`save`](Self::save) of an older copy is a conflict,
+    /// never an overwrite. With `fence`: refused with [`SessionError::StaleFence`]
+    /// (nothing written) when the session has recorded a newer fence; otherwise `fence` is
+    /// recorded, atomically with the append.
+    ///
+    /// Costs O(1) in the conversation's length on every backend of this crate: a message
+    /// is one row (SQLite, PostgreSQL) or one entry (memory), and the session's own row is
+    /// not rewritten. The default, for other stores, reads and saves the whole session.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have appended; appending again is harmless.
+    async fn append(
+        &self,
+        id: &str,
+        message: &Message,
+        fence: Option<u64>,
+    ) -> Result<Appended, SessionError> {
+        loop {
+            let mut session = self
+                .load(id)
+                .await?
+                .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+            if let Some(fence) = fence
+                && session.fence > fence
+            {
+                return Err(stale(id, fence, session.fence));
+            }
+            if session.has_message(&message.id) {
+                return Ok(Appended {
+                    added: false,
+                    version: session.version,
+                    fence: session.fence,
+                });
+            }
+            session.messages.push(message.clone());
+            let saved = match fence {
+                Some(fence) => self.save_fenced(&session, fence).await,
+                None => self.save(&session).await,
+            };
+            match saved {
+                Ok(saved) => {
+                    return Ok(Appended {
+                        added: true,
+                        version: saved.version,
+                        fence: saved.fence,
+                    });
+                }
+                Err(SessionError::Conflict { .. }) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+    }
 }
 
 fn stale(id: &str, fence: u64, seen: u64) -> SessionError {
@@ -137,7 +206,21 @@ pub(crate) fn check_id(id: &str) -> Result<(), SessionError> {
 /// Sessions in memory, for one process.
 #[derive(Debug, Default)]
 pub struct MemorySessionStore {
-    sessions: parking_lot::Mutex<HashMap<String, SessionData>>,
+    sessions: parking_lot::Mutex<HashMap<String, Stored>>,
+}
+
+/// A session and the ids of its messages (so an append checks for its id in O(1)).
+#[derive(Debug)]
+struct Stored {
+    data: SessionData,
+    ids: HashSet<String>,
+}
+
+impl Stored {
+    fn new(data: SessionData) -> Self {
+        let ids = data.messages.iter().map(|m| m.id.clone()).collect();
+        Self { data, ids }
+    }
 }
 
 impl MemorySessionStore {
@@ -156,22 +239,22 @@ impl MemorySessionStore {
             .get_mut(&session.id)
             .ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
         if let Some(fence) = fence
-            && stored.fence > fence
+            && stored.data.fence > fence
         {
-            return Err(stale(&session.id, fence, stored.fence));
+            return Err(stale(&session.id, fence, stored.data.fence));
         }
-        if stored.version != session.version {
+        if stored.data.version != session.version {
             return Err(SessionError::Conflict {
                 id: session.id.clone(),
                 expected: session.version,
             });
         }
-        *stored = SessionData {
+        *stored = Stored::new(SessionData {
             version: session.version + 1,
-            fence: stored.fence.max(fence.unwrap_or(0)),
+            fence: stored.data.fence.max(fence.unwrap_or(0)),
             ..session.clone()
-        };
-        Ok(stored.clone())
+        });
+        Ok(stored.data.clone())
     }
 }
 
@@ -187,12 +270,40 @@ impl SessionStore for MemorySessionStore {
             version: 0,
             ..session.clone()
         };
-        sessions.insert(session.id.clone(), stored.clone());
+        sessions.insert(session.id.clone(), Stored::new(stored.clone()));
         Ok(stored)
     }
 
     async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
-        Ok(self.sessions.lock().get(id).cloned())
+        Ok(self.sessions.lock().get(id).map(|s| s.data.clone()))
+    }
+
+    async fn append(
+        &self,
+        id: &str,
+        message: &Message,
+        fence: Option<u64>,
+    ) -> Result<Appended, SessionError> {
+        let mut sessions = self.sessions.lock();
+        let stored = sessions
+            .get_mut(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        if let Some(fence) = fence
+            && stored.data.fence > fence
+        {
+            return Err(stale(id, fence, stored.data.fence));
+        }
+        let added = stored.ids.insert(message.id.clone());
+        if added {
+            stored.data.messages.push(message.clone());
+            stored.data.version += 1;
+            stored.data.fence = stored.data.fence.max(fence.unwrap_or(0));
+        }
+        Ok(Appended {
+            added,
+            version: stored.data.version,
+            fence: stored.data.fence,
+        })
     }
 
     async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
@@ -212,10 +323,10 @@ impl SessionStore for MemorySessionStore {
         let stored = sessions
             .get_mut(id)
             .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
-        if stored.fence > fence {
-            return Err(stale(id, fence, stored.fence));
+        if stored.data.fence > fence {
+            return Err(stale(id, fence, stored.data.fence));
         }
-        stored.fence = fence;
+        stored.data.fence = fence;
         Ok(fence)
     }
 
@@ -296,16 +407,58 @@ fn decode(
     Ok(data)
 }
 
+/// The session's own row: its JSON without the messages, which are rows of their own.
+fn encode_head(session: &SessionData) -> Result<String, SessionError> {
+    encode(&SessionData {
+        messages: Vec::new(),
+        id: session.id.clone(),
+        metadata: session.metadata.clone(),
+        version: session.version,
+        fence: session.fence,
+    })
+}
+
+/// One message as its row stores it.
+fn encode_message(message: &Message) -> Result<String, SessionError> {
+    serde_json::to_string(message).map_err(|e| SessionError::Store {
+        backend: "json",
+        message: format!("could not encode message `{}`: {e}", message.id),
+    })
+}
+
+/// A session from its row and its message rows, in order. A row written before messages
+/// had rows of their own keeps them in its JSON: those come first.
+fn decode_with_messages(
+    backend: &'static str,
+    text: &str,
+    version: u64,
+    fence: u64,
+    messages: &[String],
+) -> Result<SessionData, SessionError> {
+    let mut data = decode(backend, text, version, fence)?;
+    data.messages.reserve(messages.len());
+    for body in messages {
+        data.messages
+            .push(serde_json::from_str(body).map_err(|e| SessionError::Store {
+                backend,
+                message: format!("a stored message is not valid: {e}"),
+            })?);
+    }
+    Ok(data)
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use std::path::Path;
     use std::time::Duration;
 
     use conc_lock_store::{SqliteWorker, SqliteWorkerError};
-    use rusqlite::{Connection, OptionalExtension, params};
+    use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-    use super::{SessionStore, check_id, decode, encode};
-    use crate::data::SessionData;
+    use super::{
+        Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message, stale,
+    };
+    use crate::data::{Message, SessionData};
     use crate::error::SessionError;
 
     const BACKEND: &str = "sqlite";
@@ -351,18 +504,44 @@ mod sqlite {
                 fence: session.fence.max(fence.unwrap_or(0)),
                 ..session.clone()
             };
-            let text = encode(&saved)?;
+            let text = encode_head(&saved)?;
+            let bodies = saved
+                .messages
+                .iter()
+                .map(|m| Ok((m.id.clone(), encode_message(m)?)))
+                .collect::<Result<Vec<_>, SessionError>>()?;
             let (id, expected) = (session.id.clone(), session.version as i64);
             let fence_arg = fence.map(fence_value).transpose()?;
             let changed = self
                 .call(move |c| {
-                    match fence_arg {
-                        None => c.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3 WHERE id = ?1 AND version = ?2")
+                    // The session's row and its message rows, in one transaction.
+                    let tx = Transaction::new_unchecked(c, TransactionBehavior::Immediate)
+                        .map_err(store_error)?;
+                    let changed = match fence_arg {
+                        None => tx.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3 WHERE id = ?1 AND version = ?2")
                             .and_then(|mut s| s.execute(params![id, expected, text])),
-                        Some(f) => c.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3, fence = ?4 WHERE id = ?1 AND version = ?2 AND fence <= ?4")
+                        Some(f) => tx.prepare_cached("UPDATE conc_sessions SET version = version + 1, data = ?3, fence = ?4 WHERE id = ?1 AND version = ?2 AND fence <= ?4")
                             .and_then(|mut s| s.execute(params![id, expected, text, f])),
                     }
-                    .map_err(store_error)
+                    .map_err(store_error)?;
+                    if changed != 1 {
+                        return Ok(changed);
+                    }
+                    tx.prepare_cached("DELETE FROM conc_session_messages WHERE session_id = ?1")
+                        .and_then(|mut s| s.execute([&id]))
+                        .map_err(store_error)?;
+                    {
+                        let mut insert = tx
+                            .prepare_cached("INSERT INTO conc_session_messages (session_id, seq, message_id, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")
+                            .map_err(store_error)?;
+                        for (seq, (message_id, body)) in bodies.iter().enumerate() {
+                            insert
+                                .execute(params![id, seq as i64, message_id, body])
+                                .map_err(store_error)?;
+                        }
+                    }
+                    tx.commit().map_err(store_error)?;
+                    Ok(changed)
                 })
                 .await?;
             if changed == 1 {
@@ -411,6 +590,14 @@ mod sqlite {
                              version INTEGER NOT NULL,
                              data TEXT NOT NULL,
                              fence INTEGER NOT NULL DEFAULT 0
+                         ) WITHOUT ROWID;
+                         CREATE TABLE IF NOT EXISTS conc_session_messages (
+                             session_id TEXT NOT NULL,
+                             seq INTEGER NOT NULL,
+                             message_id TEXT NOT NULL,
+                             body TEXT NOT NULL,
+                             PRIMARY KEY (session_id, seq),
+                             UNIQUE (session_id, message_id)
                          ) WITHOUT ROWID;",
                         )
                         .map_err(store_error)?;
@@ -497,12 +684,32 @@ mod sqlite {
                 version: 0,
                 ..session.clone()
             };
-            let text = encode(&stored)?;
+            let text = encode_head(&stored)?;
+            let bodies = stored
+                .messages
+                .iter()
+                .map(|m| Ok((m.id.clone(), encode_message(m)?)))
+                .collect::<Result<Vec<_>, SessionError>>()?;
             let id = stored.id.clone();
             let inserted = self
                 .call(move |c| {
-                    c.execute("INSERT OR IGNORE INTO conc_sessions (id, version, data) VALUES (?1, 0, ?2)", params![id, text])
-                        .map_err(store_error)
+                    let tx = Transaction::new_unchecked(c, TransactionBehavior::Immediate)
+                        .map_err(store_error)?;
+                    let inserted = tx
+                        .execute("INSERT OR IGNORE INTO conc_sessions (id, version, data) VALUES (?1, 0, ?2)", params![id, text])
+                        .map_err(store_error)?;
+                    if inserted == 1 {
+                        let mut insert = tx
+                            .prepare_cached("INSERT INTO conc_session_messages (session_id, seq, message_id, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")
+                            .map_err(store_error)?;
+                        for (seq, (message_id, body)) in bodies.iter().enumerate() {
+                            insert
+                                .execute(params![id, seq as i64, message_id, body])
+                                .map_err(store_error)?;
+                        }
+                    }
+                    tx.commit().map_err(store_error)?;
+                    Ok(inserted)
                 })
                 .await?;
             if inserted == 0 {
@@ -513,18 +720,98 @@ mod sqlite {
 
         async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
             let id = id.to_owned();
-            let row: Option<(i64, String, i64)> = self
+            type Row = (i64, String, i64, Vec<String>);
+            let row: Option<Row> = self
                 .read(move |c| {
-                    c.prepare_cached("SELECT version, data, fence FROM conc_sessions WHERE id = ?1")
+                    // One read transaction: the row and its messages from one snapshot.
+                    let tx = Transaction::new_unchecked(c, TransactionBehavior::Deferred)
+                        .map_err(store_error)?;
+                    let head: Option<(i64, String, i64)> = tx
+                        .prepare_cached("SELECT version, data, fence FROM conc_sessions WHERE id = ?1")
                         .and_then(|mut s| {
-                            s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                            s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                                 .optional()
                         })
-                        .map_err(store_error)
+                        .map_err(store_error)?;
+                    let Some((version, data, fence)) = head else {
+                        return Ok(None);
+                    };
+                    let messages = tx
+                        .prepare_cached("SELECT body FROM conc_session_messages WHERE session_id = ?1 ORDER BY seq")
+                        .and_then(|mut s| {
+                            s.query_map([&id], |r| r.get(0))?
+                                .collect::<Result<Vec<String>, _>>()
+                        })
+                        .map_err(store_error)?;
+                    tx.finish().map_err(store_error)?;
+                    Ok(Some((version, data, fence, messages)))
                 })
                 .await?;
-            row.map(|(version, text, fence)| decode(BACKEND, &text, version as u64, fence as u64))
-                .transpose()
+            row.map(|(version, text, fence, messages)| {
+                decode_with_messages(BACKEND, &text, version as u64, fence as u64, &messages)
+            })
+            .transpose()
+        }
+
+        async fn append(
+            &self,
+            id: &str,
+            message: &Message,
+            fence: Option<u64>,
+        ) -> Result<Appended, SessionError> {
+            let id = id.to_owned();
+            let message_id = message.id.clone();
+            let body = encode_message(message)?;
+            let fence_arg = fence.map(fence_value).transpose()?;
+            self.call(move |c| {
+                let tx = Transaction::new_unchecked(c, TransactionBehavior::Immediate)
+                    .map_err(store_error)?;
+                let head: Option<(i64, i64)> = tx
+                    .prepare_cached("SELECT version, fence FROM conc_sessions WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .map_err(store_error)?;
+                let Some((version, stored_fence)) = head else {
+                    return Err(SessionError::NotFound(id));
+                };
+                if let Some(f) = fence_arg
+                    && stored_fence > f
+                {
+                    return Err(stale(&id, f as u64, stored_fence as u64));
+                }
+                // Already there: as a row, or in the JSON of a row from before message rows.
+                let present: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM conc_session_messages WHERE session_id = ?1 AND message_id = ?2)
+                             OR EXISTS (SELECT 1 FROM conc_sessions, json_each(conc_sessions.data, '$.messages') AS m
+                                        WHERE conc_sessions.id = ?1 AND json_extract(m.value, '$.id') = ?2)",
+                    )
+                    .and_then(|mut s| s.query_row(params![id, message_id], |r| r.get(0)))
+                    .map_err(store_error)?;
+                if present {
+                    return Ok(Appended {
+                        added: false,
+                        version: version as u64,
+                        fence: stored_fence as u64,
+                    });
+                }
+                tx.prepare_cached(
+                    "INSERT INTO conc_session_messages (session_id, seq, message_id, body)
+                     SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3 FROM conc_session_messages WHERE session_id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, message_id, body]))
+                .map_err(store_error)?;
+                let new_fence = fence_arg.map_or(stored_fence, |f| f.max(stored_fence));
+                tx.prepare_cached("UPDATE conc_sessions SET version = version + 1, fence = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id, new_fence]))
+                    .map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(Appended {
+                    added: true,
+                    version: version as u64 + 1,
+                    fence: new_fence as u64,
+                })
+            })
+            .await
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
@@ -584,8 +871,10 @@ mod postgres {
     use tokio_postgres::Row;
     use tokio_postgres::types::ToSql;
 
-    use super::{SessionStore, check_id, decode, encode};
-    use crate::data::SessionData;
+    use super::{
+        Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message, stale,
+    };
+    use crate::data::{Message, SessionData};
     use crate::error::SessionError;
 
     const BACKEND: &str = "postgres";
@@ -600,7 +889,22 @@ mod postgres {
     pub struct PostgresSessionStore {
         pool: Pool,
         table: String,
+        /// `"schema".conc_session_messages`: one row per message.
+        messages: String,
+        /// `"schema".`, for the store's functions.
+        schema: String,
         op_timeout: Duration,
+    }
+
+    /// The ids and JSON bodies of `messages`, as the message rows store them.
+    fn message_rows(messages: &[Message]) -> Result<(Vec<String>, Vec<String>), SessionError> {
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut bodies = Vec::with_capacity(messages.len());
+        for message in messages {
+            ids.push(message.id.clone());
+            bodies.push(encode_message(message)?);
+        }
+        Ok((ids, bodies))
     }
 
     /// A fence as PostgreSQL stores it.
@@ -623,29 +927,22 @@ mod postgres {
                 fence: session.fence.max(fence.unwrap_or(0)),
                 ..session.clone()
             };
-            let text = encode(&saved)?;
+            let text = encode_head(&saved)?;
             let version = session.version as i64;
-            let changed = match fence.map(fence_value).transpose()? {
-                None => {
-                    let sql = format!(
-                        "UPDATE {} SET version = version + 1, data = $3 WHERE id = $1 AND version = $2 RETURNING 1",
-                        self.table
-                    );
-                    self.rows(&sql, &[&session.id, &version, &text])
-                        .await?
-                        .len()
-                }
-                Some(f) => {
-                    let sql = format!(
-                        "UPDATE {} SET version = version + 1, data = $3, fence = $4
-                         WHERE id = $1 AND version = $2 AND fence <= $4 RETURNING 1",
-                        self.table
-                    );
-                    self.rows(&sql, &[&session.id, &version, &text, &f])
-                        .await?
-                        .len()
-                }
-            };
+            let (ids, bodies) = message_rows(&saved.messages)?;
+            let fence_arg = fence.map(fence_value).transpose()?;
+            let sql = format!(
+                "SELECT {}conc_session_save($1, $2, $3, $4, $5, $6)",
+                self.schema
+            );
+            let changed = self
+                .rows(
+                    &sql,
+                    &[&session.id, &version, &text, &fence_arg, &ids, &bodies],
+                )
+                .await?
+                .first()
+                .map_or(0, |row| row.get::<_, i32>(0));
             if changed == 1 {
                 return Ok(saved);
             }
@@ -696,14 +993,53 @@ mod postgres {
             let store = Self {
                 pool,
                 table: format!("\"{schema}\".conc_sessions"),
+                messages: format!("\"{schema}\".conc_session_messages"),
+                schema: format!("\"{schema}\"."),
                 op_timeout: Duration::from_secs(5),
             };
             let client = store.client().await?;
+            let (t, m, s) = (&store.table, &store.messages, &store.schema);
+            // Messages are rows of their own, so an append costs the same at any length. The
+            // two functions run their statements in order, after locking the session's row:
+            // each sees what committed before it, so concurrent writers serialize per session.
             let create = format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-                 CREATE TABLE IF NOT EXISTS {0} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL);
-                 ALTER TABLE {0} ADD COLUMN IF NOT EXISTS fence BIGINT NOT NULL DEFAULT 0;",
-                store.table
+                 CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL);
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS fence BIGINT NOT NULL DEFAULT 0;
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS next_seq BIGINT NOT NULL DEFAULT 0;
+                 CREATE TABLE IF NOT EXISTS {m} (
+                     session_id TEXT NOT NULL, seq BIGINT NOT NULL, message_id TEXT NOT NULL, body TEXT NOT NULL,
+                     PRIMARY KEY (session_id, seq), UNIQUE (session_id, message_id));
+                 CREATE OR REPLACE FUNCTION {s}conc_session_append(p_id text, p_message_id text, p_body text, p_fence bigint)
+                 RETURNS TABLE (status int, out_version bigint, out_fence bigint) LANGUAGE plpgsql AS $f$
+                 DECLARE v bigint; f bigint; n bigint; d text;
+                 BEGIN
+                   SELECT x.version, x.fence, x.next_seq, x.data INTO v, f, n, d FROM {t} x WHERE x.id = p_id FOR UPDATE;
+                   IF NOT FOUND THEN RETURN QUERY SELECT 0, 0::bigint, 0::bigint; RETURN; END IF;
+                   IF p_fence IS NOT NULL AND f > p_fence THEN RETURN QUERY SELECT 1, v, f; RETURN; END IF;
+                   IF EXISTS (SELECT 1 FROM {m} y WHERE y.session_id = p_id AND y.message_id = p_message_id)
+                      OR COALESCE((d::jsonb -> 'messages') @> jsonb_build_array(jsonb_build_object('id', p_message_id)), false) THEN
+                     RETURN QUERY SELECT 2, v, f; RETURN;
+                   END IF;
+                   INSERT INTO {m} (session_id, seq, message_id, body) VALUES (p_id, n, p_message_id, p_body);
+                   UPDATE {t} x SET version = x.version + 1, next_seq = x.next_seq + 1, fence = GREATEST(x.fence, COALESCE(p_fence, 0))
+                     WHERE x.id = p_id RETURNING x.version, x.fence INTO v, f;
+                   RETURN QUERY SELECT 3, v, f;
+                 END $f$;
+                 CREATE OR REPLACE FUNCTION {s}conc_session_save(p_id text, p_version bigint, p_data text, p_fence bigint, p_ids text[], p_bodies text[])
+                 RETURNS int LANGUAGE plpgsql AS $f$
+                 DECLARE v bigint; f bigint;
+                 BEGIN
+                   SELECT x.version, x.fence INTO v, f FROM {t} x WHERE x.id = p_id FOR UPDATE;
+                   IF NOT FOUND OR v <> p_version OR (p_fence IS NOT NULL AND f > p_fence) THEN RETURN 0; END IF;
+                   DELETE FROM {m} WHERE session_id = p_id;
+                   INSERT INTO {m} (session_id, seq, message_id, body)
+                     SELECT p_id, u.o - 1, u.mid, u.body FROM unnest(p_ids, p_bodies) WITH ORDINALITY AS u(mid, body, o)
+                     ON CONFLICT DO NOTHING;
+                   UPDATE {t} x SET version = x.version + 1, data = p_data, next_seq = cardinality(p_ids),
+                     fence = GREATEST(x.fence, COALESCE(p_fence, 0)) WHERE x.id = p_id;
+                   RETURN 1;
+                 END $f$;"
             );
             let tx_work = async {
                 client
@@ -778,12 +1114,21 @@ mod postgres {
                 version: 0,
                 ..session.clone()
             };
-            let text = encode(&stored)?;
+            let text = encode_head(&stored)?;
+            let (ids, bodies) = message_rows(&stored.messages)?;
             let sql = format!(
-                "INSERT INTO {} (id, version, data) VALUES ($1, 0, $2) ON CONFLICT (id) DO NOTHING RETURNING 1",
-                self.table
+                "WITH s AS (INSERT INTO {} (id, version, data, next_seq) VALUES ($1, 0, $2, cardinality($3::text[]))
+                     ON CONFLICT (id) DO NOTHING RETURNING id),
+                 m AS (INSERT INTO {} (session_id, seq, message_id, body)
+                     SELECT s.id, u.o - 1, u.mid, u.body FROM s, unnest($3::text[], $4::text[]) WITH ORDINALITY AS u(mid, body, o)
+                     ON CONFLICT DO NOTHING)
+                 SELECT 1 FROM s",
+                self.table, self.messages
             );
-            let inserted = self.rows(&sql, &[&stored.id, &text]).await?.len();
+            let inserted = self
+                .rows(&sql, &[&stored.id, &text, &ids, &bodies])
+                .await?
+                .len();
             if inserted == 0 {
                 return Err(SessionError::AlreadyExists(stored.id));
             }
@@ -791,21 +1136,59 @@ mod postgres {
         }
 
         async fn load(&self, id: &str) -> Result<Option<SessionData>, SessionError> {
+            // One statement: the row and its messages from one snapshot.
             let sql = format!(
-                "SELECT version, data, fence FROM {} WHERE id = $1",
-                self.table
+                "SELECT s.version, s.data, s.fence,
+                        ARRAY(SELECT m.body FROM {} m WHERE m.session_id = s.id ORDER BY m.seq)
+                 FROM {} s WHERE s.id = $1",
+                self.messages, self.table
             );
             let rows = self.rows(&sql, &[&id]).await?;
             rows.first()
                 .map(|r| {
-                    decode(
+                    decode_with_messages(
                         BACKEND,
                         r.get::<_, &str>(1),
                         r.get::<_, i64>(0) as u64,
                         r.get::<_, i64>(2) as u64,
+                        &r.get::<_, Vec<String>>(3),
                     )
                 })
                 .transpose()
+        }
+
+        async fn append(
+            &self,
+            id: &str,
+            message: &Message,
+            fence: Option<u64>,
+        ) -> Result<Appended, SessionError> {
+            let body = encode_message(message)?;
+            let fence_arg = fence.map(fence_value).transpose()?;
+            let sql = format!(
+                "SELECT status, out_version, out_fence FROM {}conc_session_append($1, $2, $3, $4)",
+                self.schema
+            );
+            let rows = self
+                .rows(&sql, &[&id, &message.id, &body, &fence_arg])
+                .await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| store_error("the append function returned no row"))?;
+            let (status, version, stored_fence) = (
+                row.get::<_, i32>(0),
+                row.get::<_, i64>(1) as u64,
+                row.get::<_, i64>(2) as u64,
+            );
+            match status {
+                0 => Err(SessionError::NotFound(id.to_owned())),
+                1 => Err(stale(id, fence.unwrap_or(0), stored_fence)),
+                added => Ok(Appended {
+                    added: added == 3,
+                    version,
+                    fence: stored_fence,
+                }),
+            }
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {

@@ -155,7 +155,11 @@ async fn generations_are_fenced(
         "{late:?}"
     );
     let written = fourth.append_reply(reply("m-4-reply")).await.unwrap();
-    let saved = written.committed().expect("the current generation writes");
+    assert!(
+        matches!(written, GenerationWrite::Appended(a) if a.added && a.fence == fourth.fence()),
+        "the current generation writes: {written:?}"
+    );
+    let saved = here.session(conversation).await.unwrap();
     let replies: Vec<_> = saved
         .messages
         .iter()

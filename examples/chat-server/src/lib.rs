@@ -27,9 +27,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use conc_async::Supervisor;
-use conc_session::{
-    GenerationError, GenerationMode, GenerationWrite, Message, Role, SessionError, SessionManager,
-};
+use conc_session::{GenerationError, GenerationMode, Message, Role, SessionError, SessionManager};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -390,7 +388,7 @@ async fn generate(
         // newer generation (through any server) recorded a newer fence meanwhile.
         let message = Message::new(&reply_id, Role::Assistant, text.trim_end());
         match generation.append_reply(message).await {
-            Ok(GenerationWrite::Committed(_)) => {}
+            Ok(written) if written.is_committed() => {}
             Ok(_) => stopped = true,
             Err(e) => outcome = Err(e.to_string()),
         }
