@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::{LockError, LockGuard, LockRequest, LockStore, MAX_KEY_BYTES};
+use crate::{LockError, LockGuard, LockRequest, LockStore, MAX_KEY_BYTES, Semaphore};
 
 /// Runs every property against `store`, one after the other, under `prefix`.
 ///
@@ -46,6 +46,7 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     guard_renews_and_reports_loss(&store, prefix).await;
     take_over_fences_off_the_holder(&store, prefix).await;
     take_over_reaches_the_holder_at_once(&store, prefix).await;
+    semaphore_admits_n_holders(&store, prefix).await;
 }
 
 /// `renew_many` renews the live leases of a batch and refuses, one by one, the released,
@@ -113,6 +114,105 @@ pub async fn renew_many_answers_per_lease(store: &Arc<dyn LockStore>, prefix: &s
         store.release(&lease).await.expect("release");
     }
     let _ = store.force_release(&taken.key).await;
+}
+
+/// A semaphore of 3 permits: three holders at once, each with its own lease and fence, a
+/// fourth refused until one leaves; under contention never more than three; a permit
+/// taken over reaches its holder; a bad number of permits is refused.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
+pub async fn semaphore_admits_n_holders(store: &Arc<dyn LockStore>, prefix: &str) {
+    assert!(matches!(
+        Semaphore::new(store.clone(), 0),
+        Err(LockError::InvalidPermits { .. })
+    ));
+    let semaphore = Semaphore::new(store.clone(), 3).expect("semaphore");
+    let name = key(prefix, "semaphore");
+    let ttl = Duration::from_secs(5);
+    let request = |owner: &str| LockRequest::new(name.clone(), owner, ttl);
+    let mut held = Vec::new();
+    for owner in ["a", "b", "c"] {
+        held.push(
+            semaphore
+                .try_acquire(&request(owner))
+                .await
+                .expect("try_acquire")
+                .expect("a permit is free"),
+        );
+    }
+    let mut keys: Vec<_> = held.iter().map(|l| l.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "three permits, three leases");
+    assert!(
+        semaphore
+            .try_acquire(&request("d"))
+            .await
+            .expect("try_acquire")
+            .is_none(),
+        "a fourth holder is refused"
+    );
+    assert_eq!(semaphore.holders(&name).await.expect("holders").len(), 3);
+    let left = held.remove(1);
+    assert!(store.release(&left).await.expect("release"));
+    let fourth = semaphore
+        .acquire(&request("d"), Duration::from_secs(2))
+        .await
+        .expect("the freed permit");
+    assert_eq!(fourth.key, left.key);
+    assert!(fourth.fence > left.fence, "each permit's fences go forward");
+    held.push(fourth);
+    for lease in &held {
+        store.release(lease).await.expect("release");
+    }
+
+    // Contention: never more than three at once.
+    let inside = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let (semaphore, inside, most) = (semaphore.clone(), inside.clone(), most.clone());
+        let request = LockRequest::new(name.clone(), format!("t{n}"), ttl);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let lease = semaphore
+                    .acquire(&request, Duration::from_secs(20))
+                    .await
+                    .expect("acquire");
+                let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                semaphore.store().release(&lease).await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 3, "{most} holders at once");
+
+    // A permit taken over reaches its guard.
+    let guard = semaphore
+        .acquire_guard(request("guarded"), Duration::from_secs(2))
+        .await
+        .expect("acquire_guard");
+    let taken = store
+        .take_over(&LockRequest::new(
+            guard.lease().key.clone(),
+            "operator",
+            ttl,
+        ))
+        .await
+        .expect("take_over");
+    assert!(taken.fence > guard.fence());
+    tokio::time::timeout(Duration::from_secs(5), guard.lost().aborted())
+        .await
+        .expect("the permit's holder learns of the take-over");
+    store.release(&taken).await.expect("release");
 }
 
 fn key(prefix: &str, name: &str) -> String {

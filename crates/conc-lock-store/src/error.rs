@@ -61,6 +61,16 @@ pub enum LockError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A semaphore's number of permits is out of range.
+    #[error(
+        "invalid number of permits {permits}: a semaphore has 1 to {max} (each permit is a lease of its own)"
+    )]
+    InvalidPermits {
+        /// The number asked for.
+        permits: u32,
+        /// The most a semaphore may have.
+        max: u32,
+    },
     /// The owner is empty.
     #[error(
         "invalid lock owner: the owner must not be empty, only whitespace or hold a NUL byte (use a worker, user or process id)"

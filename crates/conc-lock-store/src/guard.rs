@@ -278,8 +278,12 @@ fn batcher_for(store: &Arc<dyn LockStore>) -> Arc<Batcher> {
 }
 
 impl Batcher {
-    /// Renews `lease` for its TTL with the other renewals due now.
+    /// Renews `lease` for its TTL with the other renewals due now (or on its own request,
+    /// when the store does not batch: see [`LockStore::batches_renewals`]).
     async fn renew(self: &Arc<Self>, lease: Lease) -> Result<Lease, LockError> {
+        if !self.store.batches_renewals() {
+            return self.store.renew(&lease, lease.ttl).await;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let first = {
             let mut queue = self.queue.lock();

@@ -50,6 +50,7 @@ mod postgres;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod request;
+mod semaphore;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -81,6 +82,7 @@ pub use request::{
     Lease, LockInfo, LockRequest, MAX_KEY_BYTES, MIN_TTL, Metadata, TTL_LIMIT,
     default_drift_margin, format_time, validate_key,
 };
+pub use semaphore::{MAX_PERMITS, Semaphore, permit_key};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteLockStore, SqliteSynchronous};
 #[cfg(feature = "sqlite")]
@@ -134,6 +136,15 @@ pub trait LockStore: Send + Sync + fmt::Debug {
             out.push(self.renew(lease, lease.ttl).await);
         }
         out
+    }
+    /// Whether [`renew_many`](Self::renew_many) sends a whole batch as one request (one
+    /// statement, pipeline or transaction), so that [`LockGuard`]s gain by renewing
+    /// together. `false` by default (the default `renew_many` renews one lease after the
+    /// other), and for a store whose batch fans out to several servers (a Redis Cluster),
+    /// where one slow server would hold back every guard's answer: guards then renew
+    /// each on its own request.
+    fn batches_renewals(&self) -> bool {
+        false
     }
     /// The live lease on `key`, if any.
     ///

@@ -234,6 +234,10 @@ impl LockStore for MemoryLockStore {
         Ok(live)
     }
 
+    fn batches_renewals(&self) -> bool {
+        true
+    }
+
     fn max_ttl(&self) -> Duration {
         self.max_ttl
     }

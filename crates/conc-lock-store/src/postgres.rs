@@ -684,6 +684,10 @@ impl LockStore for PostgresLockStore {
         Ok(live)
     }
 
+    fn batches_renewals(&self) -> bool {
+        true
+    }
+
     fn max_ttl(&self) -> Duration {
         self.config.max_ttl
     }

@@ -1324,6 +1324,10 @@ impl LockStore for RedisLockStore {
         Ok(removed == 1)
     }
 
+    fn batches_renewals(&self) -> bool {
+        !self.is_cluster()
+    }
+
     fn max_ttl(&self) -> Duration {
         self.config.max_ttl
     }

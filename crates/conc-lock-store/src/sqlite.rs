@@ -679,6 +679,10 @@ impl LockStore for SqliteLockStore {
         .await
     }
 
+    fn batches_renewals(&self) -> bool {
+        true
+    }
+
     fn max_ttl(&self) -> Duration {
         self.config.max_ttl
     }

@@ -55,6 +55,9 @@ impl LockStore for Counting {
     fn max_ttl(&self) -> Duration {
         self.inner.max_ttl()
     }
+    fn batches_renewals(&self) -> bool {
+        true
+    }
 }
 
 #[tokio::test(start_paused = true)]
