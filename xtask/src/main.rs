@@ -213,15 +213,19 @@ fn bench(args: &[String]) -> Result {
         cmd.arg(f);
     }
     run("bench", &mut cmd)?;
-    // The hand-off latency is a distribution (p50, p99), not a criterion case.
-    let runs_handoff = filter.is_empty() || filter.iter().any(|f| "handoff".contains(f.as_str()));
-    if runs_handoff {
-        let mut handoff = cargo();
-        handoff.args(["bench", "-p", "conc-benches", "--bench", "handoff", "--"]);
+    // The hand-off latency is a distribution (p50, p99) and saturation a throughput per
+    // concurrency level, not criterion cases: each writes a table of its own.
+    let tables: Vec<&str> = ["handoff", "scale"]
+        .into_iter()
+        .filter(|bench| filter.is_empty() || filter.iter().any(|f| bench.contains(f.as_str())))
+        .collect();
+    for bench in &tables {
+        let mut table = cargo();
+        table.args(["bench", "-p", "conc-benches", "--bench", bench, "--"]);
         if quick {
-            handoff.arg("--quick");
+            table.arg("--quick");
         }
-        run("bench-handoff", &mut handoff)?;
+        run(&format!("bench-{bench}"), &mut table)?;
     }
     let machine = machine_description();
     let (rows, report) = report::write(
@@ -230,13 +234,13 @@ fn bench(args: &[String]) -> Result {
         &machine,
     )
     .map_err(|e| format!("bench report: {e}"))?;
-    if runs_handoff {
-        let handoff = std::fs::read_to_string("target/conc-bench/handoff.md")
-            .map_err(|e| format!("bench report: the hand-off table: {e}"))?;
+    for bench in &tables {
+        let table = std::fs::read_to_string(format!("target/conc-bench/{bench}.md"))
+            .map_err(|e| format!("bench report: the {bench} table: {e}"))?;
         let mut text =
             std::fs::read_to_string(&report).map_err(|e| format!("bench report: {e}"))?;
         text.push('\n');
-        text.push_str(&handoff.replacen("# Hand-off latency", "## Hand-off latency", 1));
+        text.push_str(&table.replacen("# ", "## ", 1));
         std::fs::write(&report, text).map_err(|e| format!("bench report: {e}"))?;
     }
     eprintln!(
