@@ -23,7 +23,9 @@ use crate::request::{Lease, LockInfo, LockRequest, MAX_KEY_BYTES, random_u64, va
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 1024;
 
-/// A semaphore of `permits` on a [`LockStore`]; see the [module docs](self).
+/// A semaphore of `permits` on a [`LockStore`]: N permits on a name are N locks,
+/// `<key>#permit:0` to `<key>#permit:<N-1>`; every guarantee of a lock holds for each
+/// permit (a lease, a fence of its own, take-over, watch), on every backend.
 ///
 /// ```
 /// use std::sync::Arc;
