@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use conc_async::Supervisor;
 use conc_core::{AbortController, AbortReason, AbortSignal, Mutex as AsyncMutex, OwnedMutexGuard};
-use conc_lock_store::{LockError, LockGuard, LockRequest, LockStore};
+use conc_lock_store::{
+    LockError, LockGuard, LockInfo, LockRequest, LockStore, Semaphore, default_drift_margin,
+};
 
 use crate::data::{Message, SessionData};
 use crate::error::{GenerationError, SessionError};
@@ -28,6 +30,14 @@ pub struct SessionConfig {
     pub lock_prefix: String,
     /// Who this process is, in lock owners (default `pid-<pid>`).
     pub instance: String,
+    /// How many generations may run at once in one conversation (default 1). Above 1
+    /// (comparison mode: two models answering side by side), each generation holds one
+    /// permit of a [`Semaphore`] on the conversation and is fenced within its permit: the
+    /// session store keeps one fence per permit (memory, SQLite and PostgreSQL do), so the
+    /// generations do not fence each other off, while a stop, or a newer generation on the
+    /// same permit, fences off the older one. In comparison mode a generation writes with
+    /// [`GenerationGuard::append_reply`]; [`GenerationGuard::update`] is refused.
+    pub generations_per_conversation: u32,
 }
 
 impl Default for SessionConfig {
@@ -38,8 +48,19 @@ impl Default for SessionConfig {
             generation_ttl: Duration::from_secs(30),
             lock_prefix: "generation:".into(),
             instance: format!("pid-{}", std::process::id()),
+            generations_per_conversation: 1,
         }
     }
+}
+
+/// A generation running in this process: its id and its controller.
+type Running = (u64, Arc<AbortController>);
+
+/// The drift margin a lock request asks for, or the default for its TTL.
+fn margin(request: &LockRequest) -> Duration {
+    request
+        .drift_margin
+        .unwrap_or_else(|| default_drift_margin(request.ttl))
 }
 
 /// Everything the manager needs, in one bundle.
@@ -141,7 +162,7 @@ struct Inner {
     /// The flow that holds the processing lock, to refuse a circular wait.
     processing_task: parking_lot::Mutex<Option<Flow>>,
     /// Generations running in this process, to stop them at once.
-    running: parking_lot::Mutex<HashMap<String, (u64, Arc<AbortController>)>>,
+    running: parking_lot::Mutex<HashMap<String, Vec<Running>>>,
     next_generation: AtomicU64,
     counters: Counters,
 }
@@ -450,7 +471,15 @@ impl SessionManager {
         .with_metadata("message_id", message_id);
         let locks = self.inner.context.locks.clone();
         let counters = &self.inner.counters;
-        let guard = match LockGuard::try_acquire(locks.clone(), request.clone()).await? {
+        let semaphore = self.semaphore()?;
+        let first = match &semaphore {
+            None => LockGuard::try_acquire(locks.clone(), request.clone()).await?,
+            Some(semaphore) => semaphore
+                .try_acquire(&request)
+                .await?
+                .map(|lease| LockGuard::with_margin(locks.clone(), lease, margin(&request))),
+        };
+        let guard = match first {
             Some(guard) => guard,
             None => {
                 count(
@@ -466,7 +495,10 @@ impl SessionManager {
                     GenerationMode::Queue { max_wait } => {
                         count(&counters.queued, "conc_session_queued", 1);
                         let started = tokio::time::Instant::now();
-                        let outcome = LockGuard::acquire(locks, request, max_wait).await;
+                        let outcome = match &semaphore {
+                            None => LockGuard::acquire(locks, request, max_wait).await,
+                            Some(semaphore) => semaphore.acquire_guard(request, max_wait).await,
+                        };
                         count(
                             &counters.waited_ms,
                             "conc_session_waited_ms",
@@ -489,13 +521,20 @@ impl SessionManager {
                 }
             }
         };
+        // The permit's own fence scope in comparison mode (`#permit:<n>`), none otherwise.
+        let scope = guard
+            .lease()
+            .key
+            .strip_prefix(&self.lock_key(conversation))
+            .unwrap_or_default()
+            .to_owned();
         // Before anything else, the session records the new fence: from now on it refuses
         // every write of an older generation, whatever the lock store's timing.
         match self
             .inner
             .context
             .sessions
-            .advance_fence(conversation, guard.fence())
+            .advance_scoped_fence(conversation, &scope, guard.fence())
             .await
         {
             // No session: nothing to fence (every write to it fails anyway).
@@ -515,34 +554,62 @@ impl SessionManager {
         self.inner
             .running
             .lock()
-            .insert(conversation.to_owned(), (id, controller.clone()));
+            .entry(conversation.to_owned())
+            .or_default()
+            .push((id, controller.clone()));
         Ok(GenerationGuard {
             manager: self.clone(),
             conversation: conversation.to_owned(),
             id,
             controller,
             lock: Some(guard),
+            scope,
+        })
+    }
+
+    /// The semaphore of comparison mode (more than one generation per conversation), or
+    /// `None` for one at a time.
+    fn semaphore(&self) -> Result<Option<Semaphore>, GenerationError> {
+        let permits = self.inner.context.config.generations_per_conversation;
+        if permits <= 1 {
+            return Ok(None);
+        }
+        Ok(Some(Semaphore::new(
+            self.inner.context.locks.clone(),
+            permits,
+        )?))
+    }
+
+    /// The leases of the generations running in `conversation`, in any process.
+    async fn holders(&self, conversation: &str) -> Result<Vec<LockInfo>, GenerationError> {
+        let key = self.lock_key(conversation);
+        Ok(match self.semaphore()? {
+            Some(semaphore) => semaphore.holders(&key).await?,
+            None => self
+                .inner
+                .context
+                .locks
+                .inspect(&key)
+                .await?
+                .into_iter()
+                .collect(),
         })
     }
 
     async fn in_progress(&self, conversation: &str) -> GenerationError {
-        match self
-            .inner
-            .context
-            .locks
-            .inspect(&self.lock_key(conversation))
-            .await
-        {
-            Ok(Some(info)) => GenerationError::InProgress {
-                holder: info.owner,
-                started_at: info.acquired_at,
+        match self.holders(conversation).await {
+            Ok(holders) => match holders.into_iter().next() {
+                Some(info) => GenerationError::InProgress {
+                    holder: info.owner,
+                    started_at: info.acquired_at,
+                },
+                // It finished in between; still a collision from the caller's point of view.
+                None => GenerationError::InProgress {
+                    holder: String::from("(just finished)"),
+                    started_at: SystemTime::now(),
+                },
             },
-            // It finished in between; still a collision from the caller's point of view.
-            Ok(None) => GenerationError::InProgress {
-                holder: String::from("(just finished)"),
-                started_at: SystemTime::now(),
-            },
-            Err(e) => e.into(),
+            Err(e) => e,
         }
     }
 
@@ -553,12 +620,7 @@ impl SessionManager {
     ///
     /// Cancel safe: it only reads.
     pub async fn is_generating(&self, conversation: &str) -> Result<bool, GenerationError> {
-        Ok(self
-            .inner
-            .context
-            .locks
-            .is_locked(&self.lock_key(conversation))
-            .await?)
+        Ok(!self.holders(conversation).await?.is_empty())
     }
 
     /// Stops the generation running in `conversation`, in whichever process runs it, and
@@ -576,37 +638,54 @@ impl SessionManager {
     /// A dropped call may or may not have taken the lock over; a stopping lease expires
     /// within `generation_ttl / 3`.
     pub async fn stop_generation(&self, conversation: &str) -> Result<bool, GenerationError> {
-        let local = self
+        let local: Vec<Arc<AbortController>> = self
             .inner
             .running
             .lock()
             .get(conversation)
-            .map(|(_, c)| c.clone());
-        if let Some(controller) = &local {
+            .map(|running| running.iter().map(|(_, c)| c.clone()).collect())
+            .unwrap_or_default();
+        for controller in &local {
             controller.abort(stop_reason());
         }
         let key = self.lock_key(conversation);
-        let locks = &self.inner.context.locks;
-        if local.is_none() && !locks.is_locked(&key).await? {
+        let held: Vec<String> = self
+            .holders(conversation)
+            .await?
+            .into_iter()
+            .map(|info| info.key)
+            .collect();
+        if local.is_empty() && held.is_empty() {
             return Ok(false);
         }
+        // One generation: its lock, held or not (a local generation may be between its
+        // lock and its first write). Comparison mode: every permit held now.
+        let keys = if self.semaphore()?.is_none() {
+            vec![key.clone()]
+        } else {
+            held
+        };
+        let locks = &self.inner.context.locks;
         let config = &self.inner.context.config;
         let hold = (config.generation_ttl / 3).max(Duration::from_secs(1));
-        let request = LockRequest::new(key, format!("stopping/{}", config.instance), hold)
-            .with_metadata("stopped_by", config.instance.clone());
-        let stopping = locks.take_over(&request).await?;
-        let recorded = self
-            .inner
-            .context
-            .sessions
-            .advance_fence(conversation, stopping.fence)
-            .await;
-        let released = locks.release(&stopping).await;
-        match recorded {
-            Ok(_) | Err(SessionError::NotFound(_)) => {}
-            Err(error) => return Err(error.into()),
+        for permit in keys {
+            let scope = permit.strip_prefix(&key).unwrap_or_default().to_owned();
+            let request = LockRequest::new(permit, format!("stopping/{}", config.instance), hold)
+                .with_metadata("stopped_by", config.instance.clone());
+            let stopping = locks.take_over(&request).await?;
+            let recorded = self
+                .inner
+                .context
+                .sessions
+                .advance_scoped_fence(conversation, &scope, stopping.fence)
+                .await;
+            let released = locks.release(&stopping).await;
+            match recorded {
+                Ok(_) | Err(SessionError::NotFound(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+            released?;
         }
-        released?;
         Ok(true)
     }
 
@@ -726,6 +805,8 @@ pub struct GenerationGuard {
     id: u64,
     controller: Arc<AbortController>,
     lock: Option<LockGuard>,
+    /// The permit's fence scope in comparison mode; empty for one generation at a time.
+    scope: String,
 }
 
 /// What became of a write a generation asked for ([`GenerationGuard::append_reply`],
@@ -804,7 +885,7 @@ impl GenerationGuard {
             .inner
             .context
             .sessions
-            .append(&self.conversation, &message, Some(fence))
+            .append_scoped(&self.conversation, &self.scope, &message, fence)
             .await
         {
             Ok(appended) => Ok(GenerationWrite::Appended(appended)),
@@ -849,6 +930,13 @@ impl GenerationGuard {
         update: impl FnMut(&mut SessionData) + Send,
     ) -> Result<GenerationWrite, GenerationError> {
         let fence = self.fence();
+        if !self.scope.is_empty() {
+            return Err(SessionError::Store {
+                backend: "session",
+                message: "in comparison mode (generations_per_conversation > 1) a generation writes with append_reply, which the store fences per permit; a whole-session update cannot be".into(),
+            }
+            .into());
+        }
         if let Some(refused) = self.refusal() {
             return Ok(refused);
         }
@@ -929,11 +1017,11 @@ impl GenerationGuard {
 
     fn unregister(&self) {
         let mut running = self.manager.inner.running.lock();
-        if running
-            .get(&self.conversation)
-            .is_some_and(|(id, _)| *id == self.id)
-        {
-            running.remove(&self.conversation);
+        if let Some(list) = running.get_mut(&self.conversation) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                running.remove(&self.conversation);
+            }
         }
     }
 }

@@ -82,6 +82,47 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Cancel safe: it only reads.
     async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError>;
 
+    /// As [`advance_fence`](Self::advance_fence), for one of several generations that may
+    /// run on a session at once (comparison mode): each `scope` (the permit the generation
+    /// holds) keeps a highest fence of its own, so the generations do not fence each other
+    /// off, while a newer generation on the same permit, or a stop, fences off the older
+    /// one. The empty scope is the session's own fence. Stores that keep one fence per
+    /// session refuse a scope with [`SessionError::Store`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`advance_fence`](Self::advance_fence).
+    async fn advance_scoped_fence(
+        &self,
+        id: &str,
+        scope: &str,
+        fence: u64,
+    ) -> Result<u64, SessionError> {
+        if scope.is_empty() {
+            return self.advance_fence(id, fence).await;
+        }
+        Err(no_scopes())
+    }
+
+    /// As [`append`](Self::append) with `fence`, checked against (and recorded as) the
+    /// highest fence of `scope` (see [`advance_scoped_fence`](Self::advance_scoped_fence)).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append`](Self::append).
+    async fn append_scoped(
+        &self,
+        id: &str,
+        scope: &str,
+        message: &Message,
+        fence: u64,
+    ) -> Result<Appended, SessionError> {
+        if scope.is_empty() {
+            return self.append(id, message, Some(fence)).await;
+        }
+        Err(no_scopes())
+    }
+
     /// Appends `message` to session `id`, unless a message with its id is there already
     /// (then nothing changes: a retried append is applied once). The session's version
     /// rises by one, so a concurrent [`save`](Self::save) of an older copy is a conflict,
@@ -136,6 +177,14 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
                 Err(other) => return Err(other),
             }
         }
+    }
+}
+
+/// The refusal of a store that keeps one fence per session.
+fn no_scopes() -> SessionError {
+    SessionError::Store {
+        backend: "session store",
+        message: "this store keeps one fence per session, so it cannot fence several generations of one conversation apart (comparison mode); use the memory, SQLite or PostgreSQL store".into(),
     }
 }
 
@@ -209,17 +258,33 @@ pub struct MemorySessionStore {
     sessions: parking_lot::Mutex<HashMap<String, Stored>>,
 }
 
-/// A session and the ids of its messages (so an append checks for its id in O(1)).
+/// A session, the ids of its messages (so an append checks for its id in O(1)) and the
+/// fences of its scopes.
 #[derive(Debug)]
 struct Stored {
     data: SessionData,
     ids: HashSet<String>,
+    scopes: HashMap<String, u64>,
 }
 
 impl Stored {
     fn new(data: SessionData) -> Self {
         let ids = data.messages.iter().map(|m| m.id.clone()).collect();
-        Self { data, ids }
+        Self {
+            data,
+            ids,
+            scopes: HashMap::new(),
+        }
+    }
+
+    /// Checks `fence` against the scope's highest and records it.
+    fn advance_scope(&mut self, id: &str, scope: &str, fence: u64) -> Result<(), SessionError> {
+        let recorded = self.scopes.entry(scope.to_owned()).or_insert(0);
+        if *recorded > fence {
+            return Err(stale(id, fence, *recorded));
+        }
+        *recorded = fence;
+        Ok(())
     }
 }
 
@@ -249,11 +314,13 @@ impl MemorySessionStore {
                 expected: session.version,
             });
         }
+        let scopes = std::mem::take(&mut stored.scopes);
         *stored = Stored::new(SessionData {
             version: session.version + 1,
             fence: stored.data.fence.max(fence.unwrap_or(0)),
             ..session.clone()
         });
+        stored.scopes = scopes;
         Ok(stored.data.clone())
     }
 }
@@ -328,6 +395,50 @@ impl SessionStore for MemorySessionStore {
         }
         stored.data.fence = fence;
         Ok(fence)
+    }
+
+    async fn advance_scoped_fence(
+        &self,
+        id: &str,
+        scope: &str,
+        fence: u64,
+    ) -> Result<u64, SessionError> {
+        if scope.is_empty() {
+            return self.advance_fence(id, fence).await;
+        }
+        let mut sessions = self.sessions.lock();
+        let stored = sessions
+            .get_mut(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        stored.advance_scope(id, scope, fence)?;
+        Ok(fence)
+    }
+
+    async fn append_scoped(
+        &self,
+        id: &str,
+        scope: &str,
+        message: &Message,
+        fence: u64,
+    ) -> Result<Appended, SessionError> {
+        if scope.is_empty() {
+            return self.append(id, message, Some(fence)).await;
+        }
+        let mut sessions = self.sessions.lock();
+        let stored = sessions
+            .get_mut(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        stored.advance_scope(id, scope, fence)?;
+        let added = stored.ids.insert(message.id.clone());
+        if added {
+            stored.data.messages.push(message.clone());
+            stored.data.version += 1;
+        }
+        Ok(Appended {
+            added,
+            version: stored.data.version,
+            fence: stored.data.fence,
+        })
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
@@ -591,6 +702,12 @@ mod sqlite {
                              data TEXT NOT NULL,
                              fence INTEGER NOT NULL DEFAULT 0
                          ) WITHOUT ROWID;
+                         CREATE TABLE IF NOT EXISTS conc_session_fences (
+                             session_id TEXT NOT NULL,
+                             scope TEXT NOT NULL,
+                             fence INTEGER NOT NULL,
+                             PRIMARY KEY (session_id, scope)
+                         ) WITHOUT ROWID;
                          CREATE TABLE IF NOT EXISTS conc_session_messages (
                              session_id TEXT NOT NULL,
                              seq INTEGER NOT NULL,
@@ -673,6 +790,106 @@ mod sqlite {
                 .call(move |c| f(c))
                 .await
                 .map_err(worker_error)?
+        }
+    }
+
+    /// Checks `fence` against the highest of `scope` in session `id` and records it, in
+    /// the caller's transaction.
+    fn advance_scope(
+        tx: &Transaction<'_>,
+        id: &str,
+        scope: &str,
+        fence: i64,
+    ) -> Result<(), SessionError> {
+        let recorded: Option<i64> = tx
+            .prepare_cached(
+                "SELECT fence FROM conc_session_fences WHERE session_id = ?1 AND scope = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![id, scope], |r| r.get(0)).optional())
+            .map_err(store_error)?;
+        if let Some(recorded) = recorded
+            && recorded > fence
+        {
+            return Err(stale(id, fence as u64, recorded as u64));
+        }
+        tx.prepare_cached(
+            "INSERT INTO conc_session_fences (session_id, scope, fence) VALUES (?1, ?2, ?3)
+             ON CONFLICT (session_id, scope) DO UPDATE SET fence = excluded.fence",
+        )
+        .and_then(|mut s| s.execute(params![id, scope, fence]))
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    impl SqliteSessionStore {
+        /// An append whose fence is checked against the session's own (`scope` `None`) or
+        /// a scope's (recorded there, not in the session's own).
+        async fn append_checked(
+            &self,
+            id: &str,
+            scope: Option<String>,
+            message: &Message,
+            fence: Option<u64>,
+        ) -> Result<Appended, SessionError> {
+            let id = id.to_owned();
+            let message_id = message.id.clone();
+            let body = encode_message(message)?;
+            let fence_arg = fence.map(fence_value).transpose()?;
+            self.call(move |c| {
+                let tx = Transaction::new_unchecked(c, TransactionBehavior::Immediate)
+                    .map_err(store_error)?;
+                let head: Option<(i64, i64)> = tx
+                    .prepare_cached("SELECT version, fence FROM conc_sessions WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .map_err(store_error)?;
+                let Some((version, stored_fence)) = head else {
+                    return Err(SessionError::NotFound(id));
+                };
+                match (&scope, fence_arg) {
+                    (Some(scope), Some(f)) => advance_scope(&tx, &id, scope, f)?,
+                    (None, Some(f)) if stored_fence > f => {
+                        return Err(stale(&id, f as u64, stored_fence as u64));
+                    }
+                    _ => {}
+                }
+                // Already there: as a row, or in the JSON of a row from before message rows.
+                let present: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM conc_session_messages WHERE session_id = ?1 AND message_id = ?2)
+                             OR EXISTS (SELECT 1 FROM conc_sessions, json_each(conc_sessions.data, '$.messages') AS m
+                                        WHERE conc_sessions.id = ?1 AND json_extract(m.value, '$.id') = ?2)",
+                    )
+                    .and_then(|mut s| s.query_row(params![id, message_id], |r| r.get(0)))
+                    .map_err(store_error)?;
+                if present {
+                    tx.commit().map_err(store_error)?;
+                    return Ok(Appended {
+                        added: false,
+                        version: version as u64,
+                        fence: stored_fence as u64,
+                    });
+                }
+                tx.prepare_cached(
+                    "INSERT INTO conc_session_messages (session_id, seq, message_id, body)
+                     SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3 FROM conc_session_messages WHERE session_id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, message_id, body]))
+                .map_err(store_error)?;
+                let new_fence = match (&scope, fence_arg) {
+                    (None, Some(f)) => f.max(stored_fence),
+                    _ => stored_fence,
+                };
+                tx.prepare_cached("UPDATE conc_sessions SET version = version + 1, fence = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id, new_fence]))
+                    .map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(Appended {
+                    added: true,
+                    version: version as u64 + 1,
+                    fence: new_fence as u64,
+                })
+            })
+            .await
         }
     }
 
@@ -759,59 +976,48 @@ mod sqlite {
             message: &Message,
             fence: Option<u64>,
         ) -> Result<Appended, SessionError> {
-            let id = id.to_owned();
-            let message_id = message.id.clone();
-            let body = encode_message(message)?;
-            let fence_arg = fence.map(fence_value).transpose()?;
+            self.append_checked(id, None, message, fence).await
+        }
+
+        async fn advance_scoped_fence(
+            &self,
+            id: &str,
+            scope: &str,
+            fence: u64,
+        ) -> Result<u64, SessionError> {
+            if scope.is_empty() {
+                return self.advance_fence(id, fence).await;
+            }
+            let (id, scope, value) = (id.to_owned(), scope.to_owned(), fence_value(fence)?);
             self.call(move |c| {
                 let tx = Transaction::new_unchecked(c, TransactionBehavior::Immediate)
                     .map_err(store_error)?;
-                let head: Option<(i64, i64)> = tx
-                    .prepare_cached("SELECT version, fence FROM conc_sessions WHERE id = ?1")
-                    .and_then(|mut s| s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                let exists: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM conc_sessions WHERE id = ?1)")
+                    .and_then(|mut s| s.query_row([&id], |r| r.get(0)))
                     .map_err(store_error)?;
-                let Some((version, stored_fence)) = head else {
+                if !exists {
                     return Err(SessionError::NotFound(id));
-                };
-                if let Some(f) = fence_arg
-                    && stored_fence > f
-                {
-                    return Err(stale(&id, f as u64, stored_fence as u64));
                 }
-                // Already there: as a row, or in the JSON of a row from before message rows.
-                let present: bool = tx
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM conc_session_messages WHERE session_id = ?1 AND message_id = ?2)
-                             OR EXISTS (SELECT 1 FROM conc_sessions, json_each(conc_sessions.data, '$.messages') AS m
-                                        WHERE conc_sessions.id = ?1 AND json_extract(m.value, '$.id') = ?2)",
-                    )
-                    .and_then(|mut s| s.query_row(params![id, message_id], |r| r.get(0)))
-                    .map_err(store_error)?;
-                if present {
-                    return Ok(Appended {
-                        added: false,
-                        version: version as u64,
-                        fence: stored_fence as u64,
-                    });
-                }
-                tx.prepare_cached(
-                    "INSERT INTO conc_session_messages (session_id, seq, message_id, body)
-                     SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3 FROM conc_session_messages WHERE session_id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![id, message_id, body]))
-                .map_err(store_error)?;
-                let new_fence = fence_arg.map_or(stored_fence, |f| f.max(stored_fence));
-                tx.prepare_cached("UPDATE conc_sessions SET version = version + 1, fence = ?2 WHERE id = ?1")
-                    .and_then(|mut s| s.execute(params![id, new_fence]))
-                    .map_err(store_error)?;
+                advance_scope(&tx, &id, &scope, value)?;
                 tx.commit().map_err(store_error)?;
-                Ok(Appended {
-                    added: true,
-                    version: version as u64 + 1,
-                    fence: new_fence as u64,
-                })
+                Ok(fence)
             })
             .await
+        }
+
+        async fn append_scoped(
+            &self,
+            id: &str,
+            scope: &str,
+            message: &Message,
+            fence: u64,
+        ) -> Result<Appended, SessionError> {
+            if scope.is_empty() {
+                return self.append(id, message, Some(fence)).await;
+            }
+            self.append_checked(id, Some(scope.to_owned()), message, Some(fence))
+                .await
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
@@ -999,6 +1205,7 @@ mod postgres {
             };
             let client = store.client().await?;
             let (t, m, s) = (&store.table, &store.messages, &store.schema);
+            let fences = format!("{s}conc_session_fences");
             // Messages are rows of their own, so an append costs the same at any length. The
             // two functions run their statements in order, after locking the session's row:
             // each sees what committed before it, so concurrent writers serialize per session.
@@ -1010,19 +1217,42 @@ mod postgres {
                  CREATE TABLE IF NOT EXISTS {m} (
                      session_id TEXT NOT NULL, seq BIGINT NOT NULL, message_id TEXT NOT NULL, body TEXT NOT NULL,
                      PRIMARY KEY (session_id, seq), UNIQUE (session_id, message_id));
-                 CREATE OR REPLACE FUNCTION {s}conc_session_append(p_id text, p_message_id text, p_body text, p_fence bigint)
+                 CREATE TABLE IF NOT EXISTS {fences} (
+                     session_id TEXT NOT NULL, scope TEXT NOT NULL, fence BIGINT NOT NULL,
+                     PRIMARY KEY (session_id, scope));
+                 CREATE OR REPLACE FUNCTION {s}conc_session_advance_scope(p_id text, p_scope text, p_fence bigint)
+                 RETURNS TABLE (status int, recorded bigint) LANGUAGE plpgsql AS $f$
+                 DECLARE sf bigint;
+                 BEGIN
+                   PERFORM 1 FROM {t} x WHERE x.id = p_id FOR UPDATE;
+                   IF NOT FOUND THEN RETURN QUERY SELECT 0, 0::bigint; RETURN; END IF;
+                   SELECT z.fence INTO sf FROM {fences} z WHERE z.session_id = p_id AND z.scope = p_scope;
+                   IF FOUND AND sf > p_fence THEN RETURN QUERY SELECT 1, sf; RETURN; END IF;
+                   INSERT INTO {fences} (session_id, scope, fence) VALUES (p_id, p_scope, p_fence)
+                     ON CONFLICT (session_id, scope) DO UPDATE SET fence = EXCLUDED.fence;
+                   RETURN QUERY SELECT 2, p_fence;
+                 END $f$;
+                 CREATE OR REPLACE FUNCTION {s}conc_session_append(p_id text, p_scope text, p_message_id text, p_body text, p_fence bigint)
                  RETURNS TABLE (status int, out_version bigint, out_fence bigint) LANGUAGE plpgsql AS $f$
-                 DECLARE v bigint; f bigint; n bigint; d text;
+                 DECLARE v bigint; f bigint; n bigint; d text; sf bigint;
                  BEGIN
                    SELECT x.version, x.fence, x.next_seq, x.data INTO v, f, n, d FROM {t} x WHERE x.id = p_id FOR UPDATE;
                    IF NOT FOUND THEN RETURN QUERY SELECT 0, 0::bigint, 0::bigint; RETURN; END IF;
-                   IF p_fence IS NOT NULL AND f > p_fence THEN RETURN QUERY SELECT 1, v, f; RETURN; END IF;
+                   IF p_scope = '' THEN
+                     IF p_fence IS NOT NULL AND f > p_fence THEN RETURN QUERY SELECT 1, v, f; RETURN; END IF;
+                   ELSE
+                     SELECT z.fence INTO sf FROM {fences} z WHERE z.session_id = p_id AND z.scope = p_scope;
+                     IF FOUND AND sf > p_fence THEN RETURN QUERY SELECT 1, v, sf; RETURN; END IF;
+                     INSERT INTO {fences} (session_id, scope, fence) VALUES (p_id, p_scope, p_fence)
+                       ON CONFLICT (session_id, scope) DO UPDATE SET fence = EXCLUDED.fence;
+                   END IF;
                    IF EXISTS (SELECT 1 FROM {m} y WHERE y.session_id = p_id AND y.message_id = p_message_id)
                       OR COALESCE((d::jsonb -> 'messages') @> jsonb_build_array(jsonb_build_object('id', p_message_id)), false) THEN
                      RETURN QUERY SELECT 2, v, f; RETURN;
                    END IF;
                    INSERT INTO {m} (session_id, seq, message_id, body) VALUES (p_id, n, p_message_id, p_body);
-                   UPDATE {t} x SET version = x.version + 1, next_seq = x.next_seq + 1, fence = GREATEST(x.fence, COALESCE(p_fence, 0))
+                   UPDATE {t} x SET version = x.version + 1, next_seq = x.next_seq + 1,
+                     fence = CASE WHEN p_scope = '' THEN GREATEST(x.fence, COALESCE(p_fence, 0)) ELSE x.fence END
                      WHERE x.id = p_id RETURNING x.version, x.fence INTO v, f;
                    RETURN QUERY SELECT 3, v, f;
                  END $f$;
@@ -1106,6 +1336,45 @@ mod postgres {
         }
     }
 
+    impl PostgresSessionStore {
+        /// An append whose fence is checked against the session's own (`scope` empty) or
+        /// a scope's (recorded there, not in the session's own), in one function call.
+        async fn append_checked(
+            &self,
+            id: &str,
+            scope: &str,
+            message: &Message,
+            fence: Option<u64>,
+        ) -> Result<Appended, SessionError> {
+            let body = encode_message(message)?;
+            let fence_arg = fence.map(fence_value).transpose()?;
+            let sql = format!(
+                "SELECT status, out_version, out_fence FROM {}conc_session_append($1, $2, $3, $4, $5)",
+                self.schema
+            );
+            let rows = self
+                .rows(&sql, &[&id, &scope, &message.id, &body, &fence_arg])
+                .await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| store_error("the append function returned no row"))?;
+            let (status, version, stored_fence) = (
+                row.get::<_, i32>(0),
+                row.get::<_, i64>(1) as u64,
+                row.get::<_, i64>(2) as u64,
+            );
+            match status {
+                0 => Err(SessionError::NotFound(id.to_owned())),
+                1 => Err(stale(id, fence.unwrap_or(0), stored_fence)),
+                added => Ok(Appended {
+                    added: added == 3,
+                    version,
+                    fence: stored_fence,
+                }),
+            }
+        }
+    }
+
     #[async_trait::async_trait]
     impl SessionStore for PostgresSessionStore {
         async fn create(&self, session: &SessionData) -> Result<SessionData, SessionError> {
@@ -1163,32 +1432,42 @@ mod postgres {
             message: &Message,
             fence: Option<u64>,
         ) -> Result<Appended, SessionError> {
-            let body = encode_message(message)?;
-            let fence_arg = fence.map(fence_value).transpose()?;
+            self.append_checked(id, "", message, fence).await
+        }
+
+        async fn advance_scoped_fence(
+            &self,
+            id: &str,
+            scope: &str,
+            fence: u64,
+        ) -> Result<u64, SessionError> {
+            if scope.is_empty() {
+                return self.advance_fence(id, fence).await;
+            }
+            let value = fence_value(fence)?;
             let sql = format!(
-                "SELECT status, out_version, out_fence FROM {}conc_session_append($1, $2, $3, $4)",
+                "SELECT status, recorded FROM {}conc_session_advance_scope($1, $2, $3)",
                 self.schema
             );
-            let rows = self
-                .rows(&sql, &[&id, &message.id, &body, &fence_arg])
-                .await?;
+            let rows = self.rows(&sql, &[&id, &scope, &value]).await?;
             let row = rows
                 .first()
-                .ok_or_else(|| store_error("the append function returned no row"))?;
-            let (status, version, stored_fence) = (
-                row.get::<_, i32>(0),
-                row.get::<_, i64>(1) as u64,
-                row.get::<_, i64>(2) as u64,
-            );
-            match status {
+                .ok_or_else(|| store_error("the fence function returned no row"))?;
+            match row.get::<_, i32>(0) {
                 0 => Err(SessionError::NotFound(id.to_owned())),
-                1 => Err(stale(id, fence.unwrap_or(0), stored_fence)),
-                added => Ok(Appended {
-                    added: added == 3,
-                    version,
-                    fence: stored_fence,
-                }),
+                1 => Err(stale(id, fence, row.get::<_, i64>(1) as u64)),
+                _ => Ok(fence),
             }
+        }
+
+        async fn append_scoped(
+            &self,
+            id: &str,
+            scope: &str,
+            message: &Message,
+            fence: u64,
+        ) -> Result<Appended, SessionError> {
+            self.append_checked(id, scope, message, Some(fence)).await
         }
 
         async fn save(&self, session: &SessionData) -> Result<SessionData, SessionError> {
