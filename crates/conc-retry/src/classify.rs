@@ -9,7 +9,7 @@
 //! | `Aborted` | never | no (an outcome, not a failure) |
 
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use conc_async::TimeoutError;
 use conc_core::Aborted;
@@ -135,60 +135,21 @@ pub fn classify_http(status: u16, retry_after: Option<&str>) -> ErrorClass {
     }
 }
 
-/// Parses a `Retry-After` value: delta-seconds (`"120"`) or an IMF-fixdate
-/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, taken relative to now; a past date is zero).
-/// `None` for anything else.
+/// Parses a `Retry-After` value: delta-seconds (`"120"`) or an HTTP-date in any of the
+/// three formats RFC 9110 requires a recipient to accept (IMF-fixdate
+/// `"Sun, 06 Nov 1994 08:49:37 GMT"`, the obsolete RFC 850 `"Sunday, 06-Nov-94 08:49:37
+/// GMT"` and asctime `"Sun Nov  6 08:49:37 1994"`), taken relative to now; a past date is
+/// zero. `None` for anything else. Dates are parsed by the `httpdate` crate.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = parse_http_date(value)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(Duration::from_secs(at.saturating_sub(now)))
-}
-
-/// Seconds since the Unix epoch of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_http_date(value: &str) -> Option<u64> {
-    let rest = value.split_once(", ")?.1;
-    let mut parts = rest.split(' ');
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut clock = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
-    let (h, m, s) = (clock.next()??, clock.next()??, clock.next()??);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day as i64);
-    u64::try_from(days)
-        .ok()
-        .map(|d| d * 86_400 + h * 3600 + m * 60 + s)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -196,17 +157,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_dates_parse() {
-        assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
-        );
-        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
-        );
+    fn http_dates_parse_in_all_three_formats() {
+        for past in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_retry_after(past), Some(Duration::ZERO), "{past}");
+        }
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let parsed = parse_retry_after(&later).expect("a future IMF-fixdate");
+        assert!(parsed > Duration::from_secs(110) && parsed <= Duration::from_secs(120));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 PST"), None);
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
     }
