@@ -38,6 +38,7 @@ use crate::request::{Lease, LockRequest, default_drift_margin};
 /// first look, before any renewal task has had a chance to run. Pass
 /// [`fence`](Self::fence) with every write so the resource itself can reject a holder that
 /// was too slow to notice.
+#[must_use = "if unused the lock is released at once (best effort, on drop)"]
 pub struct LockGuard {
     store: Arc<dyn LockStore>,
     state: Arc<Shared>,

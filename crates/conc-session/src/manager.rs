@@ -757,6 +757,7 @@ impl fmt::Debug for SessionManager {
 }
 
 /// The processing lock, held; dropping it ends processing.
+#[must_use = "if unused the processing lock is released at once"]
 pub struct ProcessingGuard {
     manager: SessionManager,
     guard: Option<OwnedMutexGuard<Option<String>>>,
@@ -799,6 +800,7 @@ impl fmt::Debug for ProcessingGuard {
 /// so a generation that was stopped, superseded or paused past its lease never writes.
 /// The lock is released by [`finish`](Self::finish), and on drop (error, panic,
 /// cancellation) too.
+#[must_use = "if unused the generation ends at once: its lock is released on drop"]
 pub struct GenerationGuard {
     manager: SessionManager,
     conversation: String,
