@@ -35,9 +35,23 @@ struct Args {
     /// Delay between streamed tokens.
     #[arg(long, default_value_t = 120)]
     token_delay_ms: u64,
-    /// Share of generations that fail half-way.
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of generations that fail half-way, from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = share, allow_negative_numbers = true)]
     failure_rate: f64,
+}
+
+/// A share from 0 to 1 (`--failure-rate`): anything else is an error, not clamped.
+fn share(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number; give a share from 0 to 1, such as 0.2"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{value} is outside 0..=1; give a share from 0 to 1, such as 0.2"
+        ))
+    }
 }
 
 async fn stores(
@@ -73,7 +87,7 @@ async fn main() -> std::process::ExitCode {
     });
     let model = ModelConfig {
         token_delay: Duration::from_millis(args.token_delay_ms),
-        failure_rate: args.failure_rate.clamp(0.0, 1.0),
+        failure_rate: args.failure_rate,
         ..ModelConfig::default()
     };
     let state = AppState::new(
