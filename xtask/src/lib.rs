@@ -1,7 +1,6 @@
 //! The xtask library: the repository's own lint (`tidy`) and the benchmark report, shared
 //! by the `xtask` binary and its tests.
 
-pub mod png;
 pub mod report;
 pub mod tidy;
 

@@ -131,10 +131,17 @@ fn test() -> Result {
 }
 
 fn doc() -> Result {
+    // All features (what docs.rs builds) and the default ones (what a user gets).
     run(
         "doc",
         cargo()
             .args(["doc", "--workspace", "--all-features", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    run(
+        "doc-default-features",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )
 }

@@ -373,36 +373,8 @@ fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The same chart as a PNG (bars only: the labels are in the SVG and the report, in the
-/// same order). Green: conc faster; orange: slower without a goal; red: a goal not met.
-pub fn png_chart(rows: &[Row]) -> Vec<u8> {
-    let (left, bar_h, width) = (10usize, 18usize, 820usize);
-    let height = 20 + bar_h * rows.len().max(1) + 20;
-    let max_ratio = rows
-        .iter()
-        .map(Row::ratio)
-        .fold(2.0_f64, f64::max)
-        .min(10.0);
-    let scale = (width - left - 20) as f64 / max_ratio;
-    let mut canvas = crate::png::Canvas::new(width, height);
-    for step in 1..=(max_ratio * 2.0) as usize {
-        let x = left + (step as f64 * 0.5 * scale) as usize;
-        canvas.fill(x, 10, 1, height - 20, [225, 225, 225]);
-    }
-    for (i, row) in rows.iter().enumerate() {
-        let color = match row.verdict() {
-            Some(false) => [217, 83, 79],
-            _ if row.ratio() <= 1.0 => [92, 184, 92],
-            _ => [240, 173, 78],
-        };
-        let w = (row.ratio().min(max_ratio) * scale).max(1.0) as usize;
-        canvas.fill(left, 20 + i * bar_h + 2, w, bar_h - 4, color);
-    }
-    canvas.fill(left + scale as usize, 10, 2, height - 20, [0, 0, 0]);
-    canvas.encode()
-}
-
-/// Writes `report.md`, `ratios.svg` and `ratios.png` into `out_dir`, returning the rows.
+/// Writes `report.md` and `ratios.svg` (the chart, with labels) into `out_dir`, returning
+/// the rows.
 pub fn write(
     criterion_dir: &Path,
     out_dir: &Path,
@@ -413,7 +385,7 @@ pub fn write(
     let report = out_dir.join("report.md");
     fs::write(&report, markdown(&rows, machine))?;
     fs::write(out_dir.join("ratios.svg"), svg_chart(&rows))?;
-    fs::write(out_dir.join("ratios.png"), png_chart(&rows))?;
+    let _ = fs::remove_file(out_dir.join("ratios.png"));
     Ok((rows, report))
 }
 

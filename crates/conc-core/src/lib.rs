@@ -69,6 +69,8 @@
 //! loom's (see `src/loom/`), and the models in `src/tests/` explore every interleaving of
 //! the real code.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod abort;
 mod idempotency;
 mod loom;

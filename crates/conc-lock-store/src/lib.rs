@@ -14,8 +14,8 @@
 //!   moment the lease is known to be gone.
 //!
 //! Backends: [`MemoryLockStore`] (one process), [`SqliteLockStore`] (feature `sqlite`, the
-//! default: one machine, several processes), and PostgreSQL and Redis for many machines.
-//! Each one passes the same [`conformance`] suite (feature `conformance`).
+//! default: one machine, several processes), and PostgreSQL and Redis (one server or a Redis Cluster) for many machines.
+//! Each one passes the same `conformance` suite (feature `conformance`).
 //!
 //! # Example
 //!
@@ -40,6 +40,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod guard;

@@ -12,7 +12,7 @@
 //! - [`CircuitBreaker`]: consecutive failures or a failure rate over a sliding window;
 //!   exactly N half-open probes (a loom model checks it); hooks; `isolate`/`reset`.
 //! - [`RetryBudget`]: retries as a share of successes plus a floor per second.
-//! - With the `tower` feature: [`RetryLayer`] and [`CircuitBreakerLayer`].
+//! - With the `tower` feature: `RetryLayer` and `CircuitBreakerLayer`.
 //!
 //! # Example
 //!
@@ -42,6 +42,8 @@
 //! assert_eq!(reply, "hello");
 //! # }
 //! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
 mod budget;

@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod data;
 mod error;
 mod manager;
