@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::{LockError, LockGuard, LockRequest, LockStore, MAX_KEY_BYTES, Semaphore};
+use crate::{FairLock, LockError, LockGuard, LockRequest, LockStore, MAX_KEY_BYTES, Semaphore};
 
 /// Runs every property against `store`, one after the other, under `prefix`.
 ///
@@ -47,6 +47,7 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     take_over_fences_off_the_holder(&store, prefix).await;
     take_over_reaches_the_holder_at_once(&store, prefix).await;
     semaphore_admits_n_holders(&store, prefix).await;
+    fair_lock_serves_in_arrival_order(&store, prefix).await;
 }
 
 /// `renew_many` renews the live leases of a batch and refuses, one by one, the released,
@@ -213,6 +214,70 @@ pub async fn semaphore_admits_n_holders(store: &Arc<dyn LockStore>, prefix: &str
         .await
         .expect("the permit's holder learns of the take-over");
     store.release(&taken).await.expect("release");
+}
+
+/// A fair lock serves its waiters in arrival order; a waiter that gives up leaves the
+/// queue without holding up the ones behind it; the queue is empty afterwards.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave locks under `prefix` held until their TTLs expire.
+pub async fn fair_lock_serves_in_arrival_order(store: &Arc<dyn LockStore>, prefix: &str) {
+    let fair = FairLock::new(store.clone());
+    let name = key(prefix, "fair");
+    let queue = format!("{name}#queue:");
+    let ttl = Duration::from_secs(5);
+    let held = store
+        .try_acquire(&LockRequest::new(name.clone(), "holder", ttl))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let waiters = ["w1", "w2", "quitter", "w3", "w4"];
+    for (n, waiter) in waiters.into_iter().enumerate() {
+        let (fair, order) = (fair.clone(), order.clone());
+        let request = LockRequest::new(name.clone(), waiter, ttl);
+        let wait = if waiter == "quitter" {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(30)
+        };
+        tasks.push(tokio::spawn(async move {
+            match fair.acquire(&request, wait).await {
+                Ok(lease) => {
+                    order.lock().push(waiter);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    fair_store(&fair).release(&lease).await.expect("release");
+                }
+                Err(LockError::Timeout { .. }) => order.lock().push("gave up"),
+                Err(other) => panic!("{waiter}: {other}"),
+            }
+        }));
+        // Arrival: the next waiter comes after this one stands in the queue.
+        for _ in 0..500 {
+            if store.list(&queue, 100).await.expect("list").len() > n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The quitter gives up while the lock is still held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*order.lock(), ["gave up"]);
+    assert!(store.release(&held).await.expect("release"));
+    for task in tasks {
+        task.await.expect("waiter");
+    }
+    assert_eq!(*order.lock(), ["gave up", "w1", "w2", "w3", "w4"]);
+    assert!(
+        store.list(&queue, 100).await.expect("list").is_empty(),
+        "everyone left the queue"
+    );
+}
+
+fn fair_store(fair: &FairLock) -> Arc<dyn LockStore> {
+    fair.store().clone()
 }
 
 fn key(prefix: &str, name: &str) -> String {

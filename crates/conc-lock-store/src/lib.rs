@@ -44,6 +44,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+mod fair;
 mod guard;
 mod memory;
 mod notify;
@@ -70,6 +71,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use error::{ConnectFailure, LockError};
+pub use fair::FairLock;
 pub use guard::LockGuard;
 pub use memory::MemoryLockStore;
 pub use notify::LockWatch;
