@@ -174,24 +174,8 @@ async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Opened)> {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    // `cargo bench` passes `--bench`, and maybe criterion's options with their values; a
-    // filter that is not ours means another bench was asked for.
-    let mut filter = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bench" | "--quick" | "--test" | "--nocapture" | "--list" | "--exact"
-            | "--noplot" | "--verbose" | "--quiet" => {}
-            flag if flag.starts_with("--") => {
-                if !flag.contains('=') {
-                    args.next();
-                }
-            }
-            _ => filter.push(arg),
-        }
-    }
-    if !filter.is_empty() && !filter.iter().any(|f| "handoff".contains(f.as_str())) {
+    let (wanted, quick) = conc_benches::table_bench_args("handoff");
+    if !wanted {
         return;
     }
     let rounds = if quick { 60 } else { 300 };

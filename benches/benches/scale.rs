@@ -50,22 +50,8 @@ async fn pairs_per_second(store: Arc<dyn LockStore>, clients: usize, length: Dur
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let mut filter = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bench" | "--quick" | "--test" | "--nocapture" | "--list" | "--exact"
-            | "--noplot" | "--verbose" | "--quiet" => {}
-            flag if flag.starts_with("--") => {
-                if !flag.contains('=') {
-                    args.next();
-                }
-            }
-            _ => filter.push(arg),
-        }
-    }
-    if !filter.is_empty() && !filter.iter().any(|f| "scale".contains(f.as_str())) {
+    let (wanted, quick) = conc_benches::table_bench_args("scale");
+    if !wanted {
         return;
     }
     let length = Duration::from_secs(if quick { 1 } else { 3 });

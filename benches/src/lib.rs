@@ -51,3 +51,28 @@ where
     }
     started.elapsed()
 }
+
+/// For the benches that print a table instead of running criterion (hand-off, saturation):
+/// whether `name` was asked for (no filter, or a filter it contains) and whether `--quick`
+/// was given. `cargo bench` passes `--bench` and maybe criterion's options with their
+/// values; those are not filters.
+pub fn table_bench_args(name: &str) -> (bool, bool) {
+    let mut quick = false;
+    let mut filter = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--bench" | "--test" | "--nocapture" | "--list" | "--exact" | "--noplot"
+            | "--verbose" | "--quiet" => {}
+            flag if flag.starts_with("--") => {
+                if !flag.contains('=') {
+                    args.next();
+                }
+            }
+            _ => filter.push(arg),
+        }
+    }
+    let wanted = filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    (wanted, quick)
+}

@@ -519,6 +519,7 @@ fn decode(
 }
 
 /// The session's own row: its JSON without the messages, which are rows of their own.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn encode_head(session: &SessionData) -> Result<String, SessionError> {
     encode(&SessionData {
         messages: Vec::new(),
@@ -530,6 +531,7 @@ fn encode_head(session: &SessionData) -> Result<String, SessionError> {
 }
 
 /// One message as its row stores it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn encode_message(message: &Message) -> Result<String, SessionError> {
     serde_json::to_string(message).map_err(|e| SessionError::Store {
         backend: "json",
@@ -537,8 +539,21 @@ fn encode_message(message: &Message) -> Result<String, SessionError> {
     })
 }
 
+/// The ids and JSON bodies of `messages`, as the message rows store them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn message_rows(messages: &[Message]) -> Result<(Vec<String>, Vec<String>), SessionError> {
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut bodies = Vec::with_capacity(messages.len());
+    for message in messages {
+        ids.push(message.id.clone());
+        bodies.push(encode_message(message)?);
+    }
+    Ok((ids, bodies))
+}
+
 /// A session from its row and its message rows, in order. A row written before messages
 /// had rows of their own keeps them in its JSON: those come first.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn decode_with_messages(
     backend: &'static str,
     text: &str,
@@ -567,7 +582,8 @@ mod sqlite {
     use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
     use super::{
-        Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message, stale,
+        Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message,
+        message_rows, stale,
     };
     use crate::data::{Message, SessionData};
     use crate::error::SessionError;
@@ -616,11 +632,7 @@ mod sqlite {
                 ..session.clone()
             };
             let text = encode_head(&saved)?;
-            let bodies = saved
-                .messages
-                .iter()
-                .map(|m| Ok((m.id.clone(), encode_message(m)?)))
-                .collect::<Result<Vec<_>, SessionError>>()?;
+            let bodies = message_rows(&saved.messages)?;
             let (id, expected) = (session.id.clone(), session.version as i64);
             let fence_arg = fence.map(fence_value).transpose()?;
             let changed = self
@@ -641,16 +653,7 @@ mod sqlite {
                     tx.prepare_cached("DELETE FROM conc_session_messages WHERE session_id = ?1")
                         .and_then(|mut s| s.execute([&id]))
                         .map_err(store_error)?;
-                    {
-                        let mut insert = tx
-                            .prepare_cached("INSERT INTO conc_session_messages (session_id, seq, message_id, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")
-                            .map_err(store_error)?;
-                        for (seq, (message_id, body)) in bodies.iter().enumerate() {
-                            insert
-                                .execute(params![id, seq as i64, message_id, body])
-                                .map_err(store_error)?;
-                        }
-                    }
+                    insert_messages(&tx, &id, &bodies)?;
                     tx.commit().map_err(store_error)?;
                     Ok(changed)
                 })
@@ -793,6 +796,24 @@ mod sqlite {
         }
     }
 
+    /// Writes the message rows of session `id` (ids and JSON bodies, in order), numbered
+    /// from 0, in the caller's transaction.
+    fn insert_messages(
+        tx: &Transaction<'_>,
+        id: &str,
+        (ids, bodies): &(Vec<String>, Vec<String>),
+    ) -> Result<(), SessionError> {
+        let mut insert = tx
+            .prepare_cached("INSERT INTO conc_session_messages (session_id, seq, message_id, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")
+            .map_err(store_error)?;
+        for (seq, (message_id, body)) in ids.iter().zip(bodies).enumerate() {
+            insert
+                .execute(params![id, seq as i64, message_id, body])
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
     /// Checks `fence` against the highest of `scope` in session `id` and records it, in
     /// the caller's transaction.
     fn advance_scope(
@@ -902,11 +923,7 @@ mod sqlite {
                 ..session.clone()
             };
             let text = encode_head(&stored)?;
-            let bodies = stored
-                .messages
-                .iter()
-                .map(|m| Ok((m.id.clone(), encode_message(m)?)))
-                .collect::<Result<Vec<_>, SessionError>>()?;
+            let bodies = message_rows(&stored.messages)?;
             let id = stored.id.clone();
             let inserted = self
                 .call(move |c| {
@@ -916,14 +933,7 @@ mod sqlite {
                         .execute("INSERT OR IGNORE INTO conc_sessions (id, version, data) VALUES (?1, 0, ?2)", params![id, text])
                         .map_err(store_error)?;
                     if inserted == 1 {
-                        let mut insert = tx
-                            .prepare_cached("INSERT INTO conc_session_messages (session_id, seq, message_id, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING")
-                            .map_err(store_error)?;
-                        for (seq, (message_id, body)) in bodies.iter().enumerate() {
-                            insert
-                                .execute(params![id, seq as i64, message_id, body])
-                                .map_err(store_error)?;
-                        }
+                        insert_messages(&tx, &id, &bodies)?;
                     }
                     tx.commit().map_err(store_error)?;
                     Ok(inserted)
@@ -1078,7 +1088,8 @@ mod postgres {
     use tokio_postgres::types::ToSql;
 
     use super::{
-        Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message, stale,
+        Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message,
+        message_rows, stale,
     };
     use crate::data::{Message, SessionData};
     use crate::error::SessionError;
@@ -1100,17 +1111,6 @@ mod postgres {
         /// `"schema".`, for the store's functions.
         schema: String,
         op_timeout: Duration,
-    }
-
-    /// The ids and JSON bodies of `messages`, as the message rows store them.
-    fn message_rows(messages: &[Message]) -> Result<(Vec<String>, Vec<String>), SessionError> {
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut bodies = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(message.id.clone());
-            bodies.push(encode_message(message)?);
-        }
-        Ok((ids, bodies))
     }
 
     /// A fence as PostgreSQL stores it.
