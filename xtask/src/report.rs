@@ -164,31 +164,23 @@ fn walk(dir: &Path, out: &mut Vec<Measurement>) {
 }
 
 fn read_one(new_dir: &Path) -> Option<Measurement> {
-    let bench = fs::read_to_string(new_dir.join("benchmark.json")).ok()?;
-    let estimates = fs::read_to_string(new_dir.join("estimates.json")).ok()?;
-    let median_at = estimates.find("\"median\"")?;
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&fs::read_to_string(new_dir.join(name)).ok()?).ok()
+    };
+    let bench = read("benchmark.json")?;
+    let estimates = read("estimates.json")?;
+    let text = |key: &str| {
+        bench
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
     Some(Measurement {
-        group: json_string(&bench, "group_id")?,
-        function: json_string(&bench, "function_id").unwrap_or_default(),
-        parameter: json_string(&bench, "value_str").unwrap_or_default(),
-        median_ns: json_number(&estimates[median_at..], "point_estimate")?,
+        group: text("group_id")?,
+        function: text("function_id").unwrap_or_default(),
+        parameter: text("value_str").unwrap_or_default(),
+        median_ns: estimates.get("median")?.get("point_estimate")?.as_f64()?,
     })
-}
-
-/// The string value of `"key":"…"` (criterion's JSON has no escapes in these fields).
-fn json_string(json: &str, key: &str) -> Option<String> {
-    let pattern = format!("\"{key}\":");
-    let rest = json[json.find(&pattern)? + pattern.len()..].trim_start();
-    let rest = rest.strip_prefix('"')?;
-    Some(rest[..rest.find('"')?].to_owned())
-}
-
-/// The first number after `"key":`.
-fn json_number(json: &str, key: &str) -> Option<f64> {
-    let pattern = format!("\"{key}\":");
-    let rest = json[json.find(&pattern)? + pattern.len()..].trim_start();
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))?;
-    rest[..end].parse().ok()
 }
 
 /// One row of the report.
@@ -427,11 +419,25 @@ mod tests {
 
     #[test]
     fn reads_criterion_json() {
-        let estimates = r#"{"mean":{"point_estimate":12.5},"median":{"confidence_interval":{"lower_bound":1.0},"point_estimate":11.25,"standard_error":0.1}}"#;
-        let at = estimates.find("\"median\"").unwrap();
-        assert_eq!(json_number(&estimates[at..], "point_estimate"), Some(11.25));
-        let bench = r#"{"group_id":"g","function_id":"conc","value_str":null}"#;
-        assert_eq!(json_string(bench, "group_id").as_deref(), Some("g"));
-        assert_eq!(json_string(bench, "value_str"), None);
+        let dir = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
+        let new = dir.join("g").join("conc").join("new");
+        fs::create_dir_all(&new).unwrap();
+        fs::write(
+            new.join("estimates.json"),
+            r#"{"mean":{"point_estimate":12.5},"median":{"confidence_interval":{"lower_bound":1.0},"point_estimate":11.25,"standard_error":0.1}}"#,
+        )
+        .unwrap();
+        fs::write(
+            new.join("benchmark.json"),
+            r#"{"group_id":"g \"quoted\"","function_id":"conc","value_str":null}"#,
+        )
+        .unwrap();
+        let found = read_measurements(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].group, "g \"quoted\"");
+        assert_eq!(found[0].function, "conc");
+        assert_eq!(found[0].parameter, "");
+        assert_eq!(found[0].median_ns, 11.25);
     }
 }
