@@ -235,6 +235,7 @@ impl Demo {
                     return Err(SessionError::Store {
                         backend: "lock",
                         message: e.to_string(),
+                        source: Some(Box::new(e)),
                     });
                 }
             }
@@ -295,6 +296,7 @@ impl Demo {
                         let _ = done.send(Err(SessionError::Store {
                             backend: "runtime",
                             message: e.to_string(),
+                            source: Some(Box::new(e)),
                         }));
                         return;
                     }

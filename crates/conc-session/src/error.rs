@@ -73,6 +73,10 @@ pub enum SessionError {
         backend: &'static str,
         /// What happened.
         message: String,
+        /// The driver's error (rusqlite, tokio-postgres, the lock store), where there is one,
+        /// for [`std::error::Error::source`] and downcasting.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 

@@ -936,6 +936,7 @@ impl GenerationGuard {
             return Err(SessionError::Store {
                 backend: "session",
                 message: "in comparison mode (generations_per_conversation > 1) a generation writes with append_reply, which the store fences per permit; a whole-session update cannot be".into(),
+                source: None,
             }
             .into());
         }

@@ -185,6 +185,7 @@ fn no_scopes() -> SessionError {
     SessionError::Store {
         backend: "session store",
         message: "this store keeps one fence per session, so it cannot fence several generations of one conversation apart (comparison mode); use the memory, SQLite or PostgreSQL store".into(),
+        source: None,
     }
 }
 
@@ -217,6 +218,7 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn SessionStore>, Sess
     let invalid = |message: String| SessionError::Store {
         backend: "url",
         message,
+        source: None,
     };
     let parsed = conc_lock_store::parse_url(url).map_err(|e| invalid(e.to_string()))?;
     match parsed.kind {
@@ -454,6 +456,20 @@ fn store_error(backend: &'static str, e: impl fmt::Display) -> SessionError {
     SessionError::Store {
         backend,
         message: e.to_string(),
+        source: None,
+    }
+}
+
+/// A failure of `backend`'s driver, kept as the error's source.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn driver_error<E: std::error::Error + Send + Sync + 'static>(
+    backend: &'static str,
+    e: E,
+) -> SessionError {
+    SessionError::Store {
+        backend,
+        message: e.to_string(),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -500,6 +516,7 @@ fn encode(session: &SessionData) -> Result<String, SessionError> {
     serde_json::to_string(session).map_err(|e| SessionError::Store {
         backend: "json",
         message: format!("could not encode session `{}`: {e}", session.id),
+        source: Some(Box::new(e)),
     })
 }
 
@@ -512,6 +529,7 @@ fn decode(
     let mut data: SessionData = serde_json::from_str(text).map_err(|e| SessionError::Store {
         backend,
         message: format!("a stored session is not valid: {e}"),
+        source: Some(Box::new(e)),
     })?;
     data.version = version;
     data.fence = fence;
@@ -536,6 +554,7 @@ fn encode_message(message: &Message) -> Result<String, SessionError> {
     serde_json::to_string(message).map_err(|e| SessionError::Store {
         backend: "json",
         message: format!("could not encode message `{}`: {e}", message.id),
+        source: Some(Box::new(e)),
     })
 }
 
@@ -568,6 +587,7 @@ fn decode_with_messages(
             .push(serde_json::from_str(body).map_err(|e| SessionError::Store {
                 backend,
                 message: format!("a stored message is not valid: {e}"),
+                source: Some(Box::new(e)),
             })?);
     }
     Ok(data)
@@ -590,8 +610,8 @@ mod sqlite {
 
     const BACKEND: &str = "sqlite";
 
-    fn store_error(e: impl std::fmt::Display) -> SessionError {
-        super::store_error(BACKEND, e)
+    fn store_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> SessionError {
+        super::driver_error(BACKEND, e)
     }
 
     /// Sessions in a SQLite file shared by the processes of one machine (WAL mode, busy
@@ -617,6 +637,7 @@ mod sqlite {
         i64::try_from(fence).map_err(|_| SessionError::Store {
             backend: BACKEND,
             message: format!("fence {fence} is larger than a stored fence can be"),
+            source: None,
         })
     }
 
@@ -1284,7 +1305,7 @@ mod postgres {
             tokio::time::timeout(store.op_timeout * 2, tx_work)
                 .await
                 .map_err(|_| store_error("creating the session table timed out"))?
-                .map_err(store_error)?;
+                .map_err(|e| super::driver_error(BACKEND, e))?;
             Ok(store)
         }
 
@@ -1313,7 +1334,7 @@ mod postgres {
                             let _ = deadpool_postgres::Object::take(client);
                             Ok(Err(e))
                         }
-                        Err(e) => Err(store_error(e)),
+                        Err(e) => Err(super::driver_error(BACKEND, e)),
                     }
                 };
                 match tokio::time::timeout(self.op_timeout, attempt).await {

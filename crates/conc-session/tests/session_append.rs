@@ -204,3 +204,21 @@ async fn legacy_rows(store: Arc<dyn SessionStore>) {
     let session = store.load("legacy").await.unwrap().unwrap();
     assert_eq!(ids(&session), ["old-1", "old-2", "new-1", "new-2"]);
 }
+
+/// A store failure keeps the driver's error as its source, for logging chains and
+/// downcasting.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_store_error_keeps_the_driver_error_as_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    // A folder is not a database file.
+    let error = conc_session::SqliteSessionStore::open(dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SessionError::Store { .. }), "{error}");
+    let source = std::error::Error::source(&error).expect("the driver's error");
+    assert!(
+        source.downcast_ref::<rusqlite::Error>().is_some(),
+        "{source:?}"
+    );
+}
