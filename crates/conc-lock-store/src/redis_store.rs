@@ -415,6 +415,14 @@ fn parse_error(context: &'static str) -> impl Fn(redis::ParsingError) -> LockErr
     }
 }
 
+fn connect_timed_out(limit: Duration) -> LockError {
+    LockError::Connect {
+        backend: BACKEND,
+        cause: crate::ConnectFailure::Timeout,
+        message: format!("connecting took longer than {limit:?}"),
+    }
+}
+
 fn timed_out(what: &str, limit: Duration) -> LockError {
     LockError::Backend {
         backend: BACKEND,
@@ -560,30 +568,13 @@ impl RedisLockStore {
         let connection =
             tokio::time::timeout(config.connect_timeout, client.get_async_connection())
                 .await
-                .map_err(|_| LockError::Connect {
-                    backend: BACKEND,
-                    cause: crate::ConnectFailure::Timeout,
-                    message: format!("connecting took longer than {:?}", config.connect_timeout),
-                })?
+                .map_err(|_| connect_timed_out(config.connect_timeout))?
                 .map_err(connect_error)?;
-        let mut subscribers = Vec::new();
-        for url in &urls {
-            subscribers.push(
-                match &root_cert {
-                    Some(pem) => redis::Client::build_with_tls(
-                        url.as_str(),
-                        redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem.clone()),
-                        },
-                    ),
-                    None => redis::Client::open(url.as_str()),
-                }
-                .map_err(|e| LockError::InvalidUrl {
-                    reason: format!("bad Redis URL: {e}"),
-                })?,
-            );
-        }
+        // One plain client per node for the event subscription, with the same TLS.
+        let subscribers = nodes
+            .iter()
+            .map(|node| client_for(node.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         Self::assemble(Connection::Cluster(connection), subscribers, config).await
     }
 
@@ -607,11 +598,7 @@ impl RedisLockStore {
         let connect = client.get_connection_manager_with_config(manager_config);
         let connection = tokio::time::timeout(config.connect_timeout, connect)
             .await
-            .map_err(|_| LockError::Connect {
-                backend: BACKEND,
-                cause: crate::ConnectFailure::Timeout,
-                message: format!("connecting took longer than {:?}", config.connect_timeout),
-            })?
+            .map_err(|_| connect_timed_out(config.connect_timeout))?
             .map_err(connect_error)?;
         Self::assemble(Connection::Single(connection), vec![client], config).await
     }
