@@ -5,6 +5,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use conc_benches::{contended_task_counts, ready, runtime, time_rounds};
 use conc_core::{AbortController, AbortReason, IdempotencyKey, IdempotencyRegistry, SequenceGuard};
@@ -68,6 +69,58 @@ fn mutex_contended(c: &mut Criterion) {
     group.finish();
 }
 
+/// The hand-off itself: `waiters` tasks queued on one current-thread runtime, each taking
+/// the lock and releasing it at once, over and over. A fair mutex queues the re-lock
+/// behind the others, so every release hands the lock to the next waiter and the time
+/// measured is from an unlock to the next holder running (one wake-up, one poll). The
+/// tasks are spawned and queued before the clock starts; the time is per hand-off.
+fn mutex_handoff(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("mutex_handoff");
+    for waiters in [4usize, 16, 64] {
+        let label = format!("{waiters} waiters");
+        macro_rules! case {
+            ($name:literal, $mutex:expr) => {
+                group.bench_function(BenchmarkId::new($name, &label), |b| {
+                    b.iter_custom(|iters| {
+                        let rounds = iters.div_ceil(waiters as u64).max(1);
+                        let mutex = Arc::new($mutex);
+                        let elapsed = rt.block_on(async {
+                            let held = mutex.lock().await;
+                            let handles: Vec<_> = (0..waiters)
+                                .map(|_| {
+                                    let mutex = mutex.clone();
+                                    tokio::spawn(async move {
+                                        for _ in 0..rounds {
+                                            *mutex.lock().await += 1;
+                                        }
+                                    })
+                                })
+                                .collect();
+                            // Let every task run to its first `lock()` and queue.
+                            tokio::task::yield_now().await;
+                            let started = Instant::now();
+                            drop(held);
+                            for handle in handles {
+                                handle.await.expect("bench task");
+                            }
+                            started.elapsed()
+                        });
+                        let handoffs = rounds * waiters as u64;
+                        elapsed.mul_f64(iters as f64 / handoffs as f64)
+                    })
+                });
+            };
+        }
+        case!("conc", conc_core::Mutex::new(0u64));
+        case!("tokio", tokio::sync::Mutex::new(0u64));
+        case!("async-lock", async_lock::Mutex::new(0u64));
+    }
+    group.finish();
+}
+
 fn sequence(c: &mut Criterion) {
     let mut group = c.benchmark_group("sequence_next_is_current");
     let guard = SequenceGuard::new("bench");
@@ -83,6 +136,23 @@ fn sequence(c: &mut Criterion) {
             let token = atomic.fetch_add(1, Ordering::AcqRel) + 1;
             black_box(atomic.load(Ordering::Acquire) == black_box(token))
         })
+    });
+    group.finish();
+}
+
+/// One caller per key: the registry's bookkeeping alone (enter, run, leave), the
+/// operation ready at once.
+fn registry_single(c: &mut Criterion) {
+    let mut group = c.benchmark_group("registry_1_caller");
+    let conc = IdempotencyRegistry::<u64>::new();
+    let key = IdempotencyKey::new("bench", ["conversation", "message"]).expect("key");
+    group.bench_function("conc", |b| {
+        b.iter(|| ready(conc.run(key.clone(), || async { 7 })))
+    });
+    let peer = async_singleflight::UnaryGroup::<String, u64>::new();
+    let key = key.as_str().to_owned();
+    group.bench_function("async_singleflight", |b| {
+        b.iter(|| ready(peer.work(key.as_str(), async { 7 })))
     });
     group.finish();
 }
@@ -153,7 +223,9 @@ criterion_group!(
     benches,
     mutex_uncontended,
     mutex_contended,
+    mutex_handoff,
     sequence,
+    registry_single,
     registry,
     abort
 );

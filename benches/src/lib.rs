@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Polls `future` once with a no-op waker and returns its output; the benches only pass
 /// futures that are ready at once (an uncontended lock), so anything else is a bench bug.
+#[inline(always)]
 pub fn ready<F: Future>(future: F) -> F::Output {
     match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(output) => output,

@@ -75,8 +75,20 @@ pub const GOALS: &[Goal] = &[
     ratio(
         "mutex_uncontended",
         "async-lock",
-        1.0,
-        "faster than async-lock",
+        0.9,
+        "at most 0.9x async-lock",
+    ),
+    ratio(
+        "mutex_uncontended",
+        "parking_lot",
+        1.1,
+        "at most 1.1x parking_lot",
+    ),
+    ratio(
+        "mutex_handoff",
+        "tokio",
+        0.5,
+        "at most 0.5x tokio per hand-off",
     ),
     ratio(
         "mutex_contended",
@@ -97,11 +109,18 @@ pub const GOALS: &[Goal] = &[
         "within 5% of tokio mpsc",
     ),
     ratio(
+        "registry_1_caller",
+        "async_singleflight",
+        0.25,
+        "at most 0.25x async_singleflight",
+    ),
+    ratio(
         "registry_100_callers",
         "async_singleflight",
-        1.0,
-        "at least async_singleflight's throughput",
+        0.5,
+        "at most 0.5x async_singleflight",
     ),
+    ratio("retry_success_path", "backon", 1.0, "at most backon's time"),
     overhead(
         "retry_success_path",
         "direct",
@@ -113,6 +132,13 @@ pub const GOALS: &[Goal] = &[
         "direct",
         50.0,
         "under 50 ns of overhead",
+    ),
+    ratio("spawn_100", "tokio", 1.5, "at most 1.5x a bare tokio spawn"),
+    ratio(
+        "lock_acquire_release",
+        "parking_lot-hashmap",
+        2.0,
+        "at most 2x the floor (>= 4 M pairs/s)",
     ),
     ratio(
         "lock_acquire_release",
@@ -129,10 +155,22 @@ pub const GOALS: &[Goal] = &[
     ratio(
         "lock_server_acquire_release",
         "raw-redis",
-        1.3,
-        "within 1.3x of raw commands",
+        1.2,
+        "within 1.2x of raw commands",
+    ),
+    ratio(
+        GROWTH_GROUP,
+        GROWTH_FROM,
+        1.5,
+        "flat: 10^6 keys within 1.5x of 10^3",
     ),
 ];
+
+/// The case whose goal compares a backend with itself at two loads: an acquire+release
+/// pair with 10^6 live keys against the same with 10^3 (the "peer" of the row).
+const GROWTH_GROUP: &str = "lock_live_keys";
+const GROWTH_FROM: &str = "1000 keys";
+const GROWTH_TO: &str = "1000000 keys";
 
 /// Reads every `new/estimates.json` (with its `benchmark.json`) under `criterion_dir`.
 pub fn read_measurements(criterion_dir: &Path) -> Vec<Measurement> {
@@ -222,6 +260,23 @@ pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
             .push(m);
     }
     let mut rows = Vec::new();
+    // Growth rows: each backend at 10^6 keys against itself at 10^3.
+    let growth = |parameter: &'static str| {
+        measurements
+            .iter()
+            .filter(move |m| m.group == GROWTH_GROUP && m.parameter == parameter)
+    };
+    for big in growth(GROWTH_TO) {
+        if let Some(small) = growth(GROWTH_FROM).find(|m| m.function == big.function) {
+            rows.push(Row {
+                case: format!("{GROWTH_GROUP} ({}, 10^6 keys)", big.function),
+                peer: GROWTH_FROM.to_owned(),
+                conc_ns: big.median_ns,
+                peer_ns: small.median_ns,
+                goal: GOALS.iter().copied().find(|g| g.group == GROWTH_GROUP),
+            });
+        }
+    }
     for ((group, parameter), ms) in cases {
         let Some(conc) = ms.iter().find(|m| m.function == "conc") else {
             continue;
@@ -405,16 +460,46 @@ mod tests {
         assert_eq!(tokio.verdict(), Some(true));
         let async_lock = rows.iter().find(|r| r.peer == "async-lock").unwrap();
         assert_eq!(async_lock.verdict(), Some(false));
-        assert_eq!(
-            rows.iter()
-                .find(|r| r.peer == "parking_lot")
-                .unwrap()
-                .verdict(),
-            None
-        );
+        let parking_lot = rows.iter().find(|r| r.peer == "parking_lot").unwrap();
+        assert_eq!(parking_lot.verdict(), Some(false));
+        // A case without a goal has no verdict.
+        let other = rows_of(&[
+            ("abort_check", "conc", "", 1.0),
+            ("abort_check", "tokio-util", "", 2.0),
+        ]);
+        assert_eq!(other[0].verdict(), None);
         let md = markdown(&rows, "test");
         assert!(md.contains("NOT MET") && md.contains("| 0.50 |"));
         assert!(svg_chart(&rows).starts_with("<svg"));
+    }
+
+    fn rows_of(ms: &[(&str, &str, &str, f64)]) -> Vec<Row> {
+        rows(
+            &ms.iter()
+                .map(|&(group, function, parameter, median_ns)| Measurement {
+                    group: group.into(),
+                    function: function.into(),
+                    parameter: parameter.into(),
+                    median_ns,
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn growth_rows_compare_a_backend_with_itself() {
+        let rows = rows_of(&[
+            ("lock_live_keys", "memory", "1000 keys", 200.0),
+            ("lock_live_keys", "memory", "1000000 keys", 260.0),
+            ("lock_live_keys", "sqlite", "1000 keys", 100.0),
+            ("lock_live_keys", "sqlite", "1000000 keys", 200.0),
+        ]);
+        assert_eq!(rows.len(), 2);
+        let memory = rows.iter().find(|r| r.case.contains("memory")).unwrap();
+        assert_eq!(memory.peer, "1000 keys");
+        assert_eq!(memory.verdict(), Some(true));
+        let sqlite = rows.iter().find(|r| r.case.contains("sqlite")).unwrap();
+        assert_eq!(sqlite.verdict(), Some(false));
     }
 
     #[test]

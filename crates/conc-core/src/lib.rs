@@ -76,6 +76,7 @@ mod idempotency;
 mod loom;
 mod mutex;
 mod sequence;
+mod spin;
 
 #[cfg(all(test, loom))]
 mod tests;

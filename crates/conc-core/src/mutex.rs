@@ -10,8 +10,13 @@
 //!   `WAITERS` implies `LOCKED`, because a releasing holder hands the lock straight to the
 //!   first waiter instead of unlocking.
 //! - Waiters queue in a short blocking critical section (`queue`), in arrival order, each
-//!   with an id. On release the front waiter is *granted* the lock (its id is recorded) and
-//!   woken; nobody can barge in between, so the order is strictly FIFO.
+//!   with an id (from 1). On release the front waiter is *granted* the lock (its id is
+//!   stored in `granted`, an atomic, with `Release`) and woken; nobody can barge in between,
+//!   so the order is strictly FIFO. The woken waiter sees its grant with one `Acquire` load,
+//!   without taking the queue's lock: a hand-off costs one queue critical section.
+//! - `granted` has one writer at a time: the releasing holder sets it, and only the grantee
+//!   (its poll, or its drop) clears it; no new grant can happen before the grantee has taken
+//!   the lock and released it.
 //! - A `lock()` future dropped while queued removes itself; one dropped after it was granted
 //!   but before it saw the grant passes the lock on, so a wake-up is never swallowed.
 
@@ -24,7 +29,14 @@ use std::pin::Pin;
 use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 
-use crate::loom::{AtomicUsize, Mutex as BlockingMutex, Ordering, UnsafeCell};
+use crate::loom::{AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+// The queue's lock: a spin lock normally; loom's mutex in the loom build, where a spin
+// loop's every turn would be a branch of each model (the spin lock has a model of its own
+// in `spin.rs`).
+#[cfg(loom)]
+use crate::loom::Mutex as BlockingMutex;
+#[cfg(not(loom))]
+use crate::spin::SpinLock as BlockingMutex;
 
 const LOCKED: usize = 1;
 const WAITERS: usize = 2;
@@ -55,6 +67,8 @@ const WAITERS: usize = 2;
 /// ```
 pub struct Mutex<T> {
     state: AtomicUsize,
+    /// The id of the waiter that owns the lock but has not yet observed it; 0 for none.
+    granted: AtomicU64,
     queue: BlockingMutex<Queue>,
     data: UnsafeCell<T>,
 }
@@ -69,9 +83,8 @@ unsafe impl<T: Send> Sync for Mutex<T> {}
 struct Queue {
     /// Waiters in arrival order; ids increase, so the deque is sorted by id.
     waiters: VecDeque<Waiter>,
-    next_id: u64,
-    /// The waiter that owns the lock but has not yet observed it.
-    granted: Option<u64>,
+    /// The last id handed out (ids start at 1; 0 means "none" in `granted`).
+    last_id: u64,
 }
 
 #[derive(Debug)]
@@ -96,6 +109,7 @@ impl<T> Mutex<T> {
     pub fn new(value: T) -> Self {
         Self {
             state: AtomicUsize::new(0),
+            granted: AtomicU64::new(0),
             queue: BlockingMutex::new(Queue::default()),
             data: UnsafeCell::new(value),
         }
@@ -109,10 +123,7 @@ impl<T> Mutex<T> {
     /// place in the queue; if the lock had already been handed to it, it is handed on to the
     /// next waiter (or released), so no other waiter misses its wake-up.
     pub fn lock(&self) -> Lock<'_, T> {
-        Lock {
-            mutex: self,
-            id: None,
-        }
+        Lock { mutex: self, id: 0 }
     }
 
     /// Takes the lock if it is free and nobody is queued, without waiting.
@@ -193,10 +204,13 @@ impl<T> Mutex<T> {
     /// Releases the lock held by the caller, handing it to the first waiter if any.
     #[inline]
     fn unlock(&self) {
-        if self
-            .state
-            .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
-            .is_err()
+        // A load first: with waiters queued the compare-and-swap would fail, and a failed
+        // one costs as much as one that works.
+        if self.state.load(Ordering::Relaxed) != LOCKED
+            || self
+                .state
+                .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
+                .is_err()
         {
             self.unlock_slow();
         }
@@ -218,7 +232,7 @@ impl<T> Mutex<T> {
     fn hand_off(&self, queue: &mut Queue) -> Option<Waker> {
         match queue.waiters.pop_front() {
             Some(next) => {
-                queue.granted = Some(next.id);
+                self.granted.store(next.id, Ordering::Release);
                 if queue.waiters.is_empty() {
                     self.state.fetch_and(!WAITERS, Ordering::Relaxed);
                 }
@@ -257,23 +271,39 @@ impl<T> fmt::Debug for Mutex<T> {
 #[must_use = "futures do nothing unless polled"]
 pub struct Lock<'a, T> {
     mutex: &'a Mutex<T>,
-    /// Our place in the queue, once queued.
-    id: Option<u64>,
+    /// Our place in the queue once queued (ids start at 1); 0 before.
+    id: u64,
 }
 
 impl<'a, T> Future for Lock<'a, T> {
     type Output = MutexGuard<'a, T>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mutex = self.mutex;
+        // The uncontended path, inlined into the caller. A load first: a failed
+        // compare-and-swap costs as much as one that works.
+        if self.id == 0 && mutex.state.load(Ordering::Relaxed) == 0 && mutex.try_acquire() {
+            return Poll::Ready(MutexGuard::new(mutex));
+        }
+        self.poll_slow(cx)
+    }
+}
+
+impl<'a, T> Lock<'a, T> {
+    #[inline(never)]
+    fn poll_slow(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<MutexGuard<'a, T>> {
         let mutex = self.mutex;
         match self.id {
-            None => {
-                if mutex.try_acquire() {
-                    return Poll::Ready(MutexGuard::new(mutex));
-                }
+            0 => {
                 let mut queue = mutex.queue.lock();
                 let mut state = mutex.state.load(Ordering::Relaxed);
                 loop {
+                    if state & WAITERS != 0 {
+                        // Already marked (and so locked): only a queue-lock holder clears
+                        // WAITERS, and that is us now.
+                        break;
+                    }
                     if state & LOCKED == 0 {
                         match mutex.state.compare_exchange_weak(
                             state,
@@ -298,22 +328,29 @@ impl<'a, T> Future for Lock<'a, T> {
                         }
                     }
                 }
-                let id = queue.next_id;
-                queue.next_id += 1;
+                queue.last_id += 1;
+                let id = queue.last_id;
                 queue.waiters.push_back(Waiter {
                     id,
                     waker: cx.waker().clone(),
                 });
                 drop(queue);
-                self.id = Some(id);
+                self.id = id;
                 Poll::Pending
             }
-            Some(id) => {
+            id => {
+                // The grant is read without the queue's lock: `Acquire` pairs with the
+                // releasing holder's `Release` store, after its critical section.
+                if mutex.granted.load(Ordering::Acquire) == id {
+                    mutex.granted.store(0, Ordering::Relaxed);
+                    self.id = 0;
+                    return Poll::Ready(MutexGuard::new(mutex));
+                }
                 let mut queue = mutex.queue.lock();
-                if queue.granted == Some(id) {
-                    queue.granted = None;
+                if mutex.granted.load(Ordering::Acquire) == id {
+                    mutex.granted.store(0, Ordering::Relaxed);
                     drop(queue);
-                    self.id = None;
+                    self.id = 0;
                     return Poll::Ready(MutexGuard::new(mutex));
                 }
                 if let Some(at) = queue.position(id) {
@@ -329,14 +366,26 @@ impl<'a, T> Future for Lock<'a, T> {
 }
 
 impl<T> Drop for Lock<'_, T> {
+    #[inline]
     fn drop(&mut self) {
-        let Some(id) = self.id else { return };
+        if self.id != 0 {
+            let id = self.id;
+            self.drop_queued(id);
+        }
+    }
+}
+
+impl<T> Lock<'_, T> {
+    /// Dropped while queued (or granted but not yet seen): leave the queue, or pass the
+    /// lock on.
+    #[cold]
+    fn drop_queued(&mut self, id: u64) {
         let mutex = self.mutex;
         let waker = {
             let mut queue = mutex.queue.lock();
-            if queue.granted == Some(id) {
+            if mutex.granted.load(Ordering::Acquire) == id {
                 // The lock was handed to us but we never took it: pass it on.
-                queue.granted = None;
+                mutex.granted.store(0, Ordering::Relaxed);
                 mutex.hand_off(&mut queue)
             } else {
                 if let Some(at) = queue.position(id) {
@@ -357,7 +406,7 @@ impl<T> Drop for Lock<'_, T> {
 impl<T> fmt::Debug for Lock<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lock")
-            .field("queued", &self.id.is_some())
+            .field("queued", &(self.id != 0))
             .finish()
     }
 }

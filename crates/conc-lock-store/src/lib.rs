@@ -50,6 +50,7 @@ mod memory;
 mod notify;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod random;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod request;
@@ -223,7 +224,6 @@ pub trait LockStore: Send + Sync + fmt::Debug {
         request.validate(self.max_ttl())?;
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(2);
-        let mut seed = request::random_u64();
         let mut watch = self.watch(&request.key);
         loop {
             if let Some(lease) = self.try_acquire(request).await? {
@@ -239,10 +239,7 @@ pub trait LockStore: Send + Sync + fmt::Debug {
                 });
             }
             // Full jitter over a pause that doubles up to 100 ms, never past the deadline.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let jittered = pause.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
+            let jittered = pause.mul_f64(random::unit());
             let pause_for = jittered.max(Duration::from_millis(1)).min(wait - waited);
             match watch.as_mut() {
                 Some(watch) => {

@@ -1,6 +1,6 @@
 //! [`MemoryLockStore`]: locks for one process, on a monotonic clock.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,13 +10,13 @@ use crate::LockStore;
 use crate::error::LockError;
 use crate::notify::{LockWatch, Watchers};
 use crate::request::{
-    Lease, LockInfo, LockRequest, Metadata, next_fence, random_token, unix_micros, validate_key,
+    Lease, LockInfo, LockRequest, Metadata, next_fence, unix_micros, validate_key,
 };
 
 #[derive(Debug, Clone)]
 struct Entry {
     owner: String,
-    token: String,
+    token: crate::random::Token,
     fence: u64,
     metadata: Metadata,
     acquired_at: SystemTime,
@@ -24,6 +24,9 @@ struct Entry {
     /// Monotonic expiry: the truth for this store.
     deadline: Instant,
     renewed_at: SystemTime,
+    /// Released by its holder: kept (not live) so that the next acquisition of the key
+    /// reuses its slot and its owner's buffer; swept when released entries are many.
+    released: bool,
 }
 
 impl Entry {
@@ -45,14 +48,20 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct State {
-    locks: BTreeMap<String, Entry>,
+    /// A hash map: the cost of a key does not grow with the number of keys, and a map
+    /// that empties keeps its table (a B-tree frees its last node and allocates it again).
+    locks: HashMap<String, Entry>,
+    /// How many entries of `locks` are released ones.
+    released: usize,
     /// The last fence drawn: fences strictly increase per key, and across keys, and are at
     /// least the wall clock in microseconds, so a restarted process never reuses one.
     fence: u64,
 }
 
 /// A process-local [`LockStore`]: fast, exact, on tokio's monotonic clock (so it follows
-/// paused time in tests). Operations are O(log n) in the number of keys.
+/// paused time in tests). Operations are O(log n) in the number of keys. The wall-clock
+/// times it reports (`acquired_at`, `expires_at`) are the store's creation time on the wall
+/// clock plus the monotonic time since, so they follow paused time too.
 ///
 /// ```
 /// use std::time::Duration;
@@ -72,6 +81,10 @@ pub struct MemoryLockStore {
     state: parking_lot::Mutex<State>,
     max_ttl: Duration,
     watchers: Arc<Watchers>,
+    /// The wall clock and the monotonic clock read together when the store was made: the
+    /// wall-clock times of leases are derived from the monotonic clock (one clock read per
+    /// operation instead of two).
+    epoch: (SystemTime, Instant),
 }
 
 impl Default for MemoryLockStore {
@@ -88,35 +101,62 @@ impl MemoryLockStore {
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.max_ttl)?;
         let now = Instant::now();
-        let wall = SystemTime::now();
+        let wall = self.wall(now);
         let deadline = deadline(now, request.ttl)?;
         let mut state = self.state.lock();
-        let held = state.locks.get(&request.key).is_some_and(|e| e.live(now));
+        let State {
+            locks,
+            fence,
+            released,
+        } = &mut *state;
+        let slot = locks.get_mut(&request.key);
+        let held = slot.as_ref().is_some_and(|e| e.live(now));
         if !force && held {
             return Ok(None);
         }
-        state.fence = next_fence(state.fence, unix_micros(wall));
-        let entry = Entry {
-            owner: request.owner.clone(),
-            token: random_token(),
-            fence: state.fence,
-            metadata: request.metadata.clone(),
-            acquired_at: wall,
-            ttl: request.ttl,
-            deadline,
-            renewed_at: wall,
-        };
+        *fence = next_fence(*fence, unix_micros(wall));
+        let token = crate::random::token();
         let lease = Lease {
             key: request.key.clone(),
-            owner: entry.owner.clone(),
-            token: entry.token.clone(),
-            fence: entry.fence,
+            owner: request.owner.clone(),
+            token: token.as_str().to_owned(),
+            fence: *fence,
             acquired_at: wall,
             expires_at: wall + request.ttl,
             ttl: request.ttl,
             requested_at: now,
         };
-        state.locks.insert(request.key.clone(), entry);
+        match slot {
+            Some(slot) => {
+                // In place: the owner's buffer is reused when it is large enough.
+                if slot.released {
+                    *released -= 1;
+                }
+                slot.owner.clone_from(&request.owner);
+                slot.token = token;
+                slot.fence = *fence;
+                slot.metadata.clone_from(&request.metadata);
+                slot.acquired_at = wall;
+                slot.ttl = request.ttl;
+                slot.deadline = deadline;
+                slot.renewed_at = wall;
+                slot.released = false;
+            }
+            None => {
+                let entry = Entry {
+                    owner: request.owner.clone(),
+                    token,
+                    fence: *fence,
+                    metadata: request.metadata.clone(),
+                    acquired_at: wall,
+                    ttl: request.ttl,
+                    deadline,
+                    renewed_at: wall,
+                    released: false,
+                };
+                locks.insert(request.key.clone(), entry);
+            }
+        }
         drop(state);
         if held {
             self.watchers.notify(&request.key);
@@ -135,7 +175,15 @@ impl MemoryLockStore {
             state: parking_lot::Mutex::new(State::default()),
             max_ttl: max_ttl.min(crate::TTL_LIMIT),
             watchers: Arc::default(),
+            epoch: (SystemTime::now(), Instant::now()),
         }
+    }
+
+    /// The wall-clock time of the monotonic instant `now`: the store's start on the wall
+    /// clock plus the monotonic time since. It follows paused tokio time in tests, and a
+    /// step of the system clock after the store was made does not move it.
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.epoch.0 + now.saturating_duration_since(self.epoch.1)
     }
 }
 
@@ -161,12 +209,22 @@ impl LockStore for MemoryLockStore {
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
         let now = Instant::now();
         let mut state = self.state.lock();
-        let held = state
-            .locks
-            .get(&lease.key)
-            .is_some_and(|e| e.token == lease.token && e.live(now));
+        let held = match state.locks.get_mut(&lease.key) {
+            Some(e) if e.token.as_str() == lease.token && e.live(now) => {
+                e.deadline = now;
+                e.released = true;
+                true
+            }
+            _ => false,
+        };
         if held {
-            state.locks.remove(&lease.key);
+            state.released += 1;
+            // Sweep released entries once they are more than the live ones (amortised
+            // O(1) per release; the map stays within twice its live keys plus 1 024).
+            if state.released > 1024 && state.released * 2 > state.locks.len() {
+                state.locks.retain(|_, e| !e.released);
+                state.released = 0;
+            }
             drop(state);
             self.watchers.notify(&lease.key);
         }
@@ -176,11 +234,11 @@ impl LockStore for MemoryLockStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         crate::request::validate_ttl(ttl, self.max_ttl)?;
         let now = Instant::now();
-        let wall = SystemTime::now();
+        let wall = self.wall(now);
         let new_deadline = deadline(now, ttl)?;
         let mut state = self.state.lock();
         let renewed = match state.locks.get_mut(&lease.key) {
-            Some(entry) if entry.token == lease.token && entry.live(now) => {
+            Some(entry) if entry.token.as_str() == lease.token && entry.live(now) => {
                 entry.deadline = new_deadline;
                 entry.ttl = ttl;
                 entry.renewed_at = wall;
@@ -205,11 +263,15 @@ impl LockStore for MemoryLockStore {
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError> {
         let now = Instant::now();
         let state = self.state.lock();
-        Ok(state
+        // A scan of every key (the map has no order): an operator's call, not a hot path.
+        let mut found: Vec<(&String, &Entry)> = state
             .locks
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, e)| e.live(now))
+            .iter()
+            .filter(|(k, e)| k.starts_with(prefix) && e.live(now))
+            .collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Ok(found
+            .into_iter()
             .take(limit)
             .map(|(k, e)| e.info(k))
             .collect())
@@ -218,15 +280,25 @@ impl LockStore for MemoryLockStore {
     async fn cleanup_expired(&self) -> Result<u64, LockError> {
         let now = Instant::now();
         let mut state = self.state.lock();
-        let before = state.locks.len();
-        state.locks.retain(|_, e| e.live(now));
-        Ok((before - state.locks.len()) as u64)
+        // Released entries go too, but only the expired ones are counted.
+        let mut expired = 0;
+        state.locks.retain(|_, e| {
+            expired += u64::from(!e.released && !e.live(now));
+            e.live(now)
+        });
+        state.released = 0;
+        Ok(expired)
     }
 
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
         validate_key(key)?;
         let now = Instant::now();
-        let removed = self.state.lock().locks.remove(key);
+        let mut state = self.state.lock();
+        let removed = state.locks.remove(key);
+        if removed.as_ref().is_some_and(|e| e.released) {
+            state.released -= 1;
+        }
+        drop(state);
         let live = removed.is_some_and(|e| e.live(now));
         if live {
             self.watchers.notify(key);

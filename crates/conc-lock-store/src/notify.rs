@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
@@ -12,6 +13,12 @@ use tokio::sync::watch;
 #[derive(Default)]
 pub(crate) struct Watchers {
     keys: parking_lot::Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// `keys.len()`, written under `keys`' lock, read without it: a store with no watched
+    /// key skips the lock and the hash on every release. A subscriber registers before it
+    /// looks at the lock's state (under the store's own lock or a round trip), and a
+    /// releaser reads this after changing that state, so a release that a subscriber has
+    /// not seen always finds the count raised.
+    len: AtomicUsize,
     all: parking_lot::Mutex<Option<watch::Sender<u64>>>,
 }
 
@@ -40,15 +47,20 @@ impl Watchers {
             .entry(key.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe();
+        self.len.store(keys.len(), Ordering::SeqCst);
         LockWatch { key, all }
     }
 
     /// Wakes the watchers of `key`.
     pub(crate) fn notify(&self, key: &str) {
+        if self.len.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let mut keys = self.keys.lock();
         if let Some(sender) = keys.get(key) {
             if sender.receiver_count() == 0 {
                 keys.remove(key);
+                self.len.store(keys.len(), Ordering::SeqCst);
             } else {
                 sender.send_modify(|n| *n = n.wrapping_add(1));
             }

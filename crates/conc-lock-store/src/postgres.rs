@@ -30,8 +30,7 @@ use crate::LockStore;
 use crate::error::LockError;
 use crate::notify::{LockWatch, Watchers};
 use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, validate_key,
-    validate_ttl,
+    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, validate_key, validate_ttl,
 };
 
 const BACKEND: &str = "postgres";
@@ -461,7 +460,7 @@ impl PostgresLockStore {
         force: bool,
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.config.max_ttl)?;
-        let token = random_token();
+        let token = crate::random::shared_token();
         let metadata = encode_metadata(&request.metadata);
         let ttl = millis(request.ttl);
         let sent = tokio::time::Instant::now();
@@ -800,7 +799,7 @@ mod retry_tests {
             ..PostgresConfig::default()
         };
         let store = PostgresLockStore::connect(&url, config).await.unwrap();
-        let token = random_token();
+        let token = crate::random::shared_token();
         let (key, owner, metadata, ttl) =
             ("k".to_owned(), "owner".to_owned(), String::new(), 5000i64);
         let params: [&(dyn ToSql + Sync); 5] = [&key, &owner, &token, &metadata, &ttl];

@@ -53,7 +53,7 @@ use crate::error::LockError;
 use crate::notify::{LockWatch, Watchers};
 use crate::request::{
     Lease, LockInfo, LockRequest, decode_metadata, default_drift_margin, encode_metadata,
-    random_token, validate_key, validate_ttl,
+    validate_key, validate_ttl,
 };
 use crate::{LockStore, from_unix_millis};
 
@@ -852,7 +852,12 @@ impl RedisLockStore {
                 longest + default_drift_margin(longest)
             }
         };
-        (self.marker_key(slot), known, random_token(), ms(delay))
+        (
+            self.marker_key(slot),
+            known,
+            crate::random::shared_token(),
+            ms(delay),
+        )
     }
 
     /// Remembers the marker as the server reported it; warns once per wipe found.
@@ -885,7 +890,7 @@ impl RedisLockStore {
         force: bool,
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.config.max_ttl)?;
-        let token = random_token();
+        let token = crate::random::shared_token();
         let lock_key = self.lock_key(&request.key);
         let slot = self.guard_slot(&lock_key);
         let mut invocation = self.scripts.acquire.prepare_invoke();
@@ -1341,7 +1346,7 @@ mod retry_tests {
             .await
             .unwrap();
         let request = LockRequest::new("k", "owner", Duration::from_secs(5));
-        let token = random_token();
+        let token = crate::random::shared_token();
         let acquire = || {
             let mut invocation = store.scripts.acquire.prepare_invoke();
             store.guard_args(0, &mut invocation);

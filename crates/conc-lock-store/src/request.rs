@@ -1,8 +1,6 @@
 //! [`LockRequest`], [`Lease`] and [`LockInfo`], and the input checks every backend shares.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::error::LockError;
@@ -222,26 +220,6 @@ pub(crate) fn unix_micros(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// A random 128-bit token, hex encoded (unique, not secret).
-pub(crate) fn random_token() -> String {
-    format!("{:016x}{:016x}", random_u64(), random_u64())
-}
-
-/// A random u64 from std's per-process random SipHash keys, a counter and the clock.
-pub(crate) fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
-}
-
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), for messages and operators.
 pub fn format_time(time: SystemTime) -> String {
     let millis = crate::unix_millis(time);
@@ -273,12 +251,6 @@ mod tests {
             format_time(SystemTime::UNIX_EPOCH),
             "1970-01-01T00:00:00.000Z"
         );
-    }
-
-    #[test]
-    fn tokens_are_unique() {
-        let tokens: std::collections::HashSet<_> = (0..1000).map(|_| random_token()).collect();
-        assert_eq!(tokens.len(), 1000);
     }
 }
 

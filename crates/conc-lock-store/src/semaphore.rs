@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::LockStore;
 use crate::error::LockError;
 use crate::guard::LockGuard;
-use crate::request::{Lease, LockInfo, LockRequest, MAX_KEY_BYTES, random_u64, validate_key};
+use crate::request::{Lease, LockInfo, LockRequest, MAX_KEY_BYTES, validate_key};
 
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 1024;
@@ -107,7 +107,7 @@ impl Semaphore {
     pub async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
         self.validate(&request.key)?;
         request.validate(self.store.max_ttl())?;
-        let start = (random_u64() % u64::from(self.permits)) as u32;
+        let start = crate::random::below(u64::from(self.permits)) as u32;
         for step in 0..self.permits {
             let permit = (start + step) % self.permits;
             let slot = LockRequest {
@@ -147,7 +147,7 @@ impl Semaphore {
                     holder: None,
                 });
             }
-            let jitter = (random_u64() % 1000) as f64 / 1000.0;
+            let jitter = crate::random::unit();
             let sleep = tokio::time::sleep(
                 pause
                     .mul_f64(jitter)

@@ -21,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::error::LockError;
 use crate::notify::{LockWatch, Watchers};
 use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, random_token, unix_micros,
-    validate_key, validate_ttl,
+    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, unix_micros, validate_key,
+    validate_ttl,
 };
 use crate::{LockStore, from_unix_millis, unix_millis};
 
@@ -145,7 +145,7 @@ impl SqliteLockStore {
             let wall = SystemTime::now();
             let now = unix_millis(wall);
             let clock = i64::try_from(unix_micros(wall)).unwrap_or(i64::MAX);
-            let token = random_token();
+            let token = crate::random::shared_token();
             let expires_at = now.saturating_add(ttl_millis(request.ttl));
             // One statement, so one commit: take the key if free or expired, with the next
             // fence; the triggers move the store's fence counter along.

@@ -162,16 +162,25 @@ impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
 /// # Cancel safety
 ///
 /// Dropping the future drops the attempt in flight (or the sleep between attempts).
-pub fn retry<T, E, F, Fut>(
-    policy: &RetryPolicy,
-    operation: F,
-) -> impl Future<Output = Result<T, RetryError<E>>>
+pub async fn retry<T, E, F, Fut>(policy: &RetryPolicy, mut operation: F) -> Result<T, RetryError<E>>
 where
     E: Classify,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    Retry::new(policy).run(operation)
+    // The `Retry` value is made only after a failure (or when the policy has a time limit):
+    // the success path is the operation and two branches.
+    let mut first = None;
+    if policy.attempt_timeout.is_none() && policy.max_elapsed.is_none() {
+        match operation().await {
+            Ok(value) => {
+                debug!(attempts = 1, "attempt succeeded");
+                return Ok(value);
+            }
+            Err(error) => first = Some(error),
+        }
+    }
+    Box::pin(Retry::new(policy).run_loop(operation, |e: &E| e.class(), first)).await
 }
 
 type Hook<'a, E> = Box<dyn FnMut(&AttemptFailure<E>, u32, Duration) + Send + 'a>;
@@ -292,9 +301,44 @@ impl<'a, E> Retry<'a, E> {
     }
 
     async fn run_classified<T, F, Fut>(
+        self,
+        mut operation: F,
+        default: fn(&E) -> ErrorClass,
+    ) -> Result<T, RetryError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if let Some(budget) = self.budget {
+            budget.deposit();
+        }
+        // The common first attempt, with no signal, breaker or time limit to watch, is
+        // awaited directly: the success path is the operation and a few branches. Anything
+        // else (a failure, or a call with those parts) runs the full loop, boxed, so that
+        // its state does not weigh on every call's future.
+        let mut first = None;
+        if self.signal.is_none()
+            && self.breaker.is_none()
+            && self.policy.attempt_timeout.is_none()
+            && self.policy.max_elapsed.is_none()
+        {
+            match operation().await {
+                Ok(value) => {
+                    debug!(attempts = 1, "attempt succeeded");
+                    return Ok(value);
+                }
+                Err(error) => first = Some(error),
+            }
+        }
+        Box::pin(self.run_loop(operation, default, first)).await
+    }
+
+    /// The retry loop; `first` is the error of a first attempt already made.
+    async fn run_loop<T, F, Fut>(
         mut self,
         mut operation: F,
         default: fn(&E) -> ErrorClass,
+        mut first: Option<E>,
     ) -> Result<T, RetryError<E>>
     where
         F: FnMut() -> Fut,
@@ -308,9 +352,6 @@ impl<'a, E> Retry<'a, E> {
         let mut attempts = 0u32;
         let mut last = None;
         let signal = self.signal.clone();
-        if let Some(budget) = self.budget {
-            budget.deposit();
-        }
         let since = |started: Option<Instant>| started.map_or(Duration::ZERO, |s| s.elapsed());
         let stop = |started: Option<Instant>, attempts, last, stop| {
             debug!(attempts, %stop, "retry gave up");
@@ -356,9 +397,10 @@ impl<'a, E> Retry<'a, E> {
                     None => Ok(operation().await),
                 }
             };
-            let outcome = match &signal {
-                Some(signal) => signal.run_until_aborted(attempt).await,
-                None => Ok(attempt.await),
+            let outcome = match (first.take(), &signal) {
+                (Some(error), _) => Ok(Ok(Err(error))),
+                (None, Some(signal)) => signal.run_until_aborted(attempt).await,
+                (None, None) => Ok(attempt.await),
             };
             if !matches!(outcome, Ok(Ok(Ok(_)))) {
                 started.get_or_insert_with(Instant::now);
