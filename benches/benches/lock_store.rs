@@ -217,8 +217,64 @@ fn live_keys(c: &mut Criterion) {
             let store = sqlite.get_or_init(|| filled_sqlite(&rt, dir.path(), n));
             b.iter(|| pair(&rt, store, &request))
         });
+        if let Ok(url) = std::env::var("CONC_TEST_POSTGRES_URL") {
+            let postgres = std::cell::OnceCell::new();
+            group.bench_function(BenchmarkId::new("postgres", &label), |b| {
+                let store = postgres.get_or_init(|| filled_postgres(&rt, &url, n));
+                b.iter(|| pair(&rt, store, &request))
+            });
+            if postgres.get().is_some() {
+                rt.block_on(empty_postgres(&url));
+            }
+        }
     }
     group.finish();
+}
+
+const LIVE_SCHEMA: &str = "conc_bench_live";
+
+/// A PostgreSQL store in its own schema holding `n` live keys (one `generate_series`).
+fn filled_postgres(rt: &tokio::runtime::Runtime, url: &str, n: u64) -> Arc<dyn LockStore> {
+    rt.block_on(async {
+        let config = conc_lock_store::PostgresConfig {
+            schema: LIVE_SCHEMA.into(),
+            ..Default::default()
+        };
+        let store = conc_lock_store::PostgresLockStore::connect(url, config)
+            .await
+            .expect("connect");
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("fill connect");
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "DELETE FROM {LIVE_SCHEMA}.conc_locks WHERE key LIKE 'live:%';
+                 INSERT INTO {LIVE_SCHEMA}.conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
+                 SELECT 'live:' || lpad(i::text, 8, '0'), 'filler', 't', i, '', now(), now() + interval '1 hour'
+                 FROM generate_series(1, {n}) AS i;
+                 ANALYZE {LIVE_SCHEMA}.conc_locks;"
+            ))
+            .await
+            .expect("fill");
+        drop(client);
+        let _ = connection.await;
+        Arc::new(store) as Arc<dyn LockStore>
+    })
+}
+
+/// Takes the filler keys out of the shared server again.
+async fn empty_postgres(url: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {LIVE_SCHEMA} CASCADE"))
+        .await
+        .expect("drop the bench schema");
+    drop(client);
+    let _ = connection.await;
 }
 
 /// PostgreSQL and Redis, when their test URLs are set: the store's acquire+release against

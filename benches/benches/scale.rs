@@ -4,7 +4,7 @@
 //!
 //! Not a criterion bench: throughput at a concurrency level is one number per run. Writes
 //! `target/conc-bench/scale.md`. `cargo bench -p conc-benches --bench scale` (`-- --quick`
-//! for 1 s per level instead of 3 s).
+//! for 0.5 s per level instead of 3 s).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,7 @@ fn main() {
     if !wanted {
         return;
     }
-    let length = Duration::from_secs(if quick { 1 } else { 3 });
+    let length = Duration::from_millis(if quick { 500 } else { 3000 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -209,11 +209,11 @@ fn bench(args: &[String]) -> Result {
     if quick {
         cmd.args([
             "--warm-up-time",
-            "0.5",
+            "0.2",
             "--measurement-time",
-            "1",
+            "0.5",
             "--sample-size",
-            "20",
+            "10",
         ]);
     }
     for f in &filter {

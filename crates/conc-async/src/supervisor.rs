@@ -87,8 +87,8 @@ struct Inner {
 ///
 /// - Start and finish are logged at debug level; an error at error level with the task's
 ///   name; a panic is caught, counted and logged, never lost.
-/// - Each task gets a child [`AbortSignal`] of the supervisor's, aborted with
-///   [`AbortReason::Shutdown`] by [`shutdown`](Self::shutdown).
+/// - Each task gets the supervisor's [`AbortSignal`] (a clone: no allocation per task),
+///   aborted with [`AbortReason::Shutdown`] by [`shutdown`](Self::shutdown).
 /// - [`with_max_tasks`](Self::with_max_tasks) bounds how many run at once: `spawn` waits for
 ///   a slot (backpressure), `try_spawn` fails.
 ///
@@ -269,7 +269,7 @@ impl Supervisor {
         T: Send + 'static,
         E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
     {
-        let signal = self.inner.controller.signal().child().signal();
+        let signal = self.inner.controller.signal();
         let future = task(signal);
         let inner = self.inner.clone();
         let span = tracing::debug_span!("task", supervisor = %inner.name, task = %name);
@@ -278,12 +278,11 @@ impl Supervisor {
                 let _permit = permit;
                 debug!("task started");
                 let counters = &inner.counters;
+                // The task first: one that ends at its first poll never registers with
+                // `kill` (a registration is a lock on the token, shared by every task). A
+                // task still running after the grace period is dropped at its next poll.
                 tokio::select! {
                     biased;
-                    () = inner.kill.cancelled() => {
-                        counters.aborted.fetch_add(1, Ordering::AcqRel);
-                        debug!("task dropped after the shutdown grace period");
-                    }
                     outcome = catch_unwind(future) => match outcome {
                         Ok(Ok(_)) => {
                             counters.finished.fetch_add(1, Ordering::AcqRel);
@@ -304,6 +303,10 @@ impl Supervisor {
                             error!(panic = %crate::util::panic_message(&*panic), "task panicked");
                         }
                     },
+                    () = inner.kill.cancelled() => {
+                        counters.aborted.fetch_add(1, Ordering::AcqRel);
+                        debug!("task dropped after the shutdown grace period");
+                    }
                 }
             }
             .instrument(span),

@@ -6,6 +6,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt::{self, Display, Write as _};
 use std::future::{Future, poll_fn};
 use std::hash::{Hash, Hasher};
@@ -302,8 +303,11 @@ impl<T> IdempotencyRegistry<T> {
         key: &IdempotencyKey,
         flight: &Arc<Flight<T>>,
     ) {
-        if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            map.remove(key);
+        // One lookup on the common path (the entry is this flight); put back otherwise.
+        if let Some(found) = map.remove(key)
+            && !Arc::ptr_eq(&found, flight)
+        {
+            map.insert(key.clone(), found);
         }
     }
 }
@@ -327,14 +331,16 @@ impl<T: Clone> IdempotencyRegistry<T> {
     {
         let (flight, leads) = {
             let mut map = self.flights.lock();
-            match map.get(&key) {
-                Some(flight) => {
+            // One lookup: the key is an `Arc`, its clone is a counter increment.
+            match map.entry(key.clone()) {
+                Entry::Occupied(found) => {
+                    let flight = found.get();
                     flight.state.lock().followers += 1;
                     (flight.clone(), false)
                 }
-                None => {
+                Entry::Vacant(slot) => {
                     let flight = Arc::new(Flight::leading());
-                    map.insert(key.clone(), flight.clone());
+                    slot.insert(flight.clone());
                     (flight, true)
                 }
             }
