@@ -214,6 +214,9 @@ fn bench(args: &[String]) -> Result {
             "0.5",
             "--sample-size",
             "10",
+            // The analysis's bootstrap, 100 000 resamples by default, is a second per case.
+            "--nresamples",
+            "2000",
         ]);
     }
     for f in &filter {

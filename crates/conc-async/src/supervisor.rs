@@ -273,44 +273,47 @@ impl Supervisor {
         let future = task(signal);
         let inner = self.inner.clone();
         let span = tracing::debug_span!("task", supervisor = %inner.name, task = %name);
-        self.inner.tracker.spawn(
-            async move {
-                let _permit = permit;
-                debug!("task started");
-                let counters = &inner.counters;
-                // The task first: one that ends at its first poll never registers with
-                // `kill` (a registration is a lock on the token, shared by every task). A
-                // task still running after the grace period is dropped at its next poll.
-                tokio::select! {
-                    biased;
-                    outcome = catch_unwind(future) => match outcome {
-                        Ok(Ok(_)) => {
-                            counters.finished.fetch_add(1, Ordering::AcqRel);
-                            debug!("task finished");
-                        }
-                        Ok(Err(e)) => {
-                            let e: Box<dyn StdError + Send + Sync> = e.into();
-                            if is_abort_error(&*e) {
-                                counters.aborted.fetch_add(1, Ordering::AcqRel);
-                                debug!(reason = %e, "task aborted");
-                            } else {
-                                counters.failed.fetch_add(1, Ordering::AcqRel);
-                                error!(error = %e, "task failed");
-                            }
-                        }
-                        Err(panic) => {
-                            counters.panicked.fetch_add(1, Ordering::AcqRel);
-                            error!(panic = %crate::util::panic_message(&*panic), "task panicked");
-                        }
-                    },
-                    () = inner.kill.cancelled() => {
-                        counters.aborted.fetch_add(1, Ordering::AcqRel);
-                        debug!("task dropped after the shutdown grace period");
+        let task = async move {
+            let _permit = permit;
+            debug!("task started");
+            let counters = &inner.counters;
+            // The task first: one that ends at its first poll never registers with
+            // `kill` (a registration is a lock on the token, shared by every task). A
+            // task still running after the grace period is dropped at its next poll.
+            tokio::select! {
+                biased;
+                outcome = catch_unwind(future) => match outcome {
+                    Ok(Ok(_)) => {
+                        counters.finished.fetch_add(1, Ordering::AcqRel);
+                        debug!("task finished");
                     }
+                    Ok(Err(e)) => {
+                        let e: Box<dyn StdError + Send + Sync> = e.into();
+                        if is_abort_error(&*e) {
+                            counters.aborted.fetch_add(1, Ordering::AcqRel);
+                            debug!(reason = %e, "task aborted");
+                        } else {
+                            counters.failed.fetch_add(1, Ordering::AcqRel);
+                            error!(error = %e, "task failed");
+                        }
+                    }
+                    Err(panic) => {
+                        counters.panicked.fetch_add(1, Ordering::AcqRel);
+                        error!(panic = %crate::util::panic_message(&*panic), "task panicked");
+                    }
+                },
+                () = inner.kill.cancelled() => {
+                    counters.aborted.fetch_add(1, Ordering::AcqRel);
+                    debug!("task dropped after the shutdown grace period");
                 }
             }
-            .instrument(span),
-        );
+        };
+        // A span nobody records costs a check on every poll: leave it out then.
+        if span.is_disabled() {
+            self.inner.tracker.spawn(task);
+        } else {
+            self.inner.tracker.spawn(task.instrument(span));
+        }
     }
 
     /// Stops taking tasks, aborts every task's signal with [`AbortReason::Shutdown`], waits up
