@@ -285,25 +285,30 @@ impl Supervisor {
                 outcome = catch_unwind(future) => match outcome {
                     Ok(Ok(_)) => {
                         counters.finished.fetch_add(1, Ordering::AcqRel);
+                            count_outcome("finished");
                         debug!("task finished");
                     }
                     Ok(Err(e)) => {
                         let e: Box<dyn StdError + Send + Sync> = e.into();
                         if is_abort_error(&*e) {
                             counters.aborted.fetch_add(1, Ordering::AcqRel);
+                        count_outcome("aborted");
                             debug!(reason = %e, "task aborted");
                         } else {
                             counters.failed.fetch_add(1, Ordering::AcqRel);
+                                count_outcome("failed");
                             error!(error = %e, "task failed");
                         }
                     }
                     Err(panic) => {
                         counters.panicked.fetch_add(1, Ordering::AcqRel);
+                            count_outcome("panicked");
                         error!(panic = %crate::util::panic_message(&*panic), "task panicked");
                     }
                 },
                 () = inner.kill.cancelled() => {
                     counters.aborted.fetch_add(1, Ordering::AcqRel);
+                        count_outcome("aborted");
                     debug!("task dropped after the shutdown grace period");
                 }
             }
@@ -351,4 +356,14 @@ impl fmt::Debug for Supervisor {
             .field("report", &self.report())
             .finish()
     }
+}
+
+/// Counts a supervised task's end, by `outcome` (`finished`, `failed`, `aborted`,
+/// `panicked`), as `conc_tasks_total` with the `metrics` feature.
+#[inline]
+fn count_outcome(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("conc_tasks_total", "outcome" => outcome).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = outcome;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use conc_core::{AbortController, AbortReason, AbortSignal};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, trace, warn};
+use tracing::{Instrument as _, debug, trace, warn};
 
 use crate::LockStore;
 use crate::error::LockError;
@@ -91,9 +91,23 @@ impl LockGuard {
         wait: Duration,
     ) -> Result<Self, LockError> {
         let started = Instant::now();
-        let lease = store.acquire(&request, wait).await?;
+        let span = tracing::debug_span!("lock.acquire", key = %request.key, owner = %request.owner);
+        let lease = match store.acquire(&request, wait).instrument(span).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                debug!(key = %request.key, owner = %request.owner, %error, "lease not acquired");
+                #[cfg(feature = "metrics")]
+                if matches!(error, LockError::Timeout { .. }) {
+                    metrics::counter!("conc_lock_acquire_timeouts_total").increment(1);
+                }
+                return Err(error);
+            }
+        };
         #[cfg(feature = "metrics")]
-        metrics::histogram!("conc_lock_wait_seconds").record(started.elapsed().as_secs_f64());
+        {
+            metrics::histogram!("conc_lock_wait_seconds").record(started.elapsed().as_secs_f64());
+            metrics::counter!("conc_lock_acquired_total").increment(1);
+        }
         debug!(
             key = %lease.key,
             fence = lease.fence,
@@ -114,10 +128,12 @@ impl LockGuard {
         request: LockRequest,
     ) -> Result<Option<Self>, LockError> {
         let margin = margin_of(&request);
-        Ok(store
-            .try_acquire(&request)
-            .await?
-            .map(|lease| Self::with_margin(store, lease, margin)))
+        let lease = store.try_acquire(&request).await?;
+        #[cfg(feature = "metrics")]
+        if lease.is_some() {
+            metrics::counter!("conc_lock_acquired_total").increment(1);
+        }
+        Ok(lease.map(|lease| Self::with_margin(store, lease, margin)))
     }
 
     /// Guards a lease acquired by hand, with the default drift margin; starts renewing it.
@@ -424,12 +440,16 @@ async fn renew(batcher: Arc<Batcher>, state: Arc<Shared>, mut watch: Option<Lock
             Ok(Err(error)) => {
                 failures += 1;
                 next_renewal = Instant::now() + (interval / 3).max(Duration::from_millis(1));
-                warn!(key = %current.key, %error, failures, "lease renewal failed; retrying");
+                warn!(key = %current.key, fence = current.fence, %error, failures, "lease renewal failed; retrying");
+                #[cfg(feature = "metrics")]
+                metrics::counter!("conc_lock_renew_failures_total").increment(1);
             }
             Err(_) => {
                 failures += 1;
                 next_renewal = Instant::now() + (interval / 3).max(Duration::from_millis(1));
-                warn!(key = %current.key, failures, "lease renewal timed out; retrying");
+                warn!(key = %current.key, fence = current.fence, failures, "lease renewal timed out; retrying");
+                #[cfg(feature = "metrics")]
+                metrics::counter!("conc_lock_renew_failures_total").increment(1);
             }
         }
     }

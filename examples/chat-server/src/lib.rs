@@ -166,8 +166,25 @@ fn parse<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> R
         .map_err(|e| Rejected(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
 }
 
-/// The router: the page, the JSON API and the event streams.
+/// The process's Prometheus recorder, installed as the `metrics` facade's global recorder
+/// the first time it is asked for (a second recorder cannot be installed: then this one
+/// only renders what it was given, which is nothing).
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was installed already; /metrics stays empty");
+        }
+        handle
+    })
+}
+
+/// The router: the page, the JSON API, the event streams and `/metrics` (Prometheus text).
 pub fn router(state: AppState) -> Router {
+    let metrics = prometheus();
     Router::new()
         .route(
             "/",
@@ -181,6 +198,24 @@ pub fn router(state: AppState) -> Router {
         .route("/api/conversations/{id}/messages", post(send_message))
         .route("/api/conversations/{id}/stop", post(stop))
         .route("/api/conversations/{id}/events", get(events))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this path",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

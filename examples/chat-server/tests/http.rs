@@ -404,3 +404,53 @@ async fn two_servers_share_messages_stops_and_survive_a_restart() {
     let (_, body) = call(&restarted, "GET", "/api/conversations", None).await;
     assert_eq!(body["conversations"].as_array().unwrap().len(), 3, "{body}");
 }
+
+/// `/metrics` answers Prometheus text with the crates' counters once a generation ran, and
+/// a method a path does not serve gets a JSON 405 like every other error.
+#[tokio::test]
+async fn metrics_are_exported_and_wrong_methods_get_json_errors() {
+    let app = app(Duration::from_millis(1));
+    call(&app, "POST", "/api/conversations", Some(r#"{"id":"m1"}"#)).await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/conversations/m1/messages",
+        Some(r#"{"content":"count me"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    idle(&app, "m1").await;
+
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "conc_session_generations_started",
+        "conc_lock_acquired_total",
+        "conc_tasks_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+
+    let (status, body) = call(&app, "DELETE", "/api/conversations", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].as_str().is_some(), "{body}");
+}
