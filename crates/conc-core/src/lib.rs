@@ -86,5 +86,5 @@ pub use abort::{
     Unobserved, WaitAborted, is_abort_error,
 };
 pub use idempotency::{IdempotencyError, IdempotencyKey, IdempotencyRegistry, KeyError};
-pub use mutex::{Lock, Mutex, MutexGuard, OwnedMutexGuard, TryLockError};
+pub use mutex::{Lock, MappedMutexGuard, Mutex, MutexGuard, OwnedMutexGuard, TryLockError};
 pub use sequence::{Scope, SequenceGuard, SequenceToken};

@@ -94,6 +94,13 @@ struct Waiter {
 }
 
 impl Queue {
+    const fn new() -> Self {
+        Self {
+            waiters: VecDeque::new(),
+            last_id: 0,
+        }
+    }
+
     fn position(&self, id: u64) -> Option<usize> {
         self.waiters.binary_search_by_key(&id, |w| w.id).ok()
     }
@@ -105,13 +112,67 @@ impl Queue {
 pub struct TryLockError(());
 
 impl<T> Mutex<T> {
-    /// A new, unlocked mutex around `value`.
+    /// A new, unlocked mutex around `value`. A `const fn`, so a mutex can be a `static`:
+    ///
+    /// ```
+    /// static COUNTER: conc_core::Mutex<u64> = conc_core::Mutex::new(0);
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// *COUNTER.lock().await += 1;
+    /// # });
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn new(value: T) -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+            granted: AtomicU64::new(0),
+            queue: BlockingMutex::new(Queue::new()),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// A new, unlocked mutex around `value` (the loom build: loom's types are not `const`).
+    #[cfg(loom)]
     pub fn new(value: T) -> Self {
         Self {
             state: AtomicUsize::new(0),
             granted: AtomicU64::new(0),
-            queue: BlockingMutex::new(Queue::default()),
+            queue: BlockingMutex::new(Queue::new()),
             data: UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock from synchronous code, blocking the thread until it is granted (in
+    /// the same FIFO order as [`lock`](Self::lock)), as tokio's `blocking_lock`.
+    ///
+    /// Never call it from an async task: it would block the executor's thread, and if the
+    /// holder needs that thread to run, both wait for ever. Use it from `spawn_blocking`, a
+    /// plain thread, or `main` before a runtime starts.
+    ///
+    /// ```
+    /// let mutex = std::sync::Arc::new(conc_core::Mutex::new(1));
+    /// let other = mutex.clone();
+    /// std::thread::spawn(move || *other.blocking_lock() += 1).join().unwrap();
+    /// assert_eq!(*mutex.blocking_lock(), 2);
+    /// ```
+    pub fn blocking_lock(&self) -> MutexGuard<'_, T> {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: StdArc<Self>) {
+                self.0.unpark();
+            }
+            fn wake_by_ref(self: &StdArc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(StdArc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut lock = std::pin::pin!(self.lock());
+        loop {
+            if let Poll::Ready(guard) = lock.as_mut().poll(&mut cx) {
+                return guard;
+            }
+            // A wake-up between the poll and the park leaves the token set: no hang.
+            std::thread::park();
         }
     }
 
@@ -428,6 +489,90 @@ impl<'a, T> MutexGuard<'a, T> {
             mutex,
             _marker: PhantomData,
         }
+    }
+
+    /// A guard on a part of the value (a field, an element), as tokio's
+    /// `MutexGuard::map`; the lock stays held until the mapped guard drops.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let mutex = conc_core::Mutex::new((String::from("title"), 0u32));
+    /// let mut count = conc_core::MutexGuard::map(mutex.lock().await, |pair| &mut pair.1);
+    /// *count += 1;
+    /// assert!(mutex.is_locked());
+    /// drop(count);
+    /// assert_eq!(mutex.lock().await.1, 1);
+    /// # });
+    /// ```
+    pub fn map<U: ?Sized>(
+        mut this: Self,
+        f: impl FnOnce(&mut T) -> &mut U,
+    ) -> MappedMutexGuard<'a, U> {
+        // `f` runs while `this` still owns the lock: if it panics, `this` unlocks.
+        let value = std::ptr::NonNull::from(f(&mut this));
+        let mutex: &'a Mutex<T> = this.mutex;
+        std::mem::forget(this);
+        MappedMutexGuard {
+            value,
+            mutex,
+            _marker: PhantomData,
+        }
+    }
+}
+
+/// What a [`MappedMutexGuard`] needs of its mutex: releasing it, whatever the value's type.
+trait Unlock {
+    fn unlock_from_guard(&self);
+}
+
+impl<T> Unlock for Mutex<T> {
+    fn unlock_from_guard(&self) {
+        self.unlock();
+    }
+}
+
+/// Exclusive access to a part of a [`Mutex`]'s value, from [`MutexGuard::map`]; the lock
+/// is released when it drops.
+#[must_use = "if unused the Mutex will immediately unlock"]
+pub struct MappedMutexGuard<'a, U: ?Sized> {
+    /// Points into the mutex's value, which the held lock makes ours alone.
+    value: std::ptr::NonNull<U>,
+    mutex: &'a dyn Unlock,
+    _marker: PhantomData<&'a mut U>,
+}
+
+// SAFETY: the guard gives access to `U` only, so it may move to another thread when `U` may
+// (as `&mut U` may); releasing the lock from there touches only the mutex's atomics and its
+// spin-locked queue, which are thread-safe whatever the value's type.
+unsafe impl<U: ?Sized + Send> Send for MappedMutexGuard<'_, U> {}
+// SAFETY: a shared guard gives `&U` only.
+unsafe impl<U: ?Sized + Sync> Sync for MappedMutexGuard<'_, U> {}
+
+impl<U: ?Sized> Deref for MappedMutexGuard<'_, U> {
+    type Target = U;
+    fn deref(&self) -> &U {
+        // SAFETY: `value` came from the held lock's `&mut T` and the lock is held until
+        // this guard drops, so no other reference to it exists.
+        unsafe { self.value.as_ref() }
+    }
+}
+
+impl<U: ?Sized> DerefMut for MappedMutexGuard<'_, U> {
+    fn deref_mut(&mut self) -> &mut U {
+        // SAFETY: as for `deref`, and `&mut self` makes this borrow unique.
+        unsafe { self.value.as_mut() }
+    }
+}
+
+impl<U: ?Sized> Drop for MappedMutexGuard<'_, U> {
+    fn drop(&mut self) {
+        self.mutex.unlock_from_guard();
+    }
+}
+
+impl<U: ?Sized + fmt::Debug> fmt::Debug for MappedMutexGuard<'_, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 

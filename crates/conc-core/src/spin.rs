@@ -38,6 +38,15 @@ impl<T: Default> Default for SpinLock<T> {
 }
 
 impl<T> SpinLock<T> {
+    #[cfg(not(loom))]
+    pub(crate) const fn new(value: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    #[cfg(loom)]
     pub(crate) fn new(value: T) -> Self {
         Self {
             locked: AtomicBool::new(false),

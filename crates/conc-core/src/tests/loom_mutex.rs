@@ -165,3 +165,28 @@ fn three_waiters_with_a_cancellation_in_the_middle() {
         assert_eq!(mutex.waiters(), 0);
     });
 }
+
+/// A mapped guard excludes like the guard it came from, and releases the lock on drop even
+/// on another thread.
+#[test]
+fn mapped_guards_exclude_and_release() {
+    loom::model(|| {
+        let mutex = Arc::new(Mutex::new((0u32, 0u32)));
+        let other = {
+            let mutex = mutex.clone();
+            thread::spawn(move || {
+                let mut second = crate::MutexGuard::map(block_on(mutex.lock()), |p| &mut p.1);
+                *second += 1;
+            })
+        };
+        {
+            let mut first = crate::MutexGuard::map(block_on(mutex.lock()), |p| &mut p.0);
+            *first += 1;
+        }
+        other.join().unwrap();
+        let pair = block_on(mutex.lock());
+        assert_eq!(*pair, (1, 1));
+        drop(pair);
+        assert!(!mutex.is_locked());
+    });
+}
