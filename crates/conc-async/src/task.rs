@@ -230,6 +230,7 @@ impl<T, E> fmt::Debug for Task<T, E> {
 
 /// How a spawned task did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskError<E> {
     /// It was cancelled, for this reason.
     #[error("task cancelled: {0}")]

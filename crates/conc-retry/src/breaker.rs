@@ -45,6 +45,7 @@ use crate::loom::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CircuitState {
     /// Calls pass.
     Closed,

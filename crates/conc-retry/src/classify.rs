@@ -16,6 +16,7 @@ use conc_core::Aborted;
 
 /// What a failure means for retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// A passing fault (reset connection, timeout): retry.
     Transient,

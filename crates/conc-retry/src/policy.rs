@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// How a delay is randomised (AWS's "Exponential Backoff And Jitter").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Jitter {
     /// `min(max_delay, base * factor^n)`, exactly.
     None,

@@ -27,6 +27,7 @@ pub enum AttemptFailure<E> {
 
 /// Why retrying stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// `max_attempts` were made.
     Exhausted,

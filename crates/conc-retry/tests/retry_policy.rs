@@ -67,6 +67,7 @@ fn every_delay_is_in_its_range_and_never_above_the_cap() {
                         assert!(delay <= (previous * 3).min(cap) + slack);
                         previous = delay;
                     }
+                    other => panic!("a jitter this test does not know: {other:?}"),
                 }
             }
         }

@@ -76,6 +76,7 @@ pub struct SessionContext {
 
 /// What `start_generation` does when a generation already runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GenerationMode {
     /// Fail at once with [`GenerationError::InProgress`].
     Reject,
