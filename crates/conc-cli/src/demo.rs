@@ -88,25 +88,25 @@ impl Classify for ProviderError {
     }
 }
 
-/// SplitMix64, seeded per user so a run is repeatable.
-struct Rng(u64);
+/// The demo's random numbers: `fastrand`'s generator, seeded per user from `--seed`, so a
+/// run's schedule of user actions is repeatable.
+struct Rng(fastrand::Rng);
 
 impl Rng {
+    fn seeded(seed: u64) -> Self {
+        Self(fastrand::Rng::with_seed(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.u64(..)
     }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.f64()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.usize(..n.max(1))
     }
     fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.next() % (high - low).max(1))
+        Duration::from_millis(self.0.u64(low..high.max(low + 1)))
     }
 }
 
@@ -352,10 +352,10 @@ impl Demo {
         let lease = aborts.begin();
         let signal = generation.signal();
         let counters = self.counters.clone();
-        let mut call_rng = Rng(rng.next());
+        let mut call_rng = Rng::seeded(rng.next());
         let attempt = || {
             bump(&counters.provider_calls);
-            let mut attempt_rng = Rng(call_rng.next());
+            let mut attempt_rng = Rng::seeded(call_rng.next());
             let prompt = text.to_owned();
             let failure_rate = self.options.failure_rate;
             async move { provider(&mut attempt_rng, failure_rate, &prompt).await }
@@ -376,7 +376,7 @@ impl Demo {
         let mut fault_armed = fault_after.is_some();
         let fault = tokio::time::sleep(fault_after.unwrap_or_default());
         tokio::pin!(fault);
-        let mut fault_rng = Rng(rng.next());
+        let mut fault_rng = Rng::seeded(rng.next());
         let outcome = loop {
             tokio::select! {
                 outcome = &mut guarded => break outcome,
@@ -416,7 +416,8 @@ impl Demo {
         user: usize,
         stop_at: tokio::time::Instant,
     ) -> Result<(), SessionError> {
-        let mut rng = Rng(self.options.seed ^ (user as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut rng =
+            Rng::seeded(self.options.seed ^ (user as u64).wrapping_mul(0xA24B_AED4_963E_E407));
         let aborts = AbortManager::new();
         let spammer = user.is_multiple_of(3);
         let mut seq = 0u64;
