@@ -12,8 +12,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                               fmt, clippy, tidy, test, loom, doc, bench build
+  ci                               fmt, clippy, tidy, features, test, loom, doc, bench build
   lint                             fmt check, clippy, tidy
+  features                         each library crate with no features, then each alone
   tidy                             the repository's own lints
   test                             every crate's tests, all features
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let outcome = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("lint") => lint(),
+        Some("features") => features(),
         Some("tidy") => step_tidy(),
         Some("test") => test(),
         Some("loom") => loom(&args[1..]),
@@ -83,6 +85,7 @@ fn cargo() -> Command {
 
 fn ci() -> Result {
     lint()?;
+    features()?;
     test()?;
     loom(&[])?;
     doc()?;
@@ -121,6 +124,56 @@ fn step_tidy() -> Result {
         eprintln!("    {problem}");
     }
     Err(format!("step `tidy` failed: {} problem(s)", problems.len()))
+}
+
+/// The library crates whose feature combinations are checked one by one.
+const FEATURE_CRATES: &[&str] = &[
+    "conc-core",
+    "conc-async",
+    "conc-retry",
+    "conc-lock-store",
+    "conc-session",
+];
+
+/// Each library crate with no features, then with each feature alone (as
+/// `cargo hack --each-feature` would), through clippy with `-D warnings`: a feature that
+/// does not build alone, or leaves dead code behind, fails here.
+fn features() -> Result {
+    let output = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .map_err(|e| format!("cargo metadata could not start: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo metadata failed ({})", output.status));
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("cargo metadata's JSON: {e}"))?;
+    let packages = metadata["packages"].as_array().cloned().unwrap_or_default();
+    for name in FEATURE_CRATES {
+        let package = packages
+            .iter()
+            .find(|p| p["name"] == *name)
+            .ok_or_else(|| format!("features: no package `{name}` in the workspace"))?;
+        let mut sets = vec![String::new()];
+        if let Some(features) = package["features"].as_object() {
+            sets.extend(features.keys().filter(|f| *f != "default").cloned());
+        }
+        for set in sets {
+            let mut cmd = cargo();
+            cmd.args(["clippy", "-p", name, "--lib", "--no-default-features"]);
+            if !set.is_empty() {
+                cmd.args(["--features", &set]);
+            }
+            cmd.args(["--", "-D", "warnings"]);
+            let label = if set.is_empty() {
+                "none".to_owned()
+            } else {
+                set
+            };
+            run(&format!("features {name}: {label}"), &mut cmd)?;
+        }
+    }
+    Ok(())
 }
 
 fn test() -> Result {

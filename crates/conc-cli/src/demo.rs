@@ -39,6 +39,12 @@ pub(crate) struct DemoOptions {
 #[derive(Default)]
 struct Counters {
     sends: AtomicU64,
+    /// What became of each send: these five add up to `sends`.
+    sends_started: AtomicU64,
+    sends_rejected: AtomicU64,
+    sends_timed_out: AtomicU64,
+    sends_unsaved: AtomicU64,
+    sends_failed: AtomicU64,
     duplicates_coalesced: AtomicU64,
     user_saved: AtomicU64,
     assistant_saved: AtomicU64,
@@ -438,6 +444,7 @@ impl Demo {
                 .save_user_message(&conv, &id, &text, rng.unit() < 0.3)
                 .await
             {
+                bump(&self.counters.sends_unsaved);
                 continue;
             }
             let mode = if rng.unit() < 0.5 {
@@ -452,9 +459,16 @@ impl Demo {
                 .start_generation(&conv, &format!("user-{user}"), &id, mode)
                 .await
             {
-                Err(GenerationError::InProgress { .. }) => {}
-                Err(_) => bump(&self.counters.errors),
+                Err(GenerationError::InProgress { .. }) => match mode {
+                    GenerationMode::Reject => bump(&self.counters.sends_rejected),
+                    _ => bump(&self.counters.sends_timed_out),
+                },
+                Err(_) => {
+                    bump(&self.counters.errors);
+                    bump(&self.counters.sends_failed);
+                }
                 Ok(generation) => {
+                    bump(&self.counters.sends_started);
                     self.saw_fence(&conv, generation.fence());
                     if self.options.chaos
                         && !self.paused_once.load(Ordering::Relaxed)
@@ -663,8 +677,30 @@ pub(crate) async fn run(
     let stats = manager.stats();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
     let superseded_accepted = counters.superseded_accepted.load(Ordering::Relaxed);
+    let sends = counters.sends.load(Ordering::Relaxed);
+    let outcomes = [
+        &counters.sends_started,
+        &counters.sends_rejected,
+        &counters.sends_timed_out,
+        &counters.sends_unsaved,
+        &counters.sends_failed,
+    ]
+    .iter()
+    .map(|c| c.load(Ordering::Relaxed))
+    .sum::<u64>();
     let rows = vec![
-        Row("sends", load(&counters.sends)),
+        Row("sends", sends.to_string()),
+        Row("  started a generation", load(&counters.sends_started)),
+        Row(
+            "  rejected: a reply was being generated",
+            load(&counters.sends_rejected),
+        ),
+        Row(
+            "  queued, then timed out waiting",
+            load(&counters.sends_timed_out),
+        ),
+        Row("  message not saved", load(&counters.sends_unsaved)),
+        Row("  generation failed to start", load(&counters.sends_failed)),
         Row("generations started", stats.generations_started.to_string()),
         Row(
             "generations rejected (please wait)",
@@ -725,6 +761,13 @@ pub(crate) async fn run(
             "no session update lost",
             stored as u64 == appended,
             format!("{appended} appended, {stored} stored"),
+        ),
+        (
+            "every send is accounted for",
+            outcomes == sends,
+            format!(
+                "{sends} sends; started + rejected + timed out + unsaved + failed = {outcomes}"
+            ),
         ),
     ];
     if !failures.is_empty() {

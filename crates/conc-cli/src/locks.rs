@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use conc_lock_store::{LockInfo, LockRequest, LockStore, format_time};
+use conc_lock_store::{LockInfo, LockRequest, LockStore};
 use serde_json::json;
 
 /// How long ago `time` was (zero if in the future), and how long until it (zero if past).
@@ -31,8 +31,8 @@ fn to_json(info: &LockInfo) -> serde_json::Value {
         "key": info.key,
         "owner": info.owner,
         "fence": info.fence,
-        "acquired_at": format_time(info.acquired_at),
-        "expires_at": format_time(info.expires_at),
+        "acquired_at": humantime::format_rfc3339_millis(info.acquired_at).to_string(),
+        "expires_at": humantime::format_rfc3339_millis(info.expires_at).to_string(),
         "age_ms": age(info.acquired_at).as_millis() as u64,
         "left_ms": left(info.expires_at).as_millis() as u64,
         "metadata": info.metadata,
@@ -50,7 +50,7 @@ pub(crate) fn table(infos: &[LockInfo]) -> String {
                 i.key.clone(),
                 i.owner.clone(),
                 i.fence.to_string(),
-                format_time(i.acquired_at),
+                humantime::format_rfc3339_millis(i.acquired_at).to_string(),
                 short(age(i.acquired_at)),
                 short(left(i.expires_at)),
                 metadata.join(","),

@@ -52,7 +52,10 @@ enum Command {
         /// Share of provider calls that fail (429, 503 or a hang), 0 to 1.
         #[arg(long, default_value_t = 0.2, value_parser = parse_rate)]
         failure_rate: f64,
-        /// Seed of the simulation's randomness.
+        /// Seed of the simulation's randomness. It fixes each user's schedule of actions
+        /// (which conversation, when to double-click, switch, stop, queue or not, how the
+        /// provider fails); it cannot fix how the tasks interleave on the runtime's
+        /// threads or the stores' timing, so the counts vary a little between runs.
         #[arg(long, default_value_t = 2026)]
         seed: u64,
         /// Inject no faults. By default the demo forces releases and takes locks over in

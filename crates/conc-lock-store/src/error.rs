@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::request::LockInfo;
+use crate::lease::LockInfo;
 
 /// Why a store could not connect: each cause has its own advice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,7 +90,7 @@ pub enum LockError {
     },
     /// The store lost its state (a restart without persistence, a flush) and grants no
     /// lock until every lease that could still be live has run out.
-    #[error("the {backend} lock store lost its state and grants no lock until {} (the longest lease that could still be live); retry then", crate::request::format_time(*.until))]
+    #[error("the {backend} lock store lost its state and grants no lock until {} (the longest lease that could still be live); retry then", crate::clock::format_time(*.until))]
     Recovering {
         /// Which backend.
         backend: &'static str,
@@ -117,7 +117,7 @@ pub enum LockError {
     },
     /// `acquire` waited its whole limit.
     #[error("timed out after {waited:?} waiting for lock `{key}`{}", match .holder {
-        Some(h) => format!("; held by `{}` since {} (fence {})", h.owner, crate::request::format_time(h.acquired_at), h.fence),
+        Some(h) => format!("; held by `{}` since {} (fence {})", h.owner, crate::clock::format_time(h.acquired_at), h.fence),
         None => String::new(),
     })]
     Timeout {
@@ -160,6 +160,7 @@ pub enum LockError {
 }
 
 impl LockError {
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
     /// The error to report for each lease of a batch whose one request failed (a batched
     /// renewal): the same kind and message, without the source, which cannot be shared.
     pub(crate) fn for_each_of_a_batch(&self) -> LockError {

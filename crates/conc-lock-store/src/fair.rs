@@ -25,7 +25,8 @@ use std::time::Duration;
 use crate::LockStore;
 use crate::error::LockError;
 use crate::guard::LockGuard;
-use crate::request::{Lease, LockRequest, MAX_KEY_BYTES, validate_key};
+use crate::lease::Lease;
+use crate::request::{LockRequest, MAX_KEY_BYTES, validate_key};
 
 /// A lock whose waiters are served in arrival order, across processes, on any
 /// [`LockStore`]: each waiter takes a ticket (the fence of a dispenser lock), stands in a

@@ -43,10 +43,14 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod clock;
 mod error;
 mod fair;
 mod guard;
+mod lease;
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+mod metadata;
 mod notify;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -74,6 +78,7 @@ use std::time::Duration;
 pub use error::{ConnectFailure, LockError};
 pub use fair::FairLock;
 pub use guard::LockGuard;
+pub use lease::{Lease, LockInfo, Metadata, default_drift_margin};
 pub use memory::MemoryLockStore;
 pub use notify::LockWatch;
 #[cfg(feature = "postgres")]
@@ -83,10 +88,7 @@ pub use postgres::{
 };
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisLockStore};
-pub use request::{
-    Lease, LockInfo, LockRequest, MAX_KEY_BYTES, MIN_TTL, Metadata, TTL_LIMIT,
-    default_drift_margin, format_time, validate_key,
-};
+pub use request::{LockRequest, MAX_KEY_BYTES, MIN_TTL, TTL_LIMIT, validate_key};
 pub use semaphore::{MAX_PERMITS, Semaphore, permit_key};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteLockStore, SqliteSynchronous};
@@ -263,6 +265,7 @@ pub(crate) fn unix_millis(time: std::time::SystemTime) -> i64 {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 /// The inverse of [`unix_millis`].
 pub(crate) fn from_unix_millis(millis: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))

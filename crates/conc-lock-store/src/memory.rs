@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::LockStore;
+use crate::clock::{next_fence, unix_micros};
 use crate::error::LockError;
+use crate::lease::{Lease, LockInfo, Metadata};
 use crate::notify::{LockWatch, Watchers};
-use crate::request::{
-    Lease, LockInfo, LockRequest, Metadata, next_fence, unix_micros, validate_key,
-};
+use crate::request::{LockRequest, validate_key};
 
 #[derive(Debug, Clone)]
 struct Entry {

@@ -67,6 +67,7 @@ impl Watchers {
         }
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
     /// Wakes every watcher (the store cannot tell which keys changed).
     pub(crate) fn notify_all(&self) {
         if let Some(sender) = self.all.lock().as_ref() {
@@ -74,6 +75,7 @@ impl Watchers {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     /// The keys someone watches now.
     pub(crate) fn watched_keys(&self) -> Vec<String> {
         self.keys
@@ -84,6 +86,7 @@ impl Watchers {
             .collect()
     }
 
+    #[cfg(feature = "sqlite")]
     /// Whether anyone watches anything.
     pub(crate) fn is_watched(&self) -> bool {
         self.all
@@ -93,6 +96,7 @@ impl Watchers {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 /// After a notification connection was lost: wakes every watcher (nobody can tell what
 /// was missed), waits `pause` (doubled for next time, up to 5 s), and says whether to
 /// connect again: `false` once the store is gone or `stopped` fired.

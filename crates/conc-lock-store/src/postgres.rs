@@ -28,10 +28,10 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::LockStore;
 use crate::error::LockError;
+use crate::lease::{Lease, LockInfo};
+use crate::metadata::{decode_metadata, encode_metadata};
 use crate::notify::{LockWatch, Watchers};
-use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, validate_key, validate_ttl,
-};
+use crate::request::{LockRequest, validate_key, validate_ttl};
 
 const BACKEND: &str = "postgres";
 

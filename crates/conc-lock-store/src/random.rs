@@ -93,6 +93,7 @@ impl std::fmt::Debug for Token {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 /// A random 128-bit token for a store that several processes share. A forked process
 /// starts with a copy of its parent's generator, so the draw is mixed with the clock and
 /// the process id (costs a system call, nothing beside the network round trip it goes with).

@@ -50,11 +50,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 
 use crate::error::LockError;
+use crate::lease::{Lease, LockInfo, default_drift_margin};
+use crate::metadata::{decode_metadata, encode_metadata};
 use crate::notify::{LockWatch, Watchers};
-use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, default_drift_margin, encode_metadata,
-    validate_key, validate_ttl,
-};
+use crate::request::{LockRequest, validate_key, validate_ttl};
 use crate::{LockStore, from_unix_millis};
 
 const BACKEND: &str = "redis";
@@ -868,7 +867,7 @@ impl RedisLockStore {
             tracing::warn!(
                 prefix = %self.config.prefix,
                 slot,
-                until = %crate::format_time(from_unix_millis(*after)),
+                until = %crate::clock::format_time(from_unix_millis(*after)),
                 "the Redis lock store lost its state (a restart without persistence, a flush, an eviction or a failover): no lock is granted there until every lease that could still be live has run out"
             );
             self.watchers.notify_all();

@@ -18,7 +18,8 @@ use std::time::Duration;
 use crate::LockStore;
 use crate::error::LockError;
 use crate::guard::LockGuard;
-use crate::request::{Lease, LockInfo, LockRequest, MAX_KEY_BYTES, validate_key};
+use crate::lease::{Lease, LockInfo};
+use crate::request::{LockRequest, MAX_KEY_BYTES, validate_key};
 
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 1024;
@@ -182,7 +183,7 @@ impl Semaphore {
     ) -> Result<LockGuard, LockError> {
         let margin = request
             .drift_margin
-            .unwrap_or_else(|| crate::request::default_drift_margin(request.ttl));
+            .unwrap_or_else(|| crate::lease::default_drift_margin(request.ttl));
         let lease = self.acquire(&request, wait).await?;
         Ok(LockGuard::with_margin(self.store.clone(), lease, margin))
     }

@@ -18,12 +18,12 @@ use std::time::{Duration, SystemTime};
 use crate::sqlite_worker::{SqliteWorker, SqliteWorkerError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::clock::unix_micros;
 use crate::error::LockError;
+use crate::lease::{Lease, LockInfo};
+use crate::metadata::{decode_metadata, encode_metadata};
 use crate::notify::{LockWatch, Watchers};
-use crate::request::{
-    Lease, LockInfo, LockRequest, decode_metadata, encode_metadata, unix_micros, validate_key,
-    validate_ttl,
-};
+use crate::request::{LockRequest, validate_key, validate_ttl};
 use crate::{LockStore, from_unix_millis, unix_millis};
 
 const BACKEND: &str = "sqlite";

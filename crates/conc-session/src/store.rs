@@ -451,6 +451,7 @@ impl SessionStore for MemorySessionStore {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// A backend failure of `backend`.
 fn store_error(backend: &'static str, e: impl fmt::Display) -> SessionError {
     SessionError::Store {
@@ -473,6 +474,7 @@ fn driver_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Why a versioned (and maybe fenced) write changed nothing: the session is gone, it has
 /// seen a newer fence, or a newer version exists. Unless the newer version is exactly this
 /// write (a try that committed before its connection dropped, sent again): then it is
@@ -503,6 +505,7 @@ async fn conflict_or_missing(
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Why recording a fence changed nothing: the session is gone, or it has a newer fence.
 async fn missing_or_stale(store: &dyn SessionStore, id: &str, fence: u64) -> SessionError {
     match store.load(id).await {
@@ -512,6 +515,7 @@ async fn missing_or_stale(store: &dyn SessionStore, id: &str, fence: u64) -> Ses
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn encode(session: &SessionData) -> Result<String, SessionError> {
     serde_json::to_string(session).map_err(|e| SessionError::Store {
         backend: "json",
@@ -520,6 +524,7 @@ fn encode(session: &SessionData) -> Result<String, SessionError> {
     })
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn decode(
     backend: &'static str,
     text: &str,

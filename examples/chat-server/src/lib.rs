@@ -32,6 +32,8 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -479,52 +481,70 @@ async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Respon
         .into_response()
 }
 
+/// What an event stream reads: the conversation's broadcasts (from this server's
+/// generations) and a tick to look at the shared store (what other servers wrote).
+enum Input {
+    Broadcast(Result<Value, BroadcastStreamRecvError>),
+    Tick,
+}
+
+/// What a stream last told its client, so that a tick sends only what changed.
+#[derive(Default)]
+struct Seen {
+    generating: Option<bool>,
+    version: Option<u64>,
+}
+
+/// The conversation's events: its broadcast channel merged with a 250 ms interval
+/// (`BroadcastStream` and `IntervalStream`), each tick turned into a `sync` (when the stored
+/// session changed) and a `state` (when generating changed). The stream is the whole
+/// plumbing: when the client goes away, axum drops it, and nothing is left running.
 fn event_stream(state: AppState, id: String) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut receiver = state.channel(&id).subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(64);
-    let forward = async move {
-        let mut last: Option<bool> = None;
-        let mut version: Option<u64> = None;
-        let mut poll = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            let event = tokio::select! {
-                received = receiver.recv() => match received {
-                    Ok(event) => event,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = poll.tick() => {
-                    // The shared store is the truth: what another server wrote shows here.
-                    if let Ok(session) = state.manager.session(&id).await
-                        && version != Some(session.version)
-                    {
-                        version = Some(session.version);
-                        let sync = json!({
-                            "type": "sync",
-                            "messages": session.messages,
-                            "notice": session.metadata.get("notice"),
-                        });
-                        if tx.send(sync).await.is_err() {
-                            return;
+    use futures_util::StreamExt as _;
+    let broadcasts = BroadcastStream::new(state.channel(&id).subscribe()).map(Input::Broadcast);
+    let ticks =
+        IntervalStream::new(tokio::time::interval(Duration::from_millis(250))).map(|_| Input::Tick);
+    let seen = Arc::new(parking_lot::Mutex::new(Seen::default()));
+    tokio_stream::StreamExt::merge(broadcasts, ticks)
+        .then(move |input| {
+            let (state, id, seen) = (state.clone(), id.clone(), seen.clone());
+            async move {
+                match input {
+                    Input::Broadcast(Ok(event)) => {
+                        if let Some(generating) = event.get("generating").and_then(Value::as_bool) {
+                            seen.lock().generating = Some(generating);
                         }
+                        vec![event]
                     }
-                    let generating = state.manager.is_generating(&id).await.unwrap_or(false);
-                    if last == Some(generating) {
-                        continue;
+                    // A slow client missed some: the next tick's `sync` catches it up.
+                    Input::Broadcast(Err(BroadcastStreamRecvError::Lagged(_))) => Vec::new(),
+                    Input::Tick => {
+                        let session = state.manager.session(&id).await.ok();
+                        let generating = state.manager.is_generating(&id).await.unwrap_or(false);
+                        let mut out = Vec::new();
+                        let mut seen = seen.lock();
+                        // The shared store is the truth: what another server wrote shows here.
+                        if let Some(session) = session
+                            && seen.version != Some(session.version)
+                        {
+                            seen.version = Some(session.version);
+                            out.push(json!({
+                                "type": "sync",
+                                "messages": session.messages,
+                                "notice": session.metadata.get("notice"),
+                            }));
+                        }
+                        if seen.generating != Some(generating) {
+                            seen.generating = Some(generating);
+                            out.push(json!({ "type": "state", "generating": generating }));
+                        }
+                        out
                     }
-                    json!({ "type": "state", "generating": generating })
                 }
-            };
-            if let Some(generating) = event.get("generating").and_then(Value::as_bool) {
-                last = Some(generating);
             }
-            if tx.send(event).await.is_err() {
-                return; // the client went away
-            }
-        }
-    };
-    tokio::spawn(forward);
-    tokio_stream::wrappers::ReceiverStream::new(rx).map_event()
+        })
+        .flat_map(futures_util::stream::iter)
+        .map_event()
 }
 
 trait MapEvent {
