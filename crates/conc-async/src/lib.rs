@@ -60,3 +60,8 @@ pub use pipeline::{Pipeline, PipelineError};
 pub use supervisor::{ShutdownReport, SpawnError, Supervisor};
 pub use task::{EmptyRace, Task, TaskError, TaskHandle};
 pub use timeout::{FutureExt, TimeoutError, lock_timeout, timeout, timeout_abort};
+
+/// The crate's README, whose examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

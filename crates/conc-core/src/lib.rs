@@ -88,3 +88,8 @@ pub use abort::{
 pub use idempotency::{IdempotencyError, IdempotencyKey, IdempotencyRegistry, KeyError};
 pub use mutex::{Lock, MappedMutexGuard, Mutex, MutexGuard, OwnedMutexGuard, TryLockError};
 pub use sequence::{Scope, SequenceGuard, SequenceToken};
+
+/// The crate's README, whose examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -270,3 +270,8 @@ pub(crate) fn unix_millis(time: std::time::SystemTime) -> i64 {
 pub(crate) fn from_unix_millis(millis: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
+
+/// The crate's README, whose examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -67,3 +67,8 @@ pub use tower::{
     CircuitBreakerLayer, CircuitBreakerService, NoHook, OnRetry, RetryLayer, RetryService,
     ServiceBuilderExt,
 };
+
+/// The crate's README, whose examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -55,3 +55,14 @@ pub use store::PostgresSessionStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteSessionStore;
 pub use store::{Appended, MemorySessionStore, SessionStore, connect};
+
+/// The crate's README, whose examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+/// The workspace's README (the tour of every crate), whose examples are compiled and run as
+/// doctests here, in the crate that sees every other.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct WorkspaceReadmeDoctests;
