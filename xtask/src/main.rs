@@ -12,9 +12,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                               fmt, clippy, tidy, features, test, loom, doc, bench build
+  ci                               fmt, clippy, tidy, features, msrv, test, loom, doc, bench build
   lint                             fmt check, clippy, tidy
   features                         each library crate with no features, then each alone
+  msrv                             cargo check on the declared rust-version (if installed)
   tidy                             the repository's own lints
   test                             every crate's tests, all features
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("lint") => lint(),
         Some("features") => features(),
+        Some("msrv") => msrv(),
         Some("tidy") => step_tidy(),
         Some("test") => test(),
         Some("loom") => loom(&args[1..]),
@@ -86,6 +88,7 @@ fn cargo() -> Command {
 fn ci() -> Result {
     lint()?;
     features()?;
+    msrv()?;
     test()?;
     loom(&[])?;
     doc()?;
@@ -124,6 +127,51 @@ fn step_tidy() -> Result {
         eprintln!("    {problem}");
     }
     Err(format!("step `tidy` failed: {} problem(s)", problems.len()))
+}
+
+/// The workspace on its declared minimum Rust (`rust-version` in Cargo.toml): `cargo
+/// check` of every crate and target with that toolchain, when rustup has it. Where it is
+/// not installed (this project's machines carry one toolchain and cannot fetch another),
+/// the step says so in one `skipped:` line instead of passing silently.
+fn msrv() -> Result {
+    let manifest = std::fs::read_to_string("Cargo.toml")
+        .map_err(|e| format!("msrv: reading Cargo.toml: {e}"))?;
+    let version = manifest
+        .lines()
+        .find_map(|line| {
+            let rest = line.trim().strip_prefix("rust-version")?;
+            Some(
+                rest.trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        })
+        .ok_or("msrv: Cargo.toml declares no rust-version")?;
+    let toolchain = format!("+{version}");
+    let installed = Command::new("rustup")
+        .args(["run", &version, "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!(
+            "--- [msrv] skipped: the declared minimum Rust {version} is not installed (`rustup toolchain install {version}` to check it)"
+        );
+        return Ok(());
+    }
+    run(
+        &format!("msrv {version}"),
+        Command::new("cargo")
+            .args([
+                toolchain.as_str(),
+                "check",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+            ])
+            .env("CARGO_TARGET_DIR", "target/msrv"),
+    )
 }
 
 /// The library crates whose feature combinations are checked one by one.
