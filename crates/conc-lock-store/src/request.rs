@@ -27,7 +27,7 @@ pub struct LockRequest {
     /// Free metadata kept with the lease.
     pub metadata: Metadata,
     /// How much shorter than the TTL a holder treats its lease as valid, to allow for the
-    /// drift between its clock and the store's; `None` takes [`default_drift_margin`].
+    /// drift between its clock and the store's; `None` takes [`default_drift_margin`](crate::default_drift_margin).
     pub drift_margin: Option<Duration>,
 }
 

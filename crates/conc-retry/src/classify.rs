@@ -11,7 +11,6 @@
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use conc_async::TimeoutError;
 use conc_core::Aborted;
 
 /// What a failure means for retrying.
@@ -97,7 +96,15 @@ impl Classify for io::Error {
     }
 }
 
-impl Classify for TimeoutError {
+impl Classify for crate::AttemptTimeout {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Transient
+    }
+}
+
+/// conc-async's timeouts are transient (with the `conc-async` feature).
+#[cfg(feature = "conc-async")]
+impl Classify for conc_async::TimeoutError {
     fn class(&self) -> ErrorClass {
         ErrorClass::Transient
     }

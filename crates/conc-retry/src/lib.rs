@@ -5,8 +5,9 @@
 //!   [`Jitter`] (`None`, `Full`, `Equal`, `Decorrelated`), a cap that jitter never passes, a
 //!   per-attempt timeout, a seedable random source. The schedules are this crate's own.
 //! - [`ErrorClass`] and [`Classify`]: `Transient`, `RateLimited { retry_after }`, `Server`,
-//!   `Permanent`, `Aborted`; ready impls for `std::io::Error`, conc-async's `TimeoutError`
-//!   and conc-core's `Aborted`, and [`classify_http`] for a status and `Retry-After`.
+//!   `Permanent`, `Aborted`; ready impls for `std::io::Error`, [`AttemptTimeout`],
+//!   conc-core's `Aborted` and (with the `conc-async` feature) conc-async's
+//!   `TimeoutError`, and [`classify_http`] for a status and `Retry-After`.
 //! - [`retry`] and [`Retry`]: run an operation; a [`RetryError`] says how many attempts,
 //!   how long, the last error and why it stopped ([`StopReason`]). Aborts are never retried.
 //! - [`CircuitBreaker`]: consecutive failures or a failure rate over a sliding window;
@@ -61,7 +62,7 @@ pub use breaker::{
 pub use budget::{BudgetError, RetryBudget};
 pub use classify::{Classify, ErrorClass, classify_http, parse_retry_after};
 pub use policy::{Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder, Schedule};
-pub use retry::{AttemptFailure, Retry, RetryError, StopReason, retry};
+pub use retry::{AttemptFailure, AttemptTimeout, Retry, RetryError, StopReason, retry};
 #[cfg(feature = "tower")]
 pub use tower::{
     CircuitBreakerLayer, CircuitBreakerService, NoHook, OnRetry, RetryLayer, RetryService,

@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use conc_async::TimeoutError;
 use conc_core::AbortSignal;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -20,9 +19,24 @@ pub enum AttemptFailure<E> {
     /// The operation returned an error.
     #[error(transparent)]
     Error(E),
-    /// The attempt ran past the policy's `attempt_timeout`.
+    /// The attempt ran past the policy's `attempt_timeout` (or what was left of
+    /// `max_elapsed`).
     #[error(transparent)]
-    Timeout(TimeoutError),
+    Timeout(AttemptTimeout),
+}
+
+/// An attempt that ran past its time limit and was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the attempt took longer than its limit of {limit:?} and was dropped")]
+pub struct AttemptTimeout {
+    limit: Duration,
+}
+
+impl AttemptTimeout {
+    /// The limit the attempt ran past.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
 }
 
 /// Why retrying stopped.
@@ -392,9 +406,9 @@ impl<'a, E> Retry<'a, E> {
             // The timeout's timer is boxed: it is big, and the common path has none.
             let attempt = async {
                 match limit {
-                    Some(limit) => {
-                        Box::pin(conc_async::timeout("retry attempt", limit, operation())).await
-                    }
+                    Some(limit) => Box::pin(tokio::time::timeout(limit, operation()))
+                        .await
+                        .map_err(|_| AttemptTimeout { limit }),
                     None => Ok(operation().await),
                 }
             };

@@ -247,8 +247,11 @@ async fn io_errors_and_timeouts_are_classified() {
         Error::other(Aborted::new(AbortReason::Timeout)).class(),
         ErrorClass::Aborted
     );
-    let timeout = conc_async::TimeoutError::new("x", Duration::from_secs(1));
-    assert_eq!(timeout.class(), ErrorClass::Transient);
+    #[cfg(feature = "conc-async")]
+    {
+        let timeout = conc_async::TimeoutError::new("x", Duration::from_secs(1));
+        assert_eq!(timeout.class(), ErrorClass::Transient);
+    }
     assert_eq!(conc_retry::classify_http(408, None), ErrorClass::Transient);
     assert_eq!(
         conc_retry::classify_http(503, Some("7")),
