@@ -65,7 +65,23 @@ const WAITERS: usize = 2;
 /// assert_eq!(session.lock().await.len(), 1);
 /// # });
 /// ```
-pub struct Mutex<T> {
+///
+/// # Unsized values
+///
+/// As std's and tokio's, the mutex can hold a slice or a trait object behind a pointer:
+///
+/// ```
+/// use std::sync::Arc;
+/// use conc_core::Mutex;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let buffer: Arc<Mutex<[u8]>> = Arc::new(Mutex::new([0u8; 4]));
+/// buffer.lock().await[1] = 7;
+/// let handler: Arc<Mutex<dyn FnMut(u8) -> u8 + Send>> = Arc::new(Mutex::new(|x| x + 1));
+/// assert_eq!((handler.lock().await)(buffer.lock().await[1]), 8);
+/// # });
+/// ```
+pub struct Mutex<T: ?Sized> {
     state: AtomicUsize,
     /// The id of the waiter that owns the lock but has not yet observed it; 0 for none.
     granted: AtomicU64,
@@ -75,9 +91,9 @@ pub struct Mutex<T> {
 
 // SAFETY: the mutex hands out access to `T` to one holder at a time, and a holder on
 // another thread needs `T: Send`; this is std's rule for `Mutex<T>`.
-unsafe impl<T: Send> Send for Mutex<T> {}
+unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
 // SAFETY: as above: `&Mutex<T>` only gives exclusive access to `T`, so `T: Send` suffices.
-unsafe impl<T: Send> Sync for Mutex<T> {}
+unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -141,6 +157,13 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Consumes the mutex and returns the value.
+    pub fn into_inner(self) -> T {
+        self.data.into_inner()
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
     /// Takes the lock from synchronous code, blocking the thread until it is granted (in
     /// the same FIFO order as [`lock`](Self::lock)), as tokio's `blocking_lock`.
     ///
@@ -250,11 +273,6 @@ impl<T> Mutex<T> {
         self.data.get_mut()
     }
 
-    /// Consumes the mutex and returns the value.
-    pub fn into_inner(self) -> T {
-        self.data.into_inner()
-    }
-
     #[inline]
     fn try_acquire(&self) -> bool {
         self.state
@@ -319,7 +337,7 @@ impl<T> From<T> for Mutex<T> {
     }
 }
 
-impl<T> fmt::Debug for Mutex<T> {
+impl<T: ?Sized> fmt::Debug for Mutex<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mutex")
             .field("locked", &self.is_locked())
@@ -330,13 +348,13 @@ impl<T> fmt::Debug for Mutex<T> {
 
 /// The future of [`Mutex::lock`].
 #[must_use = "futures do nothing unless polled"]
-pub struct Lock<'a, T> {
+pub struct Lock<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
     /// Our place in the queue once queued (ids start at 1); 0 before.
     id: u64,
 }
 
-impl<'a, T> Future for Lock<'a, T> {
+impl<'a, T: ?Sized> Future for Lock<'a, T> {
     type Output = MutexGuard<'a, T>;
 
     #[inline]
@@ -351,7 +369,7 @@ impl<'a, T> Future for Lock<'a, T> {
     }
 }
 
-impl<'a, T> Lock<'a, T> {
+impl<'a, T: ?Sized> Lock<'a, T> {
     #[inline(never)]
     fn poll_slow(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<MutexGuard<'a, T>> {
         let mutex = self.mutex;
@@ -426,7 +444,7 @@ impl<'a, T> Lock<'a, T> {
     }
 }
 
-impl<T> Drop for Lock<'_, T> {
+impl<T: ?Sized> Drop for Lock<'_, T> {
     #[inline]
     fn drop(&mut self) {
         if self.id != 0 {
@@ -436,7 +454,7 @@ impl<T> Drop for Lock<'_, T> {
     }
 }
 
-impl<T> Lock<'_, T> {
+impl<T: ?Sized> Lock<'_, T> {
     /// Dropped while queued (or granted but not yet seen): leave the queue, or pass the
     /// lock on.
     #[cold]
@@ -464,7 +482,7 @@ impl<T> Lock<'_, T> {
     }
 }
 
-impl<T> fmt::Debug for Lock<'_, T> {
+impl<T: ?Sized> fmt::Debug for Lock<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lock")
             .field("queued", &(self.id != 0))
@@ -477,20 +495,22 @@ impl<T> fmt::Debug for Lock<'_, T> {
 /// This is an async lock's guard: holding it across an `.await` is allowed, but keep it to
 /// the critical section.
 #[must_use = "if unused the Mutex will immediately unlock"]
-pub struct MutexGuard<'a, T> {
+pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
     /// Makes the guard `Sync` only for `T: Sync`, as std's guard is.
     _marker: PhantomData<&'a mut T>,
 }
 
-impl<'a, T> MutexGuard<'a, T> {
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
     fn new(mutex: &'a Mutex<T>) -> Self {
         Self {
             mutex,
             _marker: PhantomData,
         }
     }
+}
 
+impl<'a, T> MutexGuard<'a, T> {
     /// A guard on a part of the value (a field, an element), as tokio's
     /// `MutexGuard::map`; the lock stays held until the mapped guard drops.
     ///
@@ -525,7 +545,7 @@ trait Unlock {
     fn unlock_from_guard(&self);
 }
 
-impl<T> Unlock for Mutex<T> {
+impl<T: ?Sized> Unlock for Mutex<T> {
     fn unlock_from_guard(&self) {
         self.unlock();
     }
@@ -576,7 +596,7 @@ impl<U: ?Sized + fmt::Debug> fmt::Debug for MappedMutexGuard<'_, U> {
     }
 }
 
-impl<T> Deref for MutexGuard<'_, T> {
+impl<T: ?Sized> Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard proves the lock is held, so no `&mut T` exists elsewhere.
@@ -584,20 +604,20 @@ impl<T> Deref for MutexGuard<'_, T> {
     }
 }
 
-impl<T> DerefMut for MutexGuard<'_, T> {
+impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard proves the lock is held and `&mut self` that this borrow is unique.
         self.mutex.data.with_mut(|ptr| unsafe { &mut *ptr })
     }
 }
 
-impl<T> Drop for MutexGuard<'_, T> {
+impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         self.mutex.unlock();
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
+impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }
@@ -605,13 +625,13 @@ impl<T: fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
 
 /// A guard that owns an `Arc` of its [`Mutex`], from [`Mutex::lock_owned`].
 #[must_use = "if unused the Mutex will immediately unlock"]
-pub struct OwnedMutexGuard<T> {
+pub struct OwnedMutexGuard<T: ?Sized> {
     mutex: StdArc<Mutex<T>>,
     /// Makes the guard `Sync` only for `T: Sync`, as std's guard is.
     _marker: PhantomData<T>,
 }
 
-impl<T> OwnedMutexGuard<T> {
+impl<T: ?Sized> OwnedMutexGuard<T> {
     fn new(mutex: StdArc<Mutex<T>>) -> Self {
         Self {
             mutex,
@@ -625,7 +645,7 @@ impl<T> OwnedMutexGuard<T> {
     }
 }
 
-impl<T> Deref for OwnedMutexGuard<T> {
+impl<T: ?Sized> Deref for OwnedMutexGuard<T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard proves the lock is held, so no `&mut T` exists elsewhere.
@@ -633,20 +653,20 @@ impl<T> Deref for OwnedMutexGuard<T> {
     }
 }
 
-impl<T> DerefMut for OwnedMutexGuard<T> {
+impl<T: ?Sized> DerefMut for OwnedMutexGuard<T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard proves the lock is held and `&mut self` that this borrow is unique.
         self.mutex.data.with_mut(|ptr| unsafe { &mut *ptr })
     }
 }
 
-impl<T> Drop for OwnedMutexGuard<T> {
+impl<T: ?Sized> Drop for OwnedMutexGuard<T> {
     fn drop(&mut self) {
         self.mutex.unlock();
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for OwnedMutexGuard<T> {
+impl<T: ?Sized + fmt::Debug> fmt::Debug for OwnedMutexGuard<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }

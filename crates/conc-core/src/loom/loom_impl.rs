@@ -30,7 +30,7 @@ pub(crate) fn spin_wait(_round: &mut u32) {
 
 /// loom's `UnsafeCell`, with `get_mut` and `into_inner` added.
 #[derive(Debug)]
-pub(crate) struct UnsafeCell<T>(loom::cell::UnsafeCell<T>);
+pub(crate) struct UnsafeCell<T: ?Sized>(loom::cell::UnsafeCell<T>);
 
 impl<T> UnsafeCell<T> {
     pub(crate) fn new(value: T) -> Self {
@@ -40,7 +40,9 @@ impl<T> UnsafeCell<T> {
     pub(crate) fn into_inner(self) -> T {
         self.0.into_inner()
     }
+}
 
+impl<T: ?Sized> UnsafeCell<T> {
     pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
         self.0.with(f)
     }
