@@ -515,12 +515,24 @@ async fn missing_or_stale(store: &dyn SessionStore, id: &str, fence: u64) -> Ses
     }
 }
 
+/// A session or message that could not be encoded or read as JSON, `what` saying which.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn json_error(backend: &'static str, what: String, e: serde_json::Error) -> SessionError {
+    SessionError::Store {
+        backend,
+        message: format!("{what}: {e}"),
+        source: Some(Box::new(e)),
+    }
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn encode(session: &SessionData) -> Result<String, SessionError> {
-    serde_json::to_string(session).map_err(|e| SessionError::Store {
-        backend: "json",
-        message: format!("could not encode session `{}`: {e}", session.id),
-        source: Some(Box::new(e)),
+    serde_json::to_string(session).map_err(|e| {
+        json_error(
+            "json",
+            format!("could not encode session `{}`", session.id),
+            e,
+        )
     })
 }
 
@@ -531,11 +543,8 @@ fn decode(
     version: u64,
     fence: u64,
 ) -> Result<SessionData, SessionError> {
-    let mut data: SessionData = serde_json::from_str(text).map_err(|e| SessionError::Store {
-        backend,
-        message: format!("a stored session is not valid: {e}"),
-        source: Some(Box::new(e)),
-    })?;
+    let mut data: SessionData = serde_json::from_str(text)
+        .map_err(|e| json_error(backend, "a stored session is not valid".to_owned(), e))?;
     data.version = version;
     data.fence = fence;
     Ok(data)
@@ -556,10 +565,12 @@ fn encode_head(session: &SessionData) -> Result<String, SessionError> {
 /// One message as its row stores it.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn encode_message(message: &Message) -> Result<String, SessionError> {
-    serde_json::to_string(message).map_err(|e| SessionError::Store {
-        backend: "json",
-        message: format!("could not encode message `{}`: {e}", message.id),
-        source: Some(Box::new(e)),
+    serde_json::to_string(message).map_err(|e| {
+        json_error(
+            "json",
+            format!("could not encode message `{}`", message.id),
+            e,
+        )
     })
 }
 
@@ -588,12 +599,10 @@ fn decode_with_messages(
     let mut data = decode(backend, text, version, fence)?;
     data.messages.reserve(messages.len());
     for body in messages {
-        data.messages
-            .push(serde_json::from_str(body).map_err(|e| SessionError::Store {
-                backend,
-                message: format!("a stored message is not valid: {e}"),
-                source: Some(Box::new(e)),
-            })?);
+        data.messages.push(
+            serde_json::from_str(body)
+                .map_err(|e| json_error(backend, "a stored message is not valid".to_owned(), e))?,
+        );
     }
     Ok(data)
 }
