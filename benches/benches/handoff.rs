@@ -120,10 +120,7 @@ async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Opened)> {
     ));
     match std::env::var("CONC_TEST_POSTGRES_URL") {
         Ok(url) => {
-            let config = || PostgresConfig {
-                table: "conc_bench_handoff".into(),
-                ..PostgresConfig::default()
-            };
+            let config = || PostgresConfig::default().with_table("conc_bench_handoff");
             out.push((
                 "postgres",
                 (
@@ -146,9 +143,9 @@ async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Opened)> {
     }
     match std::env::var("CONC_TEST_REDIS_URL") {
         Ok(url) => {
-            let config = || RedisConfig {
-                prefix: format!("conc-bench-handoff:{}:", std::process::id()),
-                ..RedisConfig::default()
+            let config = || {
+                RedisConfig::default()
+                    .with_prefix(format!("conc-bench-handoff:{}:", std::process::id()))
             };
             out.push((
                 "redis",

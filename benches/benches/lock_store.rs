@@ -236,10 +236,8 @@ const LIVE_SCHEMA: &str = "conc_bench_live";
 /// A PostgreSQL store in its own schema holding `n` live keys (one `generate_series`).
 fn filled_postgres(rt: &tokio::runtime::Runtime, url: &str, n: u64) -> Arc<dyn LockStore> {
     rt.block_on(async {
-        let config = conc_lock_store::PostgresConfig {
-            schema: LIVE_SCHEMA.into(),
-            ..Default::default()
-        };
+        let config = conc_lock_store::PostgresConfig::default()
+            .with_schema(LIVE_SCHEMA);
         let store = conc_lock_store::PostgresLockStore::connect(url, config)
             .await
             .expect("connect");
@@ -291,10 +289,7 @@ fn servers(c: &mut Criterion) {
             "skipped: CONC_TEST_POSTGRES_URL is not set, so the PostgreSQL lock bench does not run"
         ),
         Ok(url) => {
-            let config = conc_lock_store::PostgresConfig {
-                schema: "conc_bench".into(),
-                ..Default::default()
-            };
+            let config = conc_lock_store::PostgresConfig::default().with_schema("conc_bench");
             let store: Arc<dyn LockStore> = Arc::new(
                 rt.block_on(conc_lock_store::PostgresLockStore::connect(&url, config))
                     .expect("connect"),
@@ -341,10 +336,7 @@ fn servers(c: &mut Criterion) {
             "skipped: CONC_TEST_REDIS_URL is not set, so the Redis lock bench does not run"
         ),
         Ok(url) => {
-            let config = conc_lock_store::RedisConfig {
-                prefix: "conc-bench:".into(),
-                ..Default::default()
-            };
+            let config = conc_lock_store::RedisConfig::default().with_prefix("conc-bench:");
             let store: Arc<dyn LockStore> = Arc::new(
                 rt.block_on(conc_lock_store::RedisLockStore::connect(&url, config))
                     .expect("connect"),

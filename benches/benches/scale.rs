@@ -75,11 +75,9 @@ fn main() {
         )];
         match std::env::var("CONC_TEST_POSTGRES_URL") {
             Ok(url) => {
-                let config = PostgresConfig {
-                    table: "conc_bench_scale".into(),
-                    pool_size: 32,
-                    ..PostgresConfig::default()
-                };
+                let config = PostgresConfig::default()
+                    .with_table("conc_bench_scale")
+                    .with_pool_size(32);
                 stores.push((
                     "postgres",
                     Arc::new(
@@ -95,10 +93,8 @@ fn main() {
         }
         match std::env::var("CONC_TEST_REDIS_URL") {
             Ok(url) => {
-                let config = RedisConfig {
-                    prefix: format!("conc-bench-scale:{}:", std::process::id()),
-                    ..RedisConfig::default()
-                };
+                let config = RedisConfig::default()
+                    .with_prefix(format!("conc-bench-scale:{}:", std::process::id()));
                 stores.push((
                     "redis",
                     Arc::new(RedisLockStore::connect(&url, config).await.expect("connect")),

@@ -41,6 +41,7 @@ pub enum SpawnError {
 /// How the supervisor's tasks ended, counted over its whole life; returned by
 /// [`Supervisor::shutdown`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// Returned `Ok`.
     pub finished: u64,
@@ -285,30 +286,30 @@ impl Supervisor {
                 outcome = catch_unwind(future) => match outcome {
                     Ok(Ok(_)) => {
                         counters.finished.fetch_add(1, Ordering::AcqRel);
-                            count_outcome("finished");
+                        count_outcome("finished");
                         debug!("task finished");
                     }
                     Ok(Err(e)) => {
                         let e: Box<dyn StdError + Send + Sync> = e.into();
                         if is_abort_error(&*e) {
                             counters.aborted.fetch_add(1, Ordering::AcqRel);
-                        count_outcome("aborted");
+                            count_outcome("aborted");
                             debug!(reason = %e, "task aborted");
                         } else {
                             counters.failed.fetch_add(1, Ordering::AcqRel);
-                                count_outcome("failed");
+                            count_outcome("failed");
                             error!(error = %e, "task failed");
                         }
                     }
                     Err(panic) => {
                         counters.panicked.fetch_add(1, Ordering::AcqRel);
-                            count_outcome("panicked");
+                        count_outcome("panicked");
                         error!(panic = %crate::util::panic_message(&*panic), "task panicked");
                     }
                 },
                 () = inner.kill.cancelled() => {
                     counters.aborted.fetch_add(1, Ordering::AcqRel);
-                        count_outcome("aborted");
+                    count_outcome("aborted");
                     debug!("task dropped after the shutdown grace period");
                 }
             }

@@ -542,12 +542,10 @@ pub(crate) async fn run(
     let manager = SessionManager::new(SessionContext {
         sessions,
         locks,
-        config: SessionConfig {
-            generation_ttl: Duration::from_secs(2),
-            max_update_attempts: 10_000,
-            instance: instance.clone(),
-            ..SessionConfig::default()
-        },
+        config: SessionConfig::default()
+            .with_generation_ttl(Duration::from_secs(2))
+            .with_max_update_attempts(10_000)
+            .with_instance(instance.clone()),
     });
     for n in 0..options.conversations {
         match manager.create_session(&conversation(n)).await {

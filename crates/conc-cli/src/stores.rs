@@ -62,10 +62,7 @@ pub(crate) async fn locks_read_only(spec: &str) -> Result<Arc<dyn LockStore>, St
     if parsed.kind != StoreKind::Sqlite {
         return locks(spec).await;
     }
-    let config = conc_lock_store::SqliteConfig {
-        read_only: true,
-        ..Default::default()
-    };
+    let config = conc_lock_store::SqliteConfig::default().with_read_only(true);
     let store = timed(
         "the SQLite lock store",
         conc_lock_store::SqliteLockStore::open_with(&parsed.target, config),

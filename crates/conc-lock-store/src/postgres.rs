@@ -36,7 +36,18 @@ use crate::request::{LockRequest, validate_key, validate_ttl};
 const BACKEND: &str = "postgres";
 
 /// Settings for [`PostgresLockStore`].
+///
+/// Start from [`Default`] and change what you need with the `with_*` setters. The struct is
+/// `#[non_exhaustive]`: a field added in a later release is not a breaking change, so it
+/// cannot be built with a struct literal outside this crate (its fields stay readable).
+///
+/// ```
+/// use conc_lock_store::PostgresConfig;
+///
+/// let config = PostgresConfig::default().with_pool_size(16);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PostgresConfig {
     /// The schema of the lease table (default `public`).
     pub schema: String,
@@ -71,6 +82,64 @@ impl Default for PostgresConfig {
             application_name: "conc-lock-store".into(),
             tombstone_ttl: Duration::from_secs(600),
         }
+    }
+}
+
+impl PostgresConfig {
+    /// Sets [`schema`](Self::schema).
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets [`table`](Self::table).
+    #[must_use]
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Sets [`op_timeout`](Self::op_timeout).
+    #[must_use]
+    pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
+        self.op_timeout = op_timeout;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`pool_size`](Self::pool_size).
+    #[must_use]
+    pub fn with_pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// Sets [`max_ttl`](Self::max_ttl).
+    #[must_use]
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// Sets [`application_name`](Self::application_name).
+    #[must_use]
+    pub fn with_application_name(mut self, application_name: impl Into<String>) -> Self {
+        self.application_name = application_name.into();
+        self
+    }
+
+    /// Sets [`tombstone_ttl`](Self::tombstone_ttl).
+    #[must_use]
+    pub fn with_tombstone_ttl(mut self, tombstone_ttl: Duration) -> Self {
+        self.tombstone_ttl = tombstone_ttl;
+        self
     }
 }
 
@@ -794,10 +863,7 @@ mod retry_tests {
             return;
         };
         let schema = format!("conc_retry_{}", std::process::id());
-        let config = PostgresConfig {
-            schema: schema.clone(),
-            ..PostgresConfig::default()
-        };
+        let config = PostgresConfig::default().with_schema(schema.clone());
         let store = PostgresLockStore::connect(&url, config).await.unwrap();
         let token = crate::random::shared_token();
         let (key, owner, metadata, ttl) =

@@ -59,7 +59,18 @@ use crate::{LockStore, from_unix_millis};
 const BACKEND: &str = "redis";
 
 /// Settings for [`RedisLockStore`].
+///
+/// Start from [`Default`] and change what you need with the `with_*` setters. The struct is
+/// `#[non_exhaustive]`: a field added in a later release is not a breaking change, so it
+/// cannot be built with a struct literal outside this crate (its fields stay readable).
+///
+/// ```
+/// use conc_lock_store::RedisConfig;
+///
+/// let config = RedisConfig::default().with_prefix("myapp:");
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// The prefix of every key this store writes (default `conc:`).
     pub prefix: String,
@@ -93,6 +104,57 @@ impl Default for RedisConfig {
             restart_delay: None,
             allow_eviction: false,
         }
+    }
+}
+
+impl RedisConfig {
+    /// Sets [`prefix`](Self::prefix).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`op_timeout`](Self::op_timeout).
+    #[must_use]
+    pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
+        self.op_timeout = op_timeout;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`max_ttl`](Self::max_ttl).
+    #[must_use]
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// Sets [`grace`](Self::grace).
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Sets [`restart_delay`](Self::restart_delay).
+    #[must_use]
+    pub fn with_restart_delay(mut self, restart_delay: Option<Duration>) -> Self {
+        self.restart_delay = restart_delay;
+        self
+    }
+
+    /// Sets [`allow_eviction`](Self::allow_eviction).
+    #[must_use]
+    pub fn with_allow_eviction(mut self, allow_eviction: bool) -> Self {
+        self.allow_eviction = allow_eviction;
+        self
     }
 }
 

@@ -31,7 +31,19 @@ const BACKEND: &str = "sqlite";
 const SCHEMA_VERSION: i64 = 1;
 
 /// Settings for [`SqliteLockStore`].
+///
+/// Start from [`Default`] and change what you need with the `with_*` setters. The struct is
+/// `#[non_exhaustive]`: a field added in a later release is not a breaking change, so it
+/// cannot be built with a struct literal outside this crate (its fields stay readable).
+///
+/// ```
+/// use std::time::Duration;
+/// use conc_lock_store::SqliteConfig;
+///
+/// let config = SqliteConfig::default().with_busy_timeout(Duration::from_secs(1));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SqliteConfig {
     /// How long a statement waits for another process's write lock (default 5 s).
     pub busy_timeout: Duration,
@@ -90,6 +102,57 @@ impl Default for SqliteConfig {
             read_only: false,
             synchronous: SqliteSynchronous::Normal,
         }
+    }
+}
+
+impl SqliteConfig {
+    /// Sets [`busy_timeout`](Self::busy_timeout).
+    #[must_use]
+    pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Self {
+        self.busy_timeout = busy_timeout;
+        self
+    }
+
+    /// Sets [`op_timeout`](Self::op_timeout).
+    #[must_use]
+    pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
+        self.op_timeout = op_timeout;
+        self
+    }
+
+    /// Sets [`max_ttl`](Self::max_ttl).
+    #[must_use]
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// Sets [`queue`](Self::queue).
+    #[must_use]
+    pub fn with_queue(mut self, queue: usize) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets [`watch_interval`](Self::watch_interval).
+    #[must_use]
+    pub fn with_watch_interval(mut self, watch_interval: Duration) -> Self {
+        self.watch_interval = watch_interval;
+        self
+    }
+
+    /// Sets [`read_only`](Self::read_only).
+    #[must_use]
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Sets [`synchronous`](Self::synchronous).
+    #[must_use]
+    pub fn with_synchronous(mut self, synchronous: SqliteSynchronous) -> Self {
+        self.synchronous = synchronous;
+        self
     }
 }
 

@@ -55,11 +55,9 @@ mod redis_faults {
     use conc_lock_store::{RedisConfig, RedisLockStore};
 
     fn config() -> RedisConfig {
-        RedisConfig {
-            prefix: "faults:".into(),
-            op_timeout: Duration::from_secs(2),
-            ..RedisConfig::default()
-        }
+        RedisConfig::default()
+            .with_prefix("faults:")
+            .with_op_timeout(Duration::from_secs(2))
     }
 
     async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
@@ -186,10 +184,7 @@ mod redis_faults {
             .unwrap_err();
         assert!(matches!(error, LockError::Unsafe { .. }), "{error}");
         assert!(error.to_string().contains("volatile-ttl"), "{error}");
-        let allowed = RedisConfig {
-            allow_eviction: true,
-            ..config()
-        };
+        let allowed = config().with_allow_eviction(true);
         RedisLockStore::connect(&server.url(), allowed)
             .await
             .unwrap();
@@ -261,10 +256,7 @@ mod redis_faults {
         let Some(server) = PrivateRedis::start(&[]).unwrap() else {
             return;
         };
-        let config = RedisConfig {
-            max_ttl: Duration::MAX,
-            ..config()
-        };
+        let config = config().with_max_ttl(Duration::MAX);
         let store = RedisLockStore::connect(&server.url(), config)
             .await
             .unwrap();

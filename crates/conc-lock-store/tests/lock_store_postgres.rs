@@ -47,11 +47,9 @@ async fn admin(url: &str) -> tokio_postgres::Client {
 }
 
 async fn store(url: &str, schema: &str) -> PostgresLockStore {
-    let config = PostgresConfig {
-        schema: schema.to_owned(),
-        application_name: schema.to_owned(),
-        ..PostgresConfig::default()
-    };
+    let config = PostgresConfig::default()
+        .with_schema(schema.to_owned())
+        .with_application_name(schema.to_owned());
     PostgresLockStore::connect(url, config)
         .await
         .expect("connect the store")
@@ -75,10 +73,7 @@ async fn a_store_on_a_shared_pool_conforms() {
     let Some(url) = url() else { return };
     let schema = unique("pool");
     let admin = admin(&url).await;
-    let config = conc_lock_store::PostgresConfig {
-        schema: schema.clone(),
-        ..Default::default()
-    };
+    let config = conc_lock_store::PostgresConfig::default().with_schema(schema.clone());
     let pool = conc_lock_store::postgres_pool(&url, &config).unwrap();
     let store = conc_lock_store::PostgresLockStore::from_pool(pool, config)
         .await
@@ -145,10 +140,7 @@ async fn bad_names_and_urls_are_clear_errors() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("bad PostgreSQL URL"), "{error}");
-    let config = PostgresConfig {
-        table: "Robert'); DROP TABLE students;--".into(),
-        ..PostgresConfig::default()
-    };
+    let config = PostgresConfig::default().with_table("Robert'); DROP TABLE students;--");
     let error = PostgresLockStore::connect("postgres://u@127.0.0.1/x", config)
         .await
         .unwrap_err();

@@ -32,10 +32,7 @@ mod postgres_faults {
     async fn a_stalled_acquirer_cannot_win_with_an_old_fence() {
         let Some(url) = url() else { return };
         let schema = format!("conc_stall_{}", std::process::id());
-        let config = PostgresConfig {
-            schema: schema.clone(),
-            ..PostgresConfig::default()
-        };
+        let config = PostgresConfig::default().with_schema(schema.clone());
         let store: Arc<dyn LockStore> =
             Arc::new(PostgresLockStore::connect(&url, config).await.unwrap());
         let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -105,11 +102,9 @@ mod postgres_faults {
     async fn a_nul_byte_is_a_typed_error_that_is_not_transient() {
         let Some(url) = url() else { return };
         let schema = format!("conc_nul_{}", std::process::id());
-        let config = PostgresConfig {
-            schema: schema.clone(),
-            max_ttl: Duration::MAX,
-            ..PostgresConfig::default()
-        };
+        let config = PostgresConfig::default()
+            .with_schema(schema.clone())
+            .with_max_ttl(Duration::MAX);
         let store = PostgresLockStore::connect(&url, config).await.unwrap();
         let error = store
             .try_acquire(&LockRequest::new("a\0b", "o", Duration::from_secs(1)))

@@ -63,10 +63,7 @@ async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
         #[cfg(feature = "postgres")]
         "postgres" => {
             let url = std::env::var("CONC_TEST_POSTGRES_URL").expect("url");
-            let config = conc_lock_store::PostgresConfig {
-                schema: scope.to_owned(),
-                ..Default::default()
-            };
+            let config = conc_lock_store::PostgresConfig::default().with_schema(scope.to_owned());
             Arc::new(
                 conc_lock_store::PostgresLockStore::connect(&url, config)
                     .await
@@ -80,10 +77,7 @@ async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
             } else {
                 cluster_url()
             };
-            let config = conc_lock_store::RedisConfig {
-                prefix: format!("{scope}:"),
-                ..Default::default()
-            };
+            let config = conc_lock_store::RedisConfig::default().with_prefix(format!("{scope}:"));
             Arc::new(
                 conc_lock_store::RedisLockStore::connect(&url, config)
                     .await

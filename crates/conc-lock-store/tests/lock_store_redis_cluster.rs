@@ -12,11 +12,9 @@ use conc_lock_store::servers::PrivateRedisCluster;
 use conc_lock_store::{LockGuard, LockRequest, LockStore, RedisConfig, RedisLockStore};
 
 fn config() -> RedisConfig {
-    RedisConfig {
-        prefix: "cluster:".into(),
-        op_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
-    }
+    RedisConfig::default()
+        .with_prefix("cluster:")
+        .with_op_timeout(Duration::from_secs(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,10 +73,7 @@ async fn a_read_only_store_looks_without_writing() {
     use conc_lock_store::{LockRequest, LockStore, SqliteConfig, SqliteLockStore};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("locks.db");
-    let read_only = || SqliteConfig {
-        read_only: true,
-        ..SqliteConfig::default()
-    };
+    let read_only = || SqliteConfig::default().with_read_only(true);
     assert!(
         SqliteLockStore::open_with(&path, read_only())
             .await
@@ -124,10 +121,7 @@ async fn every_synchronous_level_works() {
     .into_iter()
     .enumerate()
     {
-        let config = SqliteConfig {
-            synchronous: level,
-            ..SqliteConfig::default()
-        };
+        let config = SqliteConfig::default().with_synchronous(level);
         let store = SqliteLockStore::open_with(dir.path().join(format!("{n}.db")), config)
             .await
             .unwrap();

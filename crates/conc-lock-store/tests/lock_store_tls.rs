@@ -45,10 +45,10 @@ async fn redis_over_tls_verifies_the_server() {
     let Some(server) = PrivateRedis::start_tls(&cert_path, &key_path, &ca_path).unwrap() else {
         return;
     };
-    let config = || RedisConfig {
-        connect_timeout: Duration::from_secs(3),
-        op_timeout: Duration::from_secs(3),
-        ..RedisConfig::default()
+    let config = || {
+        RedisConfig::default()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_op_timeout(Duration::from_secs(3))
     };
     let trusted = format!("{}?sslrootcert={}", server.url(), ca_path.display());
     let store = RedisLockStore::connect(&trusted, config()).await.unwrap();
@@ -91,10 +91,10 @@ async fn postgres_over_tls_verifies_the_server_and_errors_name_their_cause() {
     .unwrap() else {
         return;
     };
-    let config = || PostgresConfig {
-        connect_timeout: Duration::from_secs(3),
-        op_timeout: Duration::from_secs(3),
-        ..PostgresConfig::default()
+    let config = || {
+        PostgresConfig::default()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_op_timeout(Duration::from_secs(3))
     };
     let trusted = server.url(
         "postgres",

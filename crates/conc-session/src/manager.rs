@@ -24,7 +24,19 @@ pub use generation::{GenerationGuard, GenerationWrite};
 pub use processing::ProcessingGuard;
 
 /// Settings of a [`SessionManager`].
+///
+/// Start from [`Default`] and change what you need with the `with_*` setters. The struct is
+/// `#[non_exhaustive]`: a field added in a later release is not a breaking change, so it
+/// cannot be built with a struct literal outside this crate (its fields stay readable).
+///
+/// ```
+/// use std::time::Duration;
+/// use conc_session::SessionConfig;
+///
+/// let config = SessionConfig::default().with_generation_ttl(Duration::from_secs(60));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// How many times an update is retried on a version conflict (default 20).
     pub max_update_attempts: u32,
@@ -56,6 +68,50 @@ impl Default for SessionConfig {
             instance: format!("pid-{}", std::process::id()),
             generations_per_conversation: 1,
         }
+    }
+}
+
+impl SessionConfig {
+    /// Sets [`max_update_attempts`](Self::max_update_attempts).
+    #[must_use]
+    pub fn with_max_update_attempts(mut self, max_update_attempts: u32) -> Self {
+        self.max_update_attempts = max_update_attempts;
+        self
+    }
+
+    /// Sets [`processing_timeout`](Self::processing_timeout).
+    #[must_use]
+    pub fn with_processing_timeout(mut self, processing_timeout: Duration) -> Self {
+        self.processing_timeout = processing_timeout;
+        self
+    }
+
+    /// Sets [`generation_ttl`](Self::generation_ttl).
+    #[must_use]
+    pub fn with_generation_ttl(mut self, generation_ttl: Duration) -> Self {
+        self.generation_ttl = generation_ttl;
+        self
+    }
+
+    /// Sets [`lock_prefix`](Self::lock_prefix).
+    #[must_use]
+    pub fn with_lock_prefix(mut self, lock_prefix: impl Into<String>) -> Self {
+        self.lock_prefix = lock_prefix.into();
+        self
+    }
+
+    /// Sets [`instance`](Self::instance).
+    #[must_use]
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+
+    /// Sets [`generations_per_conversation`](Self::generations_per_conversation).
+    #[must_use]
+    pub fn with_generations_per_conversation(mut self, generations_per_conversation: u32) -> Self {
+        self.generations_per_conversation = generations_per_conversation;
+        self
     }
 }
 
@@ -95,6 +151,7 @@ pub enum GenerationMode {
 
 /// Counters since the manager started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionStats {
     /// Starts that found a generation already running.
     pub concurrent_attempts: u64,

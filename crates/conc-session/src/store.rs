@@ -1207,10 +1207,8 @@ mod postgres {
             }
             // The lock store's pool builder: TLS from the URL (`sslmode`, `sslrootcert`),
             // statement and connect timeouts, errors that name their cause.
-            let config = conc_lock_store::PostgresConfig {
-                application_name: "conc-session".into(),
-                ..Default::default()
-            };
+            let config =
+                conc_lock_store::PostgresConfig::default().with_application_name("conc-session");
             let pool = conc_lock_store::postgres_pool(url, &config).map_err(store_error)?;
             Self::from_pool(pool, schema).await
         }

@@ -14,11 +14,9 @@ fn manager(sessions: Arc<dyn SessionStore>, locks: Arc<dyn LockStore>) -> Sessio
     SessionManager::new(SessionContext {
         sessions,
         locks,
-        config: SessionConfig {
-            generations_per_conversation: 2,
-            generation_ttl: Duration::from_secs(30),
-            ..SessionConfig::default()
-        },
+        config: SessionConfig::default()
+            .with_generations_per_conversation(2)
+            .with_generation_ttl(Duration::from_secs(30)),
     })
 }
 
@@ -183,10 +181,7 @@ async fn comparison_mode_on_postgres() {
     let locks = Arc::new(
         conc_lock_store::PostgresLockStore::connect(
             &url,
-            conc_lock_store::PostgresConfig {
-                schema: schema.clone(),
-                ..Default::default()
-            },
+            conc_lock_store::PostgresConfig::default().with_schema(schema.clone()),
         )
         .await
         .unwrap(),

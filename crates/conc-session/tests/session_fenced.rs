@@ -20,10 +20,7 @@ fn manager(
     SessionManager::new(SessionContext {
         sessions,
         locks,
-        config: SessionConfig {
-            generation_ttl: ttl,
-            ..SessionConfig::default()
-        },
+        config: SessionConfig::default().with_generation_ttl(ttl),
     })
 }
 
@@ -252,10 +249,7 @@ async fn postgres_sessions_are_fenced() {
     let locks: Arc<dyn LockStore> = Arc::new(
         conc_lock_store::PostgresLockStore::connect(
             &url,
-            conc_lock_store::PostgresConfig {
-                schema: schema.clone(),
-                ..Default::default()
-            },
+            conc_lock_store::PostgresConfig::default().with_schema(schema.clone()),
         )
         .await
         .unwrap(),
@@ -289,10 +283,7 @@ async fn postgres_sessions_survive_terminated_connections() {
     let application = format!("conc-session-test-{}", std::process::id());
     let pool = conc_lock_store::postgres_pool(
         &url,
-        &conc_lock_store::PostgresConfig {
-            application_name: application.clone(),
-            ..Default::default()
-        },
+        &conc_lock_store::PostgresConfig::default().with_application_name(application.clone()),
     )
     .unwrap();
     let sessions: Arc<dyn SessionStore> = Arc::new(

@@ -14,10 +14,7 @@ fn manager_on(locks: Arc<dyn LockStore>, ttl: Duration) -> SessionManager {
     SessionManager::new(SessionContext {
         sessions: Arc::new(MemorySessionStore::new()),
         locks,
-        config: SessionConfig {
-            generation_ttl: ttl,
-            ..SessionConfig::default()
-        },
+        config: SessionConfig::default().with_generation_ttl(ttl),
     })
 }
 

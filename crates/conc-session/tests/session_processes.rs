@@ -38,10 +38,7 @@ fn manager(sessions: Arc<dyn SessionStore>) -> SessionManager {
     SessionManager::new(SessionContext {
         sessions,
         locks: Arc::new(MemoryLockStore::new()),
-        config: SessionConfig {
-            max_update_attempts: 10_000,
-            ..SessionConfig::default()
-        },
+        config: SessionConfig::default().with_max_update_attempts(10_000),
     })
 }
 

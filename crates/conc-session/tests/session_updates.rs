@@ -13,11 +13,9 @@ fn manager_with(sessions: Arc<dyn SessionStore>) -> SessionManager {
     SessionManager::new(SessionContext {
         sessions,
         locks: Arc::new(MemoryLockStore::new()),
-        config: SessionConfig {
-            processing_timeout: Duration::from_millis(200),
-            max_update_attempts: 1000,
-            ..SessionConfig::default()
-        },
+        config: SessionConfig::default()
+            .with_processing_timeout(Duration::from_millis(200))
+            .with_max_update_attempts(1000),
     })
 }
 

@@ -41,10 +41,7 @@ pub(crate) async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
 
 /// The store under test, on `prefix`.
 pub(crate) async fn store(url: &str, prefix: &str) -> RedisLockStore {
-    let config = RedisConfig {
-        prefix: prefix.to_owned(),
-        ..RedisConfig::default()
-    };
+    let config = RedisConfig::default().with_prefix(prefix.to_owned());
     RedisLockStore::connect(url, config)
         .await
         .expect("connect the store")
