@@ -249,7 +249,7 @@ fn filled_postgres(rt: &tokio::runtime::Runtime, url: &str, n: u64) -> Arc<dyn L
             .batch_execute(&format!(
                 "DELETE FROM {LIVE_SCHEMA}.conc_locks WHERE key LIKE 'live:%';
                  INSERT INTO {LIVE_SCHEMA}.conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-                 SELECT 'live:' || lpad(i::text, 8, '0'), 'filler', 't', i, '', now(), now() + interval '1 hour'
+                 SELECT 'live:' || lpad(i::text, 8, '0'), 'filler', 't', i, '{{}}', now(), now() + interval '1 hour'
                  FROM generate_series(1, {n}) AS i;
                  ANALYZE {LIVE_SCHEMA}.conc_locks;"
             ))
@@ -308,7 +308,7 @@ fn servers(c: &mut Criterion) {
                 let insert = client
                     .prepare(
                         "INSERT INTO conc_bench.conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-                         VALUES ($1, 'raw', 't', 1, '', clock_timestamp(), clock_timestamp() + interval '30 seconds')",
+                         VALUES ($1, 'raw', 't', 1, '{}', clock_timestamp(), clock_timestamp() + interval '30 seconds')",
                     )
                     .await
                     .expect("prepare");

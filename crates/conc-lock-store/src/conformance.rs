@@ -463,6 +463,18 @@ pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
     assert!(store.is_locked(&key).await.expect("is_locked"));
     store.release(&lease).await.expect("release");
     assert!(!store.is_locked(&key).await.expect("is_locked"));
+    // The next holder's metadata replaces the last one's: no entry is left behind.
+    let next = LockRequest::new(&key, "owner-2", Duration::from_secs(5))
+        .with_metadata("user_id", "u-2")
+        .with_metadata("", "empty name");
+    let lease = store
+        .try_acquire(&next)
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let info = store.inspect(&key).await.expect("inspect").expect("held");
+    assert_eq!(info.metadata, next.metadata);
+    store.release(&lease).await.expect("release");
 }
 
 /// `list` returns live leases under a prefix, in key order, up to the limit.

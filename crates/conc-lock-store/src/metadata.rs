@@ -1,9 +1,9 @@
-//! The stored form of [`Metadata`]: a JSON object of strings (`{"user_id":"u-1"}`), in the
-//! `metadata` column on SQLite and PostgreSQL and the `metadata` field of a lock's hash on
-//! Redis, so that it can be read by any tool and queried (`metadata::jsonb` on PostgreSQL).
-//! Rows written by earlier versions, as escaped `name=value` lines, are still read.
-//! Nothing is skipped: text that is neither is kept whole under the name `_unreadable`,
-//! with a warning.
+//! The stored form of [`Metadata`] on SQLite and PostgreSQL: a JSON object of strings
+//! (`{"user_id":"u-1"}`), in the `metadata` column: TEXT on SQLite (`json_extract` reads
+//! it), JSONB on PostgreSQL (`metadata->>'user_id'`, and its indexes). Redis keeps one hash
+//! field per entry (`m:user_id`) instead, which `HGET` reads. Rows written by earlier
+//! versions, as escaped `name=value` lines, are still read. Nothing is skipped: text that
+//! is neither is kept whole under the name `_unreadable`, with a warning.
 
 use crate::lease::Metadata;
 
@@ -11,6 +11,7 @@ use crate::lease::Metadata;
 const UNREADABLE: &str = "_unreadable";
 
 /// Metadata as a JSON object of strings (a map of strings always serializes).
+#[cfg(any(feature = "sqlite", feature = "postgres", test))]
 pub(crate) fn encode_metadata(metadata: &Metadata) -> String {
     serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned())
 }

@@ -395,14 +395,14 @@ impl PostgresLockStore {
         let mut channel = format!("{}_{}", config.schema, config.table);
         channel.truncate(63);
         let live = "expires_at > clock_timestamp()";
-        let info = "key, owner, metadata, fence, acquired_at, expires_at";
+        let info = "key, owner, metadata::text, fence, acquired_at, expires_at";
         let clock_us = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
         let notify = format!("pg_notify('{channel}', key)");
         // The fence of a fresh row is the clock; of an existing row, drawn under its lock.
         let upsert = |condition: &str| {
             format!(
                 "INSERT INTO {t} AS t (key, owner, token, fence, metadata, acquired_at, expires_at)
-                 VALUES ($1, $2, $3, {clock_us}, $4, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
+                 VALUES ($1, $2, $3, {clock_us}, $4::text::jsonb, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
                  ON CONFLICT (key) DO UPDATE SET
                      owner = EXCLUDED.owner, token = EXCLUDED.token,
                      fence = GREATEST(t.fence + 1, {clock_us}),
@@ -511,11 +511,12 @@ impl PostgresLockStore {
                      acquired_at TIMESTAMPTZ NOT NULL,
                      expires_at TIMESTAMPTZ NOT NULL
                  );
-                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata JSONB NOT NULL DEFAULT '{{}}';
                  CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at);"
             ))
             .await
             .map_err(pg_error("create the lock schema"))?;
+            metadata_to_jsonb(&tx, table).await?;
             tx.commit().await.map_err(pg_error("commit migration"))
         };
         tokio::time::timeout(self.config.op_timeout * 2, work)
@@ -620,6 +621,66 @@ impl PostgresLockStore {
             }
         }
     }
+}
+
+/// Tables made by earlier versions keep metadata as TEXT (JSON, or `name=value` lines before
+/// that): rewrite every row's text as a JSON object (nothing is dropped: text that cannot
+/// be read is kept whole under `_unreadable`), then turn the column into JSONB, so that it
+/// can be queried (`metadata->>'user_id'`). Runs inside the migration's transaction, under
+/// its advisory lock: every row or none. Processes of an earlier version cannot write the
+/// JSONB column; upgrade them all.
+async fn metadata_to_jsonb(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+) -> Result<(), LockError> {
+    let column_type: String = tx
+        .query_one(
+            &format!(
+                "SELECT atttypid::regtype::text FROM pg_attribute
+                 WHERE attrelid = '{table}'::regclass AND attname = 'metadata'"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg_error("read the metadata column's type"))?
+        .get(0);
+    if column_type == "jsonb" {
+        return Ok(());
+    }
+    let rows = tx
+        .query(
+            &format!("SELECT key, metadata::text FROM {table} WHERE metadata::text <> ''"),
+            &[],
+        )
+        .await
+        .map_err(pg_error("read the metadata to convert"))?;
+    let update = format!("UPDATE {table} SET metadata = $2 WHERE key = $1");
+    let mut converted = 0u64;
+    for row in &rows {
+        let (key, text): (&str, &str) = (row.get(0), row.get(1));
+        let json = encode_metadata(&decode_metadata(text));
+        if json != text {
+            tx.execute(&update, &[&key, &json])
+                .await
+                .map_err(pg_error("convert metadata to JSON"))?;
+            converted += 1;
+        }
+    }
+    tx.batch_execute(&format!(
+        "ALTER TABLE {table} ALTER COLUMN metadata DROP DEFAULT;
+         ALTER TABLE {table} ALTER COLUMN metadata TYPE JSONB
+             USING (CASE WHEN metadata = '' THEN '{{}}' ELSE metadata END)::jsonb;
+         ALTER TABLE {table} ALTER COLUMN metadata SET DEFAULT '{{}}'"
+    ))
+    .await
+    .map_err(pg_error("turn the metadata column into JSONB"))?;
+    tracing::info!(
+        table,
+        rows = rows.len(),
+        converted,
+        "lock metadata column converted from TEXT to JSONB"
+    );
+    Ok(())
 }
 
 fn millis(ttl: Duration) -> i64 {
@@ -867,7 +928,7 @@ mod retry_tests {
         let store = PostgresLockStore::connect(&url, config).await.unwrap();
         let token = crate::random::shared_token();
         let (key, owner, metadata, ttl) =
-            ("k".to_owned(), "owner".to_owned(), String::new(), 5000i64);
+            ("k".to_owned(), "owner".to_owned(), "{}".to_owned(), 5000i64);
         let params: [&(dyn ToSql + Sync); 5] = [&key, &owner, &token, &metadata, &ttl];
         let first = store
             .rows("acquire", &store.sql.acquire, &params)

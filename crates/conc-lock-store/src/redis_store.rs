@@ -4,8 +4,8 @@
 //! Each operation on a lock is one Lua script over the keys of a single hash slot, so it is
 //! atomic on the server, runs unchanged on a Redis Cluster, and reads the server's clock
 //! (`TIME`), never the application's. A lease is a hash, `<prefix>lock:{<key>}` (the braces
-//! make the key its own hash tag), with its owner, token, fence, metadata and expiry. The
-//! hash also gets a `PEXPIRE` of the TTL plus a grace period, so Redis reclaims abandoned
+//! make the key its own hash tag), with its owner, token, fence and expiry, and one field
+//! per metadata entry (`m:<name>`, so `HGET` reads one). The hash also gets a `PEXPIRE` of the TTL plus a grace period, so Redis reclaims abandoned
 //! leases by itself; until then [`cleanup_expired`](LockStore::cleanup_expired) can count
 //! and remove them. A release keeps the hash, without its token, for that grace period, so
 //! the key's last fence stays known. Nothing global is written on the way to a lock:
@@ -50,8 +50,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 
 use crate::error::LockError;
-use crate::lease::{Lease, LockInfo, default_drift_margin};
-use crate::metadata::{decode_metadata, encode_metadata};
+use crate::lease::{Lease, LockInfo, Metadata, default_drift_margin};
+use crate::metadata::decode_metadata;
 use crate::notify::{LockWatch, Watchers};
 use crate::request::{LockRequest, validate_key, validate_ttl};
 use crate::{LockStore, from_unix_millis};
@@ -184,8 +184,9 @@ elseif ARGV[1] ~= '' and epoch ~= ARGV[1] then
 end
 ";
 
-/// KEYS: marker, lock. ARGV: (guard), key, owner, token, metadata, ttl, grace, force (`1`
-/// takes the key whoever holds it), events channel. A lease longer than any before is
+/// KEYS: marker, lock. ARGV: (guard), key, owner, token, metadata entries (n), ttl, grace,
+/// force (`1` takes the key whoever holds it), events channel, then n name/value pairs, each
+/// stored as the hash field `m:<name>`. A lease longer than any before is
 /// published (`\0longest:<ms>`), so every instance knows how long to wait after a wipe.
 /// Returns {status, epoch, after, longest, wiped, fence, acquired, expires}; status 1
 /// granted, 0 held, 2 recovering.
@@ -202,7 +203,10 @@ local ttl = tonumber(ARGV[8])
 local expires = now + ttl
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'owner', ARGV[5], 'token', ARGV[6], 'fence', fmt(fence),
-  'metadata', ARGV[7], 'acquired_at', fmt(now), 'expires_at', fmt(expires))
+  'acquired_at', fmt(now), 'expires_at', fmt(expires))
+for i = 0, (tonumber(ARGV[7]) or 0) - 1 do
+  redis.call('HSET', KEYS[2], 'm:' .. ARGV[12 + 2 * i], ARGV[13 + 2 * i])
+end
 redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[9]))
 if ttl > longest then
   redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
@@ -246,11 +250,20 @@ if f[1] == ARGV[2] and f[1] ~= '' and tonumber(f[2]) > now then
 end
 return 0";
 
-/// KEYS: lock.
+/// KEYS: lock. Returns {owner, metadata written by earlier versions (JSON or ''), fence,
+/// acquired, expires, then the `m:` fields' names (prefix stripped) and values}, or false.
 const INSPECT: &str = "
 local f = redis.call('HMGET', KEYS[1], 'owner', 'metadata', 'fence', 'acquired_at', 'expires_at', 'token')
-if f[5] and f[6] ~= '' and tonumber(f[5]) > now then return {f[1], f[2], f[3], f[4], f[5]} end
-return false";
+if not (f[5] and f[6] ~= '' and tonumber(f[5]) > now) then return false end
+local out = {f[1], f[2] or '', f[3], f[4], f[5]}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 'm:' then
+    out[#out + 1] = string.sub(all[i], 3)
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out";
 
 /// KEYS: lock. Counts (1) and closes a lease that expired without a release.
 const CLEANUP: &str = "
@@ -547,7 +560,48 @@ fn client_for(url: &str) -> Result<redis::Client, LockError> {
     })
 }
 
-type InfoFields = (String, String, u64, i64, i64);
+/// A live lease's fields, as the inspect script returns them.
+struct InfoFields {
+    owner: String,
+    metadata: Metadata,
+    fence: u64,
+    acquired_at: i64,
+    expires_at: i64,
+}
+
+impl redis::FromRedisValue for InfoFields {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let fields: Vec<redis::Value> = redis::from_redis_value(value)?;
+        if fields.len() < 5 || fields.len().is_multiple_of(2) {
+            return Err(format!(
+                "the inspect script returned {} fields, not 5 and name/value pairs",
+                fields.len()
+            )
+            .into());
+        }
+        let mut fields = fields.into_iter();
+        let mut next = || fields.next().unwrap_or(redis::Value::Nil);
+        let owner: String = redis::from_redis_value(next())?;
+        // Leases written by earlier versions keep their metadata as one JSON field.
+        let mut metadata = decode_metadata(&redis::from_redis_value::<String>(next())?);
+        let fence = redis::from_redis_value(next())?;
+        let acquired_at = redis::from_redis_value(next())?;
+        let expires_at = redis::from_redis_value(next())?;
+        let rest: Vec<String> = fields
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        for pair in rest.chunks_exact(2) {
+            metadata.insert(pair[0].clone(), pair[1].clone());
+        }
+        Ok(Self {
+            owner,
+            metadata,
+            fence,
+            acquired_at,
+            expires_at,
+        })
+    }
+}
 
 /// The guard's part of a reply: epoch id, grant-after (ms), longest lease (ms), wiped.
 type GuardReply = (String, i64, u64, i64);
@@ -961,11 +1015,14 @@ impl RedisLockStore {
             .arg(&request.key)
             .arg(&request.owner)
             .arg(&token)
-            .arg(encode_metadata(&request.metadata))
+            .arg(request.metadata.len())
             .arg(ms(request.ttl))
             .arg(ms(self.config.grace))
             .arg(if force { "1" } else { "0" })
             .arg(self.events_channel());
+        for (name, value) in &request.metadata {
+            invocation.arg(name).arg(value);
+        }
         let sent = tokio::time::Instant::now();
         let reply: Vec<redis::Value> = self.run("acquire", &invocation).await?;
         let parse = || -> Result<AcquireReply, redis::ParsingError> {
@@ -1152,14 +1209,14 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-fn info(key: String, (owner, metadata, fence, acquired_at, expires_at): InfoFields) -> LockInfo {
+fn info(key: String, fields: InfoFields) -> LockInfo {
     LockInfo {
         key,
-        owner,
-        metadata: decode_metadata(&metadata),
-        fence,
-        acquired_at: from_unix_millis(acquired_at),
-        expires_at: from_unix_millis(expires_at),
+        owner: fields.owner,
+        metadata: fields.metadata,
+        fence: fields.fence,
+        acquired_at: from_unix_millis(fields.acquired_at),
+        expires_at: from_unix_millis(fields.expires_at),
     }
 }
 
@@ -1416,7 +1473,7 @@ mod retry_tests {
                 .arg("k")
                 .arg("owner")
                 .arg(&token)
-                .arg("")
+                .arg(0)
                 .arg(5000)
                 .arg(1000)
                 .arg("0")

@@ -146,3 +146,87 @@ async fn bad_names_and_urls_are_clear_errors() {
         .unwrap_err();
     assert!(error.to_string().contains("invalid table name"), "{error}");
 }
+
+/// A lock table made by an earlier version keeps metadata as TEXT: JSON, older
+/// `name=value` lines, or text neither can read. Connecting converts the column to JSONB
+/// with every row rewritten as a JSON object (nothing dropped), the live leases read back
+/// the same, and the metadata can be queried with PostgreSQL's JSON operators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_metadata_from_earlier_versions_becomes_jsonb() {
+    let Some(url) = url() else { return };
+    let schema = unique("jsonb");
+    let admin = admin(&url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{schema}\";
+             CREATE TABLE \"{schema}\".conc_locks (
+                 key TEXT PRIMARY KEY, owner TEXT NOT NULL, token TEXT NOT NULL,
+                 fence BIGINT NOT NULL, acquired_at TIMESTAMPTZ NOT NULL,
+                 expires_at TIMESTAMPTZ NOT NULL, metadata TEXT NOT NULL DEFAULT '');
+             INSERT INTO \"{schema}\".conc_locks VALUES
+                 ('json', 'a', 't1', 1, now(), now() + interval '1 hour', '{{\"user\":\"u-1\"}}'),
+                 ('lines', 'b', 't2', 2, now(), now() + interval '1 hour', E'user=u-2\\nnote=a\\\\=b\\n'),
+                 ('empty', 'c', 't3', 3, now(), now() + interval '1 hour', ''),
+                 ('broken', 'd', 't4', 4, now(), now() + interval '1 hour', '{{not json');"
+        ))
+        .await
+        .unwrap();
+    let store = store(&url, &schema).await;
+    let column: String = admin
+        .query_one(
+            &format!(
+                "SELECT data_type FROM information_schema.columns
+                 WHERE table_schema = '{schema}' AND table_name = 'conc_locks' AND column_name = 'metadata'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(column, "jsonb");
+    let read = |key: &'static str| {
+        let store = &store;
+        async move { store.inspect(key).await.unwrap().expect("live").metadata }
+    };
+    assert_eq!(
+        read("json").await.get("user").map(String::as_str),
+        Some("u-1")
+    );
+    let lines = read("lines").await;
+    assert_eq!(lines.get("user").map(String::as_str), Some("u-2"));
+    assert_eq!(lines.get("note").map(String::as_str), Some("a=b"));
+    assert!(read("empty").await.is_empty());
+    assert_eq!(
+        read("broken").await.get("_unreadable").map(String::as_str),
+        Some("{not json")
+    );
+    // New leases write JSON that PostgreSQL can query.
+    let request =
+        LockRequest::new("fresh", "e", Duration::from_secs(60)).with_metadata("user", "u-3");
+    let _lease = store.try_acquire(&request).await.unwrap().expect("free");
+    let users: Vec<String> = admin
+        .query(
+            &format!(
+                "SELECT metadata->>'user' FROM \"{schema}\".conc_locks
+                 WHERE metadata ? 'user' ORDER BY key"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(users, ["u-3", "u-1", "u-2"]);
+    // A second connect finds JSONB and leaves it alone.
+    drop(store);
+    let again = self::store(&url, &schema).await;
+    assert_eq!(
+        again.inspect("lines").await.unwrap().unwrap().metadata,
+        lines
+    );
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}

@@ -19,3 +19,51 @@ async fn redis_store_conforms() {
     conformance::run_all(Arc::new(store(&url, &prefix).await), "redis").await;
     scrub(&mut admin, &prefix).await;
 }
+
+/// Metadata is one hash field per entry (`m:<name>`), so `HGET` reads one; a hash written
+/// by an earlier version, with its metadata as one JSON `metadata` field, still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_one_hash_field_per_entry_and_old_hashes_read() {
+    use std::time::Duration;
+
+    use conc_lock_store::{LockRequest, LockStore};
+
+    let Some(url) = url() else { return };
+    let prefix = prefix("meta");
+    let mut admin = admin(&url).await;
+    let store = store(&url, &prefix).await;
+    let request = LockRequest::new("conv", "owner", Duration::from_secs(30))
+        .with_metadata("user_id", "u-1")
+        .with_metadata("note", "a=b\nc");
+    let lease = store.try_acquire(&request).await.unwrap().expect("free");
+    let hash = format!("{prefix}lock:{{conv}}");
+    let user: Option<String> = redis::cmd("HGET")
+        .arg(&hash)
+        .arg("m:user_id")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(user.as_deref(), Some("u-1"));
+    // As an earlier version wrote it: the JSON in one field, no `m:` fields.
+    let _: () = redis::cmd("HDEL")
+        .arg(&hash)
+        .arg("m:user_id")
+        .arg("m:note")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&hash)
+        .arg("metadata")
+        .arg(r#"{"user_id":"u-0"}"#)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let info = store.inspect("conv").await.unwrap().expect("held");
+    assert_eq!(
+        info.metadata,
+        [("user_id".to_owned(), "u-0".to_owned())].into()
+    );
+    store.release(&lease).await.unwrap();
+    scrub(&mut admin, &prefix).await;
+}
