@@ -82,11 +82,17 @@ const WAITERS: usize = 2;
 /// # });
 /// ```
 pub struct Mutex<T: ?Sized> {
+    raw: Raw,
+    data: UnsafeCell<T>,
+}
+
+/// The lock apart from the value: all that locking and releasing touch, whatever the value's
+/// type (so a guard mapped to a part of an unsized value can still release it).
+struct Raw {
     state: AtomicUsize,
     /// The id of the waiter that owns the lock but has not yet observed it; 0 for none.
     granted: AtomicU64,
     queue: BlockingMutex<Queue>,
-    data: UnsafeCell<T>,
 }
 
 // SAFETY: the mutex hands out access to `T` to one holder at a time, and a holder on
@@ -122,6 +128,77 @@ impl Queue {
     }
 }
 
+impl Raw {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+            granted: AtomicU64::new(0),
+            queue: BlockingMutex::new(Queue::new()),
+        }
+    }
+
+    #[cfg(loom)]
+    fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+            granted: AtomicU64::new(0),
+            queue: BlockingMutex::new(Queue::new()),
+        }
+    }
+
+    #[inline]
+    fn try_acquire(&self) -> bool {
+        self.state
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Releases the lock held by the caller, handing it to the first waiter if any.
+    #[inline]
+    fn unlock(&self) {
+        // A load first: with waiters queued the compare-and-swap would fail, and a failed
+        // one costs as much as one that works.
+        if self.state.load(Ordering::Relaxed) != LOCKED
+            || self
+                .state
+                .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unlock_slow();
+        }
+    }
+
+    #[cold]
+    fn unlock_slow(&self) {
+        let waker = {
+            let mut queue = self.queue.lock();
+            self.hand_off(&mut queue)
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// With the queue locked and the lock held by the caller: grant it to the first waiter
+    /// (returning its waker, to wake after the queue is unlocked) or release it.
+    fn hand_off(&self, queue: &mut Queue) -> Option<Waker> {
+        match queue.waiters.pop_front() {
+            Some(next) => {
+                self.granted.store(next.id, Ordering::Release);
+                if queue.waiters.is_empty() {
+                    self.state.fetch_and(!WAITERS, Ordering::Relaxed);
+                }
+                Some(next.waker)
+            }
+            None => {
+                self.state.store(0, Ordering::Release);
+                None
+            }
+        }
+    }
+}
+
 /// The error of [`Mutex::try_lock`]: the mutex is held, or others are queued for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the mutex is locked or has queued waiters; use `lock().await` to wait for it")]
@@ -139,9 +216,7 @@ impl<T> Mutex<T> {
     #[cfg(not(loom))]
     pub const fn new(value: T) -> Self {
         Self {
-            state: AtomicUsize::new(0),
-            granted: AtomicU64::new(0),
-            queue: BlockingMutex::new(Queue::new()),
+            raw: Raw::new(),
             data: UnsafeCell::new(value),
         }
     }
@@ -150,9 +225,7 @@ impl<T> Mutex<T> {
     #[cfg(loom)]
     pub fn new(value: T) -> Self {
         Self {
-            state: AtomicUsize::new(0),
-            granted: AtomicU64::new(0),
-            queue: BlockingMutex::new(Queue::new()),
+            raw: Raw::new(),
             data: UnsafeCell::new(value),
         }
     }
@@ -215,7 +288,7 @@ impl<T: ?Sized> Mutex<T> {
     /// A free mutex with queued waiters cannot occur: a release hands the lock to the first
     /// waiter. So `try_lock` never jumps the queue.
     pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError> {
-        if self.try_acquire() {
+        if self.raw.try_acquire() {
             Ok(MutexGuard::new(self))
         } else {
             Err(TryLockError(()))
@@ -236,7 +309,7 @@ impl<T: ?Sized> Mutex<T> {
 
     /// Like [`try_lock`](Self::try_lock) on an `Arc`, with an owning guard.
     pub fn try_lock_owned(self: StdArc<Self>) -> Result<OwnedMutexGuard<T>, TryLockError> {
-        if self.try_acquire() {
+        if self.raw.try_acquire() {
             Ok(OwnedMutexGuard::new(self))
         } else {
             Err(TryLockError(()))
@@ -260,68 +333,17 @@ impl<T: ?Sized> Mutex<T> {
     /// has not yet run).
     #[inline]
     pub fn is_locked(&self) -> bool {
-        self.state.load(Ordering::Acquire) & LOCKED != 0
+        self.raw.state.load(Ordering::Acquire) & LOCKED != 0
     }
 
     /// How many `lock()` futures are queued at this instant.
     pub fn waiters(&self) -> usize {
-        self.queue.lock().waiters.len()
+        self.raw.queue.lock().waiters.len()
     }
 
     /// The value, through a unique borrow: no locking needed.
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
-    }
-
-    #[inline]
-    fn try_acquire(&self) -> bool {
-        self.state
-            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Releases the lock held by the caller, handing it to the first waiter if any.
-    #[inline]
-    fn unlock(&self) {
-        // A load first: with waiters queued the compare-and-swap would fail, and a failed
-        // one costs as much as one that works.
-        if self.state.load(Ordering::Relaxed) != LOCKED
-            || self
-                .state
-                .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
-                .is_err()
-        {
-            self.unlock_slow();
-        }
-    }
-
-    #[cold]
-    fn unlock_slow(&self) {
-        let waker = {
-            let mut queue = self.queue.lock();
-            self.hand_off(&mut queue)
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// With the queue locked and the lock held by the caller: grant it to the first waiter
-    /// (returning its waker, to wake after the queue is unlocked) or release it.
-    fn hand_off(&self, queue: &mut Queue) -> Option<Waker> {
-        match queue.waiters.pop_front() {
-            Some(next) => {
-                self.granted.store(next.id, Ordering::Release);
-                if queue.waiters.is_empty() {
-                    self.state.fetch_and(!WAITERS, Ordering::Relaxed);
-                }
-                Some(next.waker)
-            }
-            None => {
-                self.state.store(0, Ordering::Release);
-                None
-            }
-        }
     }
 }
 
@@ -362,7 +384,7 @@ impl<'a, T: ?Sized> Future for Lock<'a, T> {
         let mutex = self.mutex;
         // The uncontended path, inlined into the caller. A load first: a failed
         // compare-and-swap costs as much as one that works.
-        if self.id == 0 && mutex.state.load(Ordering::Relaxed) == 0 && mutex.try_acquire() {
+        if self.id == 0 && mutex.raw.state.load(Ordering::Relaxed) == 0 && mutex.raw.try_acquire() {
             return Poll::Ready(MutexGuard::new(mutex));
         }
         self.poll_slow(cx)
@@ -375,8 +397,8 @@ impl<'a, T: ?Sized> Lock<'a, T> {
         let mutex = self.mutex;
         match self.id {
             0 => {
-                let mut queue = mutex.queue.lock();
-                let mut state = mutex.state.load(Ordering::Relaxed);
+                let mut queue = mutex.raw.queue.lock();
+                let mut state = mutex.raw.state.load(Ordering::Relaxed);
                 loop {
                     if state & WAITERS != 0 {
                         // Already marked (and so locked): only a queue-lock holder clears
@@ -384,7 +406,7 @@ impl<'a, T: ?Sized> Lock<'a, T> {
                         break;
                     }
                     if state & LOCKED == 0 {
-                        match mutex.state.compare_exchange_weak(
+                        match mutex.raw.state.compare_exchange_weak(
                             state,
                             state | LOCKED,
                             Ordering::Acquire,
@@ -396,7 +418,7 @@ impl<'a, T: ?Sized> Lock<'a, T> {
                     } else {
                         // Holding the queue lock, no one else changes WAITERS; the holder
                         // may release concurrently, in which case we try again.
-                        match mutex.state.compare_exchange_weak(
+                        match mutex.raw.state.compare_exchange_weak(
                             state,
                             state | WAITERS,
                             Ordering::Relaxed,
@@ -420,14 +442,14 @@ impl<'a, T: ?Sized> Lock<'a, T> {
             id => {
                 // The grant is read without the queue's lock: `Acquire` pairs with the
                 // releasing holder's `Release` store, after its critical section.
-                if mutex.granted.load(Ordering::Acquire) == id {
-                    mutex.granted.store(0, Ordering::Relaxed);
+                if mutex.raw.granted.load(Ordering::Acquire) == id {
+                    mutex.raw.granted.store(0, Ordering::Relaxed);
                     self.id = 0;
                     return Poll::Ready(MutexGuard::new(mutex));
                 }
-                let mut queue = mutex.queue.lock();
-                if mutex.granted.load(Ordering::Acquire) == id {
-                    mutex.granted.store(0, Ordering::Relaxed);
+                let mut queue = mutex.raw.queue.lock();
+                if mutex.raw.granted.load(Ordering::Acquire) == id {
+                    mutex.raw.granted.store(0, Ordering::Relaxed);
                     drop(queue);
                     self.id = 0;
                     return Poll::Ready(MutexGuard::new(mutex));
@@ -461,16 +483,16 @@ impl<T: ?Sized> Lock<'_, T> {
     fn drop_queued(&mut self, id: u64) {
         let mutex = self.mutex;
         let waker = {
-            let mut queue = mutex.queue.lock();
-            if mutex.granted.load(Ordering::Acquire) == id {
+            let mut queue = mutex.raw.queue.lock();
+            if mutex.raw.granted.load(Ordering::Acquire) == id {
                 // The lock was handed to us but we never took it: pass it on.
-                mutex.granted.store(0, Ordering::Relaxed);
-                mutex.hand_off(&mut queue)
+                mutex.raw.granted.store(0, Ordering::Relaxed);
+                mutex.raw.hand_off(&mut queue)
             } else {
                 if let Some(at) = queue.position(id) {
                     queue.waiters.remove(at);
                     if queue.waiters.is_empty() {
-                        mutex.state.fetch_and(!WAITERS, Ordering::Relaxed);
+                        mutex.raw.state.fetch_and(!WAITERS, Ordering::Relaxed);
                     }
                 }
                 None
@@ -510,7 +532,7 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     }
 }
 
-impl<'a, T> MutexGuard<'a, T> {
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
     /// A guard on a part of the value (a field, an element), as tokio's
     /// `MutexGuard::map`; the lock stays held until the mapped guard drops.
     ///
@@ -522,6 +544,11 @@ impl<'a, T> MutexGuard<'a, T> {
     /// assert!(mutex.is_locked());
     /// drop(count);
     /// assert_eq!(mutex.lock().await.1, 1);
+    ///
+    /// // An unsized value too: a slice, mapped to one element.
+    /// let bytes: Box<conc_core::Mutex<[u8]>> = Box::new(conc_core::Mutex::new([1u8, 2, 3]));
+    /// *conc_core::MutexGuard::map(bytes.lock().await, |all| &mut all[2]) = 9;
+    /// assert_eq!(*bytes.lock().await, [1, 2, 9]);
     /// # });
     /// ```
     pub fn map<U: ?Sized>(
@@ -530,7 +557,7 @@ impl<'a, T> MutexGuard<'a, T> {
     ) -> MappedMutexGuard<'a, U> {
         // `f` runs while `this` still owns the lock: if it panics, `this` unlocks.
         let value = std::ptr::NonNull::from(f(&mut this));
-        let mutex: &'a Mutex<T> = this.mutex;
+        let mutex: &'a Raw = &this.mutex.raw;
         std::mem::forget(this);
         MappedMutexGuard {
             value,
@@ -540,24 +567,14 @@ impl<'a, T> MutexGuard<'a, T> {
     }
 }
 
-/// What a [`MappedMutexGuard`] needs of its mutex: releasing it, whatever the value's type.
-trait Unlock {
-    fn unlock_from_guard(&self);
-}
-
-impl<T: ?Sized> Unlock for Mutex<T> {
-    fn unlock_from_guard(&self) {
-        self.unlock();
-    }
-}
-
 /// Exclusive access to a part of a [`Mutex`]'s value, from [`MutexGuard::map`]; the lock
 /// is released when it drops.
 #[must_use = "if unused the Mutex will immediately unlock"]
 pub struct MappedMutexGuard<'a, U: ?Sized> {
     /// Points into the mutex's value, which the held lock makes ours alone.
     value: std::ptr::NonNull<U>,
-    mutex: &'a dyn Unlock,
+    /// The lock, apart from the value (whose type the guard no longer knows).
+    mutex: &'a Raw,
     _marker: PhantomData<&'a mut U>,
 }
 
@@ -586,7 +603,7 @@ impl<U: ?Sized> DerefMut for MappedMutexGuard<'_, U> {
 
 impl<U: ?Sized> Drop for MappedMutexGuard<'_, U> {
     fn drop(&mut self) {
-        self.mutex.unlock_from_guard();
+        self.mutex.unlock();
     }
 }
 
@@ -613,7 +630,7 @@ impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
 
 impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        self.mutex.unlock();
+        self.mutex.raw.unlock();
     }
 }
 
@@ -662,7 +679,7 @@ impl<T: ?Sized> DerefMut for OwnedMutexGuard<T> {
 
 impl<T: ?Sized> Drop for OwnedMutexGuard<T> {
     fn drop(&mut self) {
-        self.mutex.unlock();
+        self.mutex.raw.unlock();
     }
 }
 
