@@ -5,13 +5,12 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use conc_core::{AbortController, AbortReason, AbortSignal, is_abort_error};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, error};
 
 use crate::util::catch_unwind;
@@ -54,8 +53,13 @@ pub struct ShutdownReport {
     pub panicked: u64,
 }
 
+/// The state every task touches, first in [`Inner`] so that it shares a cache line with
+/// the `Arc`'s reference count (each task holds a reference): a task's start and end then
+/// move one cache line between the spawning thread and the worker, not several.
 #[derive(Default)]
 struct Counters {
+    /// Tasks spawned and not yet ended (their futures not yet dropped).
+    running: AtomicUsize,
     finished: AtomicU64,
     aborted: AtomicU64,
     failed: AtomicU64,
@@ -73,15 +77,73 @@ impl Counters {
     }
 }
 
+#[repr(C)]
 struct Inner {
+    counters: Counters,
+    /// Set by `shutdown`: no new tasks; the last task to end wakes `all_ended`.
+    closed: AtomicBool,
+    all_ended: Notify,
     name: Cow<'static, str>,
-    tracker: TaskTracker,
     /// Cooperative cancellation: every task's signal is a child of this one.
     controller: AbortController,
     /// Forced stop after the grace period: drops the tasks' futures.
     kill: CancellationToken,
     slots: Option<(Arc<Semaphore>, usize)>,
-    counters: Counters,
+}
+
+impl Inner {
+    fn new(
+        name: Cow<'static, str>,
+        controller: AbortController,
+        slots: Option<(Arc<Semaphore>, usize)>,
+    ) -> Self {
+        Self {
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            all_ended: Notify::new(),
+            name,
+            controller,
+            kill: CancellationToken::new(),
+            slots,
+        }
+    }
+
+    /// Waits until every task has ended (its future dropped), once `closed` is set.
+    async fn wait_all_ended(&self) {
+        loop {
+            let ended = self.all_ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            ended.as_mut().enable();
+            // SeqCst here and in `TaskToken::drop`: either this load sees the last task's
+            // decrement, or that task sees `closed` (set before) and wakes `ended`.
+            if self.counters.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// A spawned task's share of the supervisor: counted in `running` from spawn until the
+/// task's future is dropped (finished, or dropped by the runtime or after the grace period).
+struct TaskToken(Arc<Inner>);
+
+impl TaskToken {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.counters.running.fetch_add(1, Ordering::SeqCst);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for TaskToken {
+    fn drop(&mut self) {
+        let inner = &self.0;
+        if inner.counters.running.fetch_sub(1, Ordering::SeqCst) == 1
+            && inner.closed.load(Ordering::SeqCst)
+        {
+            inner.all_ended.notify_waiters();
+        }
+    }
 }
 
 /// Spawns named background tasks, logs how each one ends, and shuts them all down.
@@ -133,14 +195,11 @@ impl Supervisor {
 
     fn build(name: Cow<'static, str>, slots: Option<usize>, parent: Option<&AbortSignal>) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::new(
                 name,
-                tracker: TaskTracker::new(),
-                controller: parent.map_or_else(AbortController::new, AbortSignal::child),
-                kill: CancellationToken::new(),
-                slots: slots.map(|n| (Arc::new(Semaphore::new(n)), n)),
-                counters: Counters::default(),
-            }),
+                parent.map_or_else(AbortController::new, AbortSignal::child),
+                slots.map(|n| (Arc::new(Semaphore::new(n)), n)),
+            )),
         }
     }
 
@@ -150,14 +209,11 @@ impl Supervisor {
         let max = max.max(1);
         let inner = &self.inner;
         Self {
-            inner: Arc::new(Inner {
-                name: inner.name.clone(),
-                tracker: TaskTracker::new(),
-                controller: inner.controller.signal().child(),
-                kill: CancellationToken::new(),
-                slots: Some((Arc::new(Semaphore::new(max)), max)),
-                counters: Counters::default(),
-            }),
+            inner: Arc::new(Inner::new(
+                inner.name.clone(),
+                inner.controller.signal().child(),
+                Some((Arc::new(Semaphore::new(max)), max)),
+            )),
         }
     }
 
@@ -168,7 +224,7 @@ impl Supervisor {
 
     /// How many tasks are running now.
     pub fn running(&self) -> usize {
-        self.inner.tracker.len()
+        self.inner.counters.running.load(Ordering::Acquire)
     }
 
     /// The counts so far.
@@ -246,7 +302,7 @@ impl Supervisor {
     }
 
     fn check_open(&self) -> Result<(), SpawnError> {
-        if self.inner.tracker.is_closed() || self.inner.controller.is_aborted() {
+        if self.inner.closed.load(Ordering::Acquire) || self.inner.controller.is_aborted() {
             Err(self.shutting_down())
         } else {
             Ok(())
@@ -272,11 +328,12 @@ impl Supervisor {
     {
         let signal = self.inner.controller.signal();
         let future = task(signal);
-        let inner = self.inner.clone();
-        let span = tracing::debug_span!("task", supervisor = %inner.name, task = %name);
+        let token = TaskToken::new(&self.inner);
+        let span = tracing::debug_span!("task", supervisor = %self.inner.name, task = %name);
         let task = async move {
             let _permit = permit;
             debug!("task started");
+            let inner = &token.0;
             let counters = &inner.counters;
             // The task first: one that ends at its first poll never registers with
             // `kill` (a registration is a lock on the token, shared by every task). A
@@ -316,9 +373,9 @@ impl Supervisor {
         };
         // A span nobody records costs a check on every poll: leave it out then.
         if span.is_disabled() {
-            self.inner.tracker.spawn(task);
+            drop(tokio::spawn(task));
         } else {
-            self.inner.tracker.spawn(task.instrument(span));
+            drop(tokio::spawn(task.instrument(span)));
         }
     }
 
@@ -331,18 +388,18 @@ impl Supervisor {
     /// Dropping the future after it started leaves the supervisor closed and its tasks'
     /// signals aborted; the tasks that had not ended keep running until they notice.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        self.inner.tracker.close();
+        self.inner.closed.store(true, Ordering::SeqCst);
         if let Some((slots, _)) = &self.inner.slots {
             slots.close();
         }
         self.inner.controller.abort(AbortReason::Shutdown);
-        if tokio::time::timeout(grace, self.inner.tracker.wait())
+        if tokio::time::timeout(grace, self.inner.wait_all_ended())
             .await
             .is_err()
         {
-            debug!(supervisor = %self.inner.name, running = self.inner.tracker.len(), "grace period over; dropping the remaining tasks");
+            debug!(supervisor = %self.inner.name, running = self.running(), "grace period over; dropping the remaining tasks");
             self.inner.kill.cancel();
-            self.inner.tracker.wait().await;
+            self.inner.wait_all_ended().await;
         }
         self.inner.counters.report()
     }

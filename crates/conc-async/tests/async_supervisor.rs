@@ -1,5 +1,5 @@
-//! Seed 001, section 3: spawned tasks are tracked, cancellable, and report every failure
-//! through tracing.
+//! The supervisor: spawned tasks are tracked, cancellable, and report every failure through
+//! tracing.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -202,4 +202,72 @@ async fn a_bounded_child_supervisor_obeys_its_parent() {
     );
     let refused = supervisor.try_spawn("late", |_| async { Ok::<_, conc_core::Aborted>(()) });
     assert!(refused.is_err(), "no spawn after the parent's shutdown");
+}
+
+/// Tasks spawned from several threads at once while they end on the runtime's workers:
+/// `shutdown` returns only when every one has ended, and every one is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_every_task_spawned_from_many_threads() {
+    const THREADS: u64 = 4;
+    const TASKS: u64 = 250;
+    let supervisor = Supervisor::new("many-threads");
+    let ended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let spawners: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (supervisor, ended) = (supervisor.clone(), ended.clone());
+            tokio::spawn(async move {
+                for n in 0..TASKS {
+                    let ended = ended.clone();
+                    supervisor
+                        .spawn("t", move |_| async move {
+                            if n % 3 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                            ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            Ok::<_, Aborted>(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for spawner in spawners {
+        spawner.await.unwrap();
+    }
+    let report = supervisor.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(
+        ended.load(std::sync::atomic::Ordering::SeqCst),
+        THREADS * TASKS
+    );
+    assert_eq!(report.finished, THREADS * TASKS);
+    assert_eq!(supervisor.running(), 0);
+}
+
+/// A task whose runtime is dropped is no longer running: its future is dropped, and a
+/// shutdown elsewhere does not wait for it.
+#[test]
+fn a_task_dropped_with_its_runtime_is_no_longer_running() {
+    let supervisor = Supervisor::new("dropped-runtime");
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    doomed.block_on(async {
+        supervisor
+            .spawn("forever", |_| std::future::pending::<Result<(), Aborted>>())
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    });
+    assert_eq!(supervisor.running(), 1);
+    drop(doomed);
+    assert_eq!(supervisor.running(), 0);
+    let report = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(supervisor.shutdown(Duration::from_secs(3600)));
+    assert_eq!(report, conc_async::ShutdownReport::default());
 }

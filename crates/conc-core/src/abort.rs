@@ -125,10 +125,15 @@ pub fn is_abort_error(error: &(dyn Error + 'static)) -> bool {
 /// signal) is dropped: then its children move to its parent, so an abort of any ancestor
 /// still reaches every descendant. Every operation walks the tree with a work list, never
 /// by recursion, and each node costs one allocation and one slot in its parent.
+/// The top bit of `Inner::handles`: an `unobserved` future has registered a waker (set
+/// once, never cleared). The count below it never comes near it.
+const UNOBSERVED_WANTED: usize = 1 << (usize::BITS - 1);
+
 struct Inner {
     /// Set (Release) after `reason` is, so a reader that sees `true` finds the reason.
     aborted: AtomicBool,
-    /// Controllers and signals alive; the tree's own links do not count.
+    /// Controllers and signals alive (the tree's own links do not count), and the
+    /// [`UNOBSERVED_WANTED`] bit.
     handles: AtomicUsize,
     /// Serialises the changes of links in this node's tree.
     tree: Arc<Mutex<()>>,
@@ -339,10 +344,15 @@ impl Clone for Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        match self.0.handles.fetch_sub(1, Ordering::AcqRel) {
+        let before = self.0.handles.fetch_sub(1, Ordering::AcqRel);
+        match before & !UNOBSERVED_WANTED {
             1 => self.0.detach(),
-            2 => {
-                // Maybe only the controller is left: tell whoever waits for that.
+            // Maybe only the controller is left: tell whoever waits for that. Without the
+            // bit, no `unobserved` future has registered a waker, so signals cloned and
+            // dropped per task touch only the count, never the lock. The bit and the count
+            // share one atomic: the poll's `fetch_or` and this `fetch_sub` are ordered, so
+            // either this sees the bit or the poll sees this decrement.
+            2 if before & UNOBSERVED_WANTED != 0 => {
                 let waker = self.0.state.lock().unobserved.take();
                 if let Some(waker) = waker {
                     waker.wake();
@@ -429,12 +439,17 @@ impl Future for Unobserved<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.inner.handles.load(Ordering::Acquire) <= 1 {
+        if self.inner.handles.load(Ordering::Acquire) & !UNOBSERVED_WANTED <= 1 {
             return Poll::Ready(());
         }
         self.inner.state.lock().unobserved = Some(cx.waker().clone());
-        // A signal dropped between the check and the registration found no waker.
-        if self.inner.handles.load(Ordering::Acquire) <= 1 {
+        // A signal dropped between the check and the registration found no waker (nor
+        // the bit, which is set after the waker).
+        let handles = self
+            .inner
+            .handles
+            .fetch_or(UNOBSERVED_WANTED, Ordering::AcqRel);
+        if handles & !UNOBSERVED_WANTED <= 1 {
             return Poll::Ready(());
         }
         Poll::Pending

@@ -118,3 +118,41 @@ fn on_abort_against_abort() {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     });
 }
+
+/// `unobserved` registering while another thread drops the last signal: the future always
+/// completes (the dropper finds the waker, or the poll sees the count fall).
+#[test]
+fn unobserved_against_the_last_signal_dropped() {
+    loom::model(|| {
+        let controller = AbortController::new();
+        let signal = controller.signal();
+        let dropper = thread::spawn(move || drop(signal));
+        block_on(controller.unobserved());
+        dropper.join().unwrap();
+    });
+}
+
+/// With two signals dropped on two threads, `unobserved` completes only after both.
+#[test]
+fn unobserved_waits_for_every_signal() {
+    loom::model(|| {
+        let controller = AbortController::new();
+        let (a, b) = (controller.signal(), controller.signal());
+        let dropped = std::sync::Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = [a, b]
+            .into_iter()
+            .map(|signal| {
+                let dropped = dropped.clone();
+                thread::spawn(move || {
+                    dropped.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                    drop(signal);
+                })
+            })
+            .collect();
+        block_on(controller.unobserved());
+        assert_eq!(dropped.load(loom::sync::atomic::Ordering::SeqCst), 2);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    });
+}
