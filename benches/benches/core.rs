@@ -157,8 +157,9 @@ fn registry_single(c: &mut Criterion) {
     group.finish();
 }
 
-/// 100 callers per key on one task (joined), the leader yielding once so that the others
-/// arrive while it is in flight.
+/// 100 callers per key on one task (joined by the cheapest join, [`conc_benches::join_simple`],
+/// so that the registries' own work is what is measured), the leader yielding once so that
+/// the others arrive while it is in flight.
 fn registry(c: &mut Criterion) {
     const CALLERS: usize = 100;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -169,7 +170,7 @@ fn registry(c: &mut Criterion) {
     let key = IdempotencyKey::new("bench", ["conversation", "message"]).expect("key");
     group.bench_function("conc", |b| {
         b.iter(|| {
-            rt.block_on(futures::future::join_all((0..CALLERS).map(|_| {
+            rt.block_on(conc_benches::join_simple((0..CALLERS).map(|_| {
                 conc.run(key.clone(), || async {
                     tokio::task::yield_now().await;
                     7
@@ -181,7 +182,7 @@ fn registry(c: &mut Criterion) {
     let key = key.as_str().to_owned();
     group.bench_function("async_singleflight", |b| {
         b.iter(|| {
-            rt.block_on(futures::future::join_all((0..CALLERS).map(|_| {
+            rt.block_on(conc_benches::join_simple((0..CALLERS).map(|_| {
                 peer.work(key.as_str(), async {
                     tokio::task::yield_now().await;
                     7

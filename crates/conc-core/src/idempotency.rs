@@ -6,7 +6,6 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt::{self, Display, Write as _};
 use std::future::{Future, poll_fn};
 use std::hash::{Hash, Hasher};
@@ -242,7 +241,53 @@ pub enum IdempotencyError {
 /// # });
 /// ```
 pub struct IdempotencyRegistry<T> {
-    flights: Mutex<HashMap<IdempotencyKey, Arc<Flight<T>>>>,
+    flights: Mutex<Flights<T>>,
+}
+
+type Flights<T> = HashMap<IdempotencyKey, Arc<Flight<T>>, KeyHashing>;
+
+/// The registry map's hashing: a key carries its hash, computed once when it was made, so
+/// the map only mixes that with a seed drawn per registry (std's random keys) rather than
+/// hash the text again on every lookup.
+#[derive(Clone)]
+struct KeyHashing(u64);
+
+impl KeyHashing {
+    fn new() -> Self {
+        use std::hash::BuildHasher as _;
+        Self(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl std::hash::BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// See [`KeyHashing`]: a multiply-xorshift of the key's hash and the seed.
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `IdempotencyKey`; anything else is still mixed in.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let mixed = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = mixed ^ (mixed >> 29);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 struct Flight<T> {
@@ -283,7 +328,7 @@ impl<T> IdempotencyRegistry<T> {
     /// An empty registry.
     pub fn new() -> Self {
         Self {
-            flights: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::with_hasher(KeyHashing::new())),
         }
     }
 
@@ -298,11 +343,7 @@ impl<T> IdempotencyRegistry<T> {
     }
 
     /// Removes `flight` from the map if it is still the entry for `key`.
-    fn forget(
-        map: &mut HashMap<IdempotencyKey, Arc<Flight<T>>>,
-        key: &IdempotencyKey,
-        flight: &Arc<Flight<T>>,
-    ) {
+    fn forget(map: &mut Flights<T>, key: &IdempotencyKey, flight: &Arc<Flight<T>>) {
         // One lookup on the common path (the entry is this flight); put back otherwise.
         if let Some(found) = map.remove(key)
             && !Arc::ptr_eq(&found, flight)
@@ -331,16 +372,16 @@ impl<T: Clone> IdempotencyRegistry<T> {
     {
         let (flight, leads) = {
             let mut map = self.flights.lock();
-            // One lookup: the key is an `Arc`, its clone is a counter increment.
-            match map.entry(key.clone()) {
-                Entry::Occupied(found) => {
-                    let flight = found.get();
+            // A lookup first, so a follower clones no key; a leader's insert costs a second
+            // probe, cheap with the key's hash already made.
+            match map.get(&key) {
+                Some(flight) => {
                     flight.state.lock().followers += 1;
                     (flight.clone(), false)
                 }
-                Entry::Vacant(slot) => {
+                None => {
                     let flight = Arc::new(Flight::leading());
-                    slot.insert(flight.clone());
+                    map.insert(key.clone(), flight.clone());
                     (flight, true)
                 }
             }
@@ -541,5 +582,26 @@ impl<T> fmt::Debug for IdempotencyRegistry<T> {
         f.debug_struct("IdempotencyRegistry")
             .field("in_flight", &self.in_flight())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod hashing_tests {
+    use std::hash::BuildHasher as _;
+
+    use super::{IdempotencyKey, KeyHashing};
+
+    /// The registry's hashing spreads keys over the low bits (the bucket index) and the high
+    /// bits (hashbrown's control bytes) alike.
+    #[test]
+    fn keys_spread_over_low_and_high_bits() {
+        let hashing = KeyHashing::new();
+        let hashes: Vec<u64> = (0..4096)
+            .map(|n| hashing.hash_one(IdempotencyKey::new("conv", [n]).unwrap()))
+            .collect();
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        let high: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(low.len() > 950, "{} of 1024 low buckets used", low.len());
+        assert_eq!(high.len(), 128, "every 7-bit tag is used");
     }
 }
