@@ -20,6 +20,7 @@ commands:
   test                             every crate's tests, all features
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
   bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
+  bench-report DIR OUT MACHINE     the report of a criterion directory from another machine
   services [--start]               whether PostgreSQL and Redis answer at the test URLs
 ";
 
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("loom") => loom(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("bench-report") => bench_report(&args[1..]),
         Some("services") => services(args.iter().any(|a| a == "--start")),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
@@ -386,6 +388,22 @@ fn loom(args: &[String]) -> Result {
             "loom: `{name}` has no loom models (crates with models: {LOOM_CRATES:?})"
         ));
     }
+    Ok(())
+}
+
+/// The report of a run made elsewhere (a machine with more cores, say): the bench
+/// binaries ran there with `CARGO_TARGET_DIR` pointing at a folder whose `criterion`
+/// directory came back as `DIR`; the report and chart go to `OUT`, headed with `MACHINE`.
+fn bench_report(args: &[String]) -> Result {
+    let [dir, out, machine] = args else {
+        return Err("bench-report needs DIR OUT MACHINE (see `cargo xtask help`)".into());
+    };
+    let (rows, report) = report::write(Path::new(dir), Path::new(out), machine)
+        .map_err(|e| format!("bench report: {e}"))?;
+    if rows.is_empty() {
+        return Err(format!("bench report: no criterion measurements under {dir}"));
+    }
+    eprintln!("==> [bench-report] {} rows written to {}", rows.len(), report.display());
     Ok(())
 }
 
