@@ -401,9 +401,15 @@ fn bench_report(args: &[String]) -> Result {
     let (rows, report) = report::write(Path::new(dir), Path::new(out), machine)
         .map_err(|e| format!("bench report: {e}"))?;
     if rows.is_empty() {
-        return Err(format!("bench report: no criterion measurements under {dir}"));
+        return Err(format!(
+            "bench report: no criterion measurements under {dir}"
+        ));
     }
-    eprintln!("==> [bench-report] {} rows written to {}", rows.len(), report.display());
+    eprintln!(
+        "==> [bench-report] {} rows written to {}",
+        rows.len(),
+        report.display()
+    );
     Ok(())
 }
 

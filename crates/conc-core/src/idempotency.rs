@@ -14,7 +14,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::loom::Mutex;
+use crate::loom::{AtomicU64, Mutex, Ordering};
 
 /// A bad idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -292,6 +292,10 @@ impl Hasher for KeyHasher {
 
 struct Flight<T> {
     state: Mutex<FlightState<T>>,
+    /// Bumped, under the state's lock, at every change of phase: a follower registered at
+    /// this epoch with the same waker has nothing to look at until it changes, and need not
+    /// take the lock to find that out.
+    epoch: AtomicU64,
 }
 
 struct FlightState<T> {
@@ -311,9 +315,25 @@ enum Phase<T> {
     Done(Result<T, IdempotencyError>),
 }
 
+/// How a caller entered a key's flight.
+enum Entered<T> {
+    /// It runs the task: the flight is new, or its leader was dropped.
+    Lead(Arc<Flight<T>>),
+    /// It waits for the leader; registered with its waker at the epoch given, unless the
+    /// flight had already settled (`None`).
+    Follow(Arc<Flight<T>>, Option<(u64, u64)>),
+}
+
 impl<T> Flight<T> {
+    /// With the state locked: a change of phase.
+    fn bump_epoch(&self) {
+        self.epoch
+            .store(self.epoch.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+
     fn leading() -> Self {
         Flight {
+            epoch: AtomicU64::new(0),
             state: Mutex::new(FlightState {
                 phase: Phase::Leading,
                 followers: 0,
@@ -340,6 +360,44 @@ impl<T> IdempotencyRegistry<T> {
     /// Whether `key` has an execution in flight.
     pub fn contains(&self, key: &IdempotencyKey) -> bool {
         self.flights.lock().contains_key(key)
+    }
+
+    /// Enters `key`'s flight: leads a new one (or one whose leader was dropped), or
+    /// follows the one in flight, registered with `waker` in the same critical section.
+    fn enter(&self, key: &IdempotencyKey, waker: &Waker) -> Entered<T> {
+        let mut map = self.flights.lock();
+        // A lookup first, so a follower clones no key; a leader's insert costs a second
+        // probe, cheap with the key's hash already made.
+        let Some(flight) = map.get(key) else {
+            let flight = Arc::new(Flight::leading());
+            map.insert(key.clone(), flight.clone());
+            return Entered::Lead(flight);
+        };
+        let mut state = flight.state.lock();
+        match state.phase {
+            Phase::Vacant => {
+                state.phase = Phase::Leading;
+                flight.bump_epoch();
+                drop(state);
+                Entered::Lead(flight.clone())
+            }
+            Phase::Leading => {
+                state.followers += 1;
+                let id = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push((id, waker.clone()));
+                let epoch = flight.epoch.load(Ordering::Relaxed);
+                drop(state);
+                Entered::Follow(flight.clone(), Some((id, epoch)))
+            }
+            // A settled flight leaves the map before its result is set; should one be found,
+            // the follower's first poll reads the result.
+            Phase::Done(_) => {
+                state.followers += 1;
+                drop(state);
+                Entered::Follow(flight.clone(), None)
+            }
+        }
     }
 
     /// Removes `flight` from the map if it is still the entry for `key`.
@@ -370,35 +428,30 @@ impl<T: Clone> IdempotencyRegistry<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let (flight, leads) = {
-            let mut map = self.flights.lock();
-            // A lookup first, so a follower clones no key; a leader's insert costs a second
-            // probe, cheap with the key's hash already made.
-            match map.get(&key) {
-                Some(flight) => {
-                    flight.state.lock().followers += 1;
-                    (flight.clone(), false)
+        let entered = poll_fn(|cx| {
+            let waker = cx.waker();
+            Poll::Ready((self.enter(&key, waker), waker_identity(waker)))
+        })
+        .await;
+        let flight = match entered {
+            (Entered::Lead(flight), _) => flight,
+            (Entered::Follow(flight, registered), waker) => {
+                let mut follower = Follower {
+                    registry: self,
+                    key: &key,
+                    flight: &flight,
+                    waiter: registered.map(|(id, _)| id),
+                    seen: registered.map(|(_, epoch)| (epoch, waker)),
+                    active: true,
+                };
+                if let Some(result) = poll_fn(|cx| follower.poll(cx)).await {
+                    return result;
                 }
-                None => {
-                    let flight = Arc::new(Flight::leading());
-                    map.insert(key.clone(), flight.clone());
-                    (flight, true)
-                }
+                drop(follower);
+                // The leader was dropped: we lead now.
+                flight
             }
         };
-        if !leads {
-            let mut follower = Follower {
-                registry: self,
-                key: &key,
-                flight: &flight,
-                waiter: None,
-                active: true,
-            };
-            if let Some(result) = poll_fn(|cx| follower.poll(cx)).await {
-                return result;
-            }
-            // The leader was dropped: we lead now.
-        }
         let mut leader = Leader {
             registry: self,
             key: &key,
@@ -440,6 +493,19 @@ where
     .await
 }
 
+/// Wakes every waiter's task once: followers polled by one task (joined futures) register
+/// the same waker, and waking it again would only repeat a wake-up already pending.
+fn wake_all(waiters: Vec<(u64, Waker)>) {
+    let mut last: Option<Waker> = None;
+    for (_, waker) in waiters {
+        if last.as_ref().is_some_and(|woken| woken.will_wake(&waker)) {
+            continue;
+        }
+        waker.wake_by_ref();
+        last = Some(waker);
+    }
+}
+
 struct Leader<'a, T> {
     registry: &'a IdempotencyRegistry<T>,
     key: &'a IdempotencyKey,
@@ -456,6 +522,7 @@ impl<T> Leader<'_, T> {
             let mut state = self.flight.state.lock();
             IdempotencyRegistry::forget(&mut map, self.key, self.flight);
             drop(map);
+            self.flight.bump_epoch();
             if state.followers > 0 {
                 // A panicking `Clone` must not strand the followers: they get an error.
                 let shared = catch_unwind(AssertUnwindSafe(result)).unwrap_or_else(|_| {
@@ -467,9 +534,7 @@ impl<T> Leader<'_, T> {
             }
             std::mem::take(&mut state.waiters)
         };
-        for (_, waker) in waiters {
-            waker.wake();
-        }
+        wake_all(waiters);
     }
 }
 
@@ -487,11 +552,10 @@ impl<T> Drop for Leader<'_, T> {
                 return;
             }
             state.phase = Phase::Vacant;
+            self.flight.bump_epoch();
             std::mem::take(&mut state.waiters)
         };
-        for (_, waker) in waiters {
-            waker.wake();
-        }
+        wake_all(waiters);
     }
 }
 
@@ -500,13 +564,36 @@ struct Follower<'a, T> {
     key: &'a IdempotencyKey,
     flight: &'a Arc<Flight<T>>,
     waiter: Option<u64>,
+    /// The flight's epoch and the waker (see [`waker_identity`]) of our registration: while
+    /// both are unchanged, a poll has nothing to look at and takes no lock.
+    seen: Option<(u64, WakerIdentity)>,
     /// Still counted in `followers`.
     active: bool,
+}
+
+/// A waker's data and vtable addresses, what `Waker::will_wake` compares, kept as numbers
+/// so that the future holding them stays `Send`.
+type WakerIdentity = (usize, usize);
+
+fn waker_identity(waker: &Waker) -> WakerIdentity {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 impl<T: Clone> Follower<'_, T> {
     /// `Ready(Some(result))` when the leader settled, `Ready(None)` when we take over.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IdempotencyError>>> {
+        // Registered at this epoch with this waker: a change of phase bumps the epoch before
+        // it wakes the registered wakers, so an unchanged epoch means nothing to see yet,
+        // and the wake-up is still to come.
+        if let Some((epoch, waker)) = self.seen
+            && self.flight.epoch.load(Ordering::Acquire) == epoch
+            && waker_identity(cx.waker()) == waker
+        {
+            return Poll::Pending;
+        }
         let mut state = self.flight.state.lock();
         match &state.phase {
             Phase::Done(result) => {
@@ -522,6 +609,7 @@ impl<T: Clone> Follower<'_, T> {
             }
             Phase::Vacant => {
                 state.phase = Phase::Leading;
+                self.flight.bump_epoch();
                 state.followers -= 1;
                 if let Some(id) = self.waiter.take() {
                     state.waiters.retain(|(w, _)| *w != id);
@@ -548,6 +636,10 @@ impl<T: Clone> Follower<'_, T> {
                         self.waiter = Some(id);
                     }
                 }
+                self.seen = Some((
+                    self.flight.epoch.load(Ordering::Relaxed),
+                    waker_identity(cx.waker()),
+                ));
                 Poll::Pending
             }
         }
