@@ -461,6 +461,13 @@ pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
     assert_eq!(info.fence, lease.fence);
     assert!(info.expires_at > info.acquired_at);
     assert!(store.is_locked(&key).await.expect("is_locked"));
+    assert!(
+        store
+            .announce_wait(&key, Duration::from_secs(5))
+            .await
+            .expect("announce_wait"),
+        "announcing a wait on a held key reports it held"
+    );
     store.release(&lease).await.expect("release");
     assert!(!store.is_locked(&key).await.expect("is_locked"));
     // The next holder's metadata replaces the last one's: no entry is left behind.

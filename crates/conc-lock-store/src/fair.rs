@@ -111,6 +111,10 @@ impl FairLock {
         let prefix = format!("{}#queue:", request.key);
         let mut lock_watch = self.store.watch(&request.key);
         let mut pause = Duration::from_millis(2);
+        // What this waiter has announced it waits for (see `LockStore::announce_wait`):
+        // the lock once it is first in line, and the place ahead of it.
+        let mut announced_lock = false;
+        let mut announced_ahead: Option<String> = None;
         loop {
             let head = self.store.list(&prefix, 1).await?;
             let ahead = head.first().map(|info| info.key.clone());
@@ -129,6 +133,22 @@ impl FairLock {
                     waited,
                     holder: holder.map(Box::new),
                 });
+            }
+            let remaining = wait - waited;
+            if ahead.as_deref() == Some(mine.as_str()) {
+                if lock_watch.is_some() && !announced_lock {
+                    announced_lock = true;
+                    if !crate::announce(&*self.store, &request.key, remaining).await {
+                        continue;
+                    }
+                }
+            } else if let Some(key) = ahead.as_ref()
+                && announced_ahead.as_ref() != Some(key)
+            {
+                announced_ahead = Some(key.clone());
+                if !crate::announce(&*self.store, key, remaining).await {
+                    continue;
+                }
             }
             let mut ahead_watch = ahead
                 .filter(|key| *key != mine)

@@ -200,9 +200,35 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// one (memory in-process, Redis by pub/sub, PostgreSQL by LISTEN/NOTIFY, SQLite by a
     /// short check of the file's data version); `None` means the store cannot tell, and
     /// callers fall back to polling.
+    ///
+    /// A store may tell other processes of a release only when one of them has announced
+    /// that it waits for the key ([`announce_wait`](Self::announce_wait)): PostgreSQL does,
+    /// so that a release nobody waits for sends no notification. Take-overs and forced
+    /// releases always wake the watchers, and so does a release made through this same
+    /// store value. A caller that waits on a watch for another process's release calls
+    /// `announce_wait` first, as [`acquire`](Self::acquire), [`FairLock`] and
+    /// [`Semaphore`] do.
     fn watch(&self, key: &str) -> Option<LockWatch> {
         let _ = key;
         None
+    }
+
+    /// Announces that this process waits up to `wait` for `key`, so that a release of it
+    /// in any process wakes this process's [`watch`](Self::watch)es. Returns whether `key`
+    /// is still held: `false` means it was released (or expired) before the announcement
+    /// was recorded, so its notification may have gone out before anyone asked for it:
+    /// try again at once rather than wait for it.
+    ///
+    /// The default, for stores that tell every release, records nothing and returns
+    /// `Ok(true)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call may leave the wait recorded, which only costs a
+    /// notification per release of `key` until `wait` has passed.
+    async fn announce_wait(&self, key: &str, wait: Duration) -> Result<bool, LockError> {
+        let _ = (key, wait);
+        Ok(true)
     }
 
     /// Whether `key` has a live lease.
@@ -227,11 +253,18 @@ pub trait LockStore: Send + Sync + fmt::Debug {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(2);
         let mut watch = self.watch(&request.key);
+        let mut announced = false;
         loop {
             if let Some(lease) = self.try_acquire(request).await? {
                 return Ok(lease);
             }
             let waited = started.elapsed();
+            if watch.is_some() && !announced && waited < wait {
+                announced = true;
+                if !announce(self, &request.key, wait - waited).await {
+                    continue;
+                }
+            }
             if waited >= wait {
                 let holder = self.inspect(&request.key).await.ok().flatten();
                 return Err(LockError::Timeout {
@@ -253,6 +286,19 @@ pub trait LockStore: Send + Sync + fmt::Debug {
                 None => tokio::time::sleep(pause_for).await,
             }
             pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// [`LockStore::announce_wait`] for a waiting loop: whether the key is still held. A failed
+/// announcement is logged and treated as "held": the waiter then relies on its backoff,
+/// which covers a release it is not told of.
+pub(crate) async fn announce<S: LockStore + ?Sized>(store: &S, key: &str, wait: Duration) -> bool {
+    match store.announce_wait(key, wait).await {
+        Ok(held) => held,
+        Err(error) => {
+            tracing::debug!(%error, key, "announcing a wait failed; polling instead");
+            true
         }
     }
 }

@@ -11,8 +11,12 @@
 //!   far older than any statement can run (`statement_timeout` is set on every connection),
 //!   after which the clock part alone keeps fences going forward.
 //! - Time is the database's (`clock_timestamp()`), never the application's.
-//! - A take-over, a release and a forced release `NOTIFY` the key, and each store `LISTEN`s
-//!   on one connection of its own, so holders and waiters in every process learn at once.
+//! - A take-over and a forced release `NOTIFY` the key; a release does when a waiter has
+//!   announced itself ([`LockStore::announce_wait`]: a `waiting_until` time on the key's
+//!   row, written under the row's lock, so a release either sees it or the waiter sees the
+//!   key free). Each store `LISTEN`s on one connection of its own, so holders and waiters
+//!   in every process learn at once, and a release nobody waits for costs no notification
+//!   (whose commit takes PostgreSQL's global notification lock).
 //! - Schema and table names are configurable; they are created on connect.
 //! - Every call has a timeout; a call that fails on a dropped connection is retried on a
 //!   fresh one.
@@ -155,6 +159,7 @@ struct Sql {
     cleanup: String,
     purge: String,
     force: String,
+    announce: String,
 }
 
 /// A [`LockStore`] in PostgreSQL.
@@ -398,6 +403,8 @@ impl PostgresLockStore {
         let info = "key, owner, metadata::text, fence, acquired_at, expires_at";
         let clock_us = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
         let notify = format!("pg_notify('{channel}', key)");
+        let notify_waiters =
+            format!("CASE WHEN waiting_until > clock_timestamp() THEN {notify} END");
         // The fence of a fresh row is the clock; of an existing row, drawn under its lock.
         let upsert = |condition: &str| {
             format!(
@@ -421,18 +428,29 @@ impl PostgresLockStore {
                 upsert("")
             ),
             // A released lease keeps its token, marked, until cleanup: so a release retried
-            // after a lost connection can tell that its first try went through.
+            // after a lost connection can tell that its first try went through. Other
+            // processes are notified only while one of them has announced a wait
+            // (`waiting_until` ahead): a notification's commit takes PostgreSQL's global
+            // notification lock, a third of a release's time when nobody listens for it.
             release: format!(
                 "WITH gone AS (UPDATE {t} SET token = 'released:' || token, expires_at = clock_timestamp()
-                     WHERE key = $1 AND token = $2 AND {live} RETURNING key)
-                 SELECT {notify} FROM gone"
+                     WHERE key = $1 AND token = $2 AND {live} RETURNING key, waiting_until)
+                 SELECT {notify_waiters} FROM gone"
             ),
             release_retry: format!(
                 "WITH gone AS (UPDATE {t} SET token = 'released:' || token, expires_at = clock_timestamp()
-                     WHERE key = $1 AND token = $2 AND {live} RETURNING key),
-                      notified AS (SELECT {notify} FROM gone)
+                     WHERE key = $1 AND token = $2 AND {live} RETURNING key, waiting_until),
+                      notified AS (SELECT {notify_waiters} FROM gone)
                  SELECT 1 FROM notified
                  UNION ALL SELECT 1 FROM {t} WHERE key = $1 AND token = 'released:' || $2"
+            ),
+            // Under the row's lock, as a release takes it: either the release comes after
+            // and sees the wait, or the announcement sees the key free.
+            announce: format!(
+                "UPDATE {t} SET waiting_until = GREATEST(waiting_until,
+                     clock_timestamp() + $2::bigint * interval '1 millisecond')
+                 WHERE key = $1
+                 RETURNING token <> '' AND token NOT LIKE 'released:%' AND {live}"
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
@@ -512,6 +530,7 @@ impl PostgresLockStore {
                      expires_at TIMESTAMPTZ NOT NULL
                  );
                  ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata JSONB NOT NULL DEFAULT '{{}}';
+                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS waiting_until TIMESTAMPTZ;
                  CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at);"
             ))
             .await
@@ -723,6 +742,15 @@ impl LockStore for PostgresLockStore {
             self.watchers.notify(&lease.key);
         }
         Ok(!rows.is_empty())
+    }
+
+    async fn announce_wait(&self, key: &str, wait: Duration) -> Result<bool, LockError> {
+        validate_key(key)?;
+        let wait = millis(wait.min(self.config.max_ttl));
+        let rows = self
+            .rows("announce a wait", &self.sql.announce, &[&key, &wait])
+            .await?;
+        Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {

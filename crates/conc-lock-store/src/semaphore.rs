@@ -136,6 +136,7 @@ impl Semaphore {
             .filter_map(|permit| self.store.watch(&permit_key(&request.key, permit)))
             .collect();
         let mut pause = Duration::from_millis(2);
+        let mut announced = false;
         loop {
             if let Some(lease) = self.try_acquire(request).await? {
                 return Ok(lease);
@@ -147,6 +148,18 @@ impl Semaphore {
                     waited,
                     holder: None,
                 });
+            }
+            if !watches.is_empty() && !announced {
+                // Every permit was taken: ask to be told when any is released.
+                announced = true;
+                let mut all_held = true;
+                for permit in 0..self.permits {
+                    let key = permit_key(&request.key, permit);
+                    all_held &= crate::announce(&*self.store, &key, wait - waited).await;
+                }
+                if !all_held {
+                    continue;
+                }
             }
             let jitter = crate::random::unit();
             let sleep = tokio::time::sleep(

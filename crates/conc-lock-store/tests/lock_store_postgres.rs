@@ -230,3 +230,62 @@ async fn text_metadata_from_earlier_versions_becomes_jsonb() {
         .await
         .unwrap();
 }
+
+/// A release notifies other processes only when one of them has announced a wait: an
+/// announcement on a held key says "held" and the release then wakes that process's
+/// watch; an announcement on a free key says "free", so the waiter tries again at once
+/// rather than wait for a notification that went out before it asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_process_that_announced_its_wait() {
+    let Some(url) = url() else { return };
+    let schema = unique("announce");
+    let admin = admin(&url).await;
+    let holder = store(&url, &schema).await;
+    let waiter = store(&url, &schema).await;
+    let request = LockRequest::new("conv", "holder", Duration::from_secs(30));
+    let lease = holder.try_acquire(&request).await.unwrap().expect("free");
+    let mut watch = waiter.watch("conv").expect("PostgreSQL watches");
+    assert!(
+        waiter
+            .announce_wait("conv", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "held"
+    );
+    assert!(holder.release(&lease).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the announced waiter's watch wakes on the other store's release");
+    assert!(
+        !waiter
+            .announce_wait("conv", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "a released key is reported free"
+    );
+    assert!(
+        !waiter
+            .announce_wait("never-held", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "a key with no row is free"
+    );
+    // And `acquire` through the other store, waiting, gets the lock when it is released.
+    let lease = holder.try_acquire(&request).await.unwrap().expect("free");
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire(
+                &LockRequest::new("conv", "waiter", Duration::from_secs(30)),
+                Duration::from_secs(20),
+            )
+            .await
+    });
+    tokio::task::yield_now().await;
+    assert!(holder.release(&lease).await.unwrap());
+    let taken = waiting.await.unwrap().unwrap();
+    assert_eq!(taken.owner, "waiter");
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
