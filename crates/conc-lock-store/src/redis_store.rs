@@ -32,9 +32,12 @@
 //! Live leases must not be evictable: `connect` reads `maxmemory-policy` on every master
 //! and refuses any policy but `noeviction` (see [`RedisConfig::allow_eviction`]).
 //!
-//! A release, a take-over and a forced release are published on `<prefix>events`; each
-//! store subscribes once (on a cluster, to one node at a time: a publication reaches every
-//! node), so holders and waiters in every process learn at once.
+//! A take-over and a forced release are published on `<prefix>events`, and so is a
+//! release while a waiter has announced itself ([`LockStore::announce_wait`]: a
+//! `waiting_until` field, written by a script, so a release either sees it or the waiter
+//! sees the key free); each store subscribes once (on a cluster, to one node at a time: a
+//! publication reaches every node), so holders and waiters in every process learn at once,
+//! and a release nobody waits for sends nothing to the subscribers.
 //!
 //! Neither a single server nor a cluster is Redlock: a failover to a replica that missed
 //! the last writes loses leases. The replica's clock-based fences still go forward; treat a
@@ -192,7 +195,7 @@ end
 /// granted, 0 held, 2 recovering.
 const ACQUIRE: &str = "
 if after > now then return {2, epoch, fmt(after), fmt(longest), wiped} end
-local f = redis.call('HMGET', KEYS[2], 'expires_at', 'fence', 'token')
+local f = redis.call('HMGET', KEYS[2], 'expires_at', 'fence', 'token', 'waiting_until')
 local live = f[1] and f[3] ~= '' and tonumber(f[1]) > now
 -- A retry after a lost connection finds its own token: it takes its lease again.
 local own = f[3] == ARGV[6]
@@ -208,6 +211,8 @@ for i = 0, (tonumber(ARGV[7]) or 0) - 1 do
   redis.call('HSET', KEYS[2], 'm:' .. ARGV[12 + 2 * i], ARGV[13 + 2 * i])
 end
 redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[9]))
+-- Waiters announced on the key wait on for the next holder's release too.
+if f[4] and tonumber(f[4]) > now then redis.call('HSET', KEYS[2], 'waiting_until', f[4]) end
 if ttl > longest then
   redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
   redis.call('PUBLISH', ARGV[11], '\\0longest:' .. fmt(ttl))
@@ -238,17 +243,32 @@ return {epoch, fmt(after), fmt(longest), wiped}";
 
 /// KEYS: lock. ARGV: key, token, grace, events channel, retry (`1` on a retry after a lost
 /// connection: a lease this token already released counts as released). A released lease
-/// keeps its token, marked `released:`, for the grace period.
+/// keeps its token, marked `released:`, for the grace period. Other processes are told
+/// only while one has announced a wait (`waiting_until` ahead, see `ANNOUNCE`).
 const RELEASE: &str = "
-local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at')
+local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at', 'waiting_until')
 if ARGV[5] == '1' and f[1] == 'released:' .. ARGV[2] then return 1 end
 if f[1] == ARGV[2] and f[1] ~= '' and tonumber(f[2]) > now then
   redis.call('HSET', KEYS[1], 'token', 'released:' .. ARGV[2], 'expires_at', fmt(now))
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-  redis.call('PUBLISH', ARGV[4], ARGV[1])
+  if f[3] and tonumber(f[3]) > now then redis.call('PUBLISH', ARGV[4], ARGV[1]) end
   return 1
 end
 return 0";
+
+/// KEYS: lock. ARGV: how long the caller waits, ms. Records the wait (`waiting_until`) on a
+/// live lease, atomically with respect to a release (scripts run one at a time): either
+/// the release comes after and sees it, or this sees the key free. Returns 1 if the key is
+/// held, 0 if not.
+const ANNOUNCE: &str = "
+local f = redis.call('HMGET', KEYS[1], 'expires_at', 'token', 'waiting_until')
+if not (f[1] and f[2] and f[2] ~= '' and string.sub(f[2], 1, 9) ~= 'released:'
+    and tonumber(f[1]) > now) then return 0 end
+local wait_until = now + tonumber(ARGV[1])
+if not f[3] or tonumber(f[3]) < wait_until then
+  redis.call('HSET', KEYS[1], 'waiting_until', fmt(wait_until))
+end
+return 1";
 
 /// KEYS: lock. Returns {owner, metadata written by earlier versions (JSON or ''), fence,
 /// acquired, expires, then the `m:` fields' names (prefix stripped) and values}, or false.
@@ -295,6 +315,7 @@ struct Scripts {
     inspect: Script,
     cleanup: Script,
     force: Script,
+    announce: Script,
 }
 
 impl Scripts {
@@ -310,6 +331,7 @@ impl Scripts {
             inspect: s(INSPECT),
             cleanup: s(CLEANUP),
             force: s(FORCE),
+            announce: s(ANNOUNCE),
         }
     }
 }
@@ -1249,6 +1271,16 @@ impl LockStore for RedisLockStore {
             self.watchers.notify(&lease.key);
         }
         Ok(released == 1)
+    }
+
+    async fn announce_wait(&self, key: &str, wait: Duration) -> Result<bool, LockError> {
+        validate_key(key)?;
+        let mut invocation = self.scripts.announce.prepare_invoke();
+        invocation
+            .key(self.lock_key(key))
+            .arg(ms(wait.min(self.config.max_ttl)));
+        let held: i64 = self.run("announce a wait", &invocation).await?;
+        Ok(held == 1)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {

@@ -67,3 +67,57 @@ async fn metadata_is_one_hash_field_per_entry_and_old_hashes_read() {
     store.release(&lease).await.unwrap();
     scrub(&mut admin, &prefix).await;
 }
+
+/// A release is published only when a process has announced a wait: an announcement on a
+/// held key says "held" and the release then wakes that process's watch (another store
+/// instance, its own subscription); on a free key it says "free"; and the announcement
+/// survives the key changing hands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_process_that_announced_its_wait() {
+    use std::time::Duration;
+
+    use conc_lock_store::{LockRequest, LockStore};
+
+    let Some(url) = url() else { return };
+    let prefix = prefix("announce");
+    let mut admin = admin(&url).await;
+    let holder = store(&url, &prefix).await;
+    let waiter = store(&url, &prefix).await;
+    let request = LockRequest::new("conv", "holder", Duration::from_secs(30));
+    let lease = holder.try_acquire(&request).await.unwrap().expect("free");
+    let mut watch = waiter.watch("conv").expect("Redis watches");
+    assert!(
+        waiter
+            .announce_wait("conv", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    // The key changes hands by a take-over; the announced wait carries over to the new
+    // holder's lease, whose release wakes the waiter too.
+    let taken = holder
+        .take_over(&LockRequest::new("conv", "second", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("a take-over always wakes the watchers");
+    assert!(holder.release(&taken).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the announced waiter's watch wakes on the other store's release");
+    assert!(
+        !waiter
+            .announce_wait("conv", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "a released key is reported free"
+    );
+    assert!(
+        !waiter
+            .announce_wait("never-held", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let _ = lease;
+    scrub(&mut admin, &prefix).await;
+}
