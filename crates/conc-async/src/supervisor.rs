@@ -84,7 +84,7 @@ struct Inner {
     closed: AtomicBool,
     all_ended: Notify,
     name: Cow<'static, str>,
-    /// Cooperative cancellation: every task's signal is a child of this one.
+    /// Cooperative cancellation: every task gets a clone of this controller's signal.
     controller: AbortController,
     /// Forced stop after the grace period: drops the tasks' futures.
     kill: CancellationToken,

@@ -315,11 +315,21 @@ enum Phase<T> {
     Done(Result<T, IdempotencyError>),
 }
 
+impl<T> FlightState<T> {
+    /// Queues `waker` for the next change of phase, under a fresh id.
+    fn register(&mut self, waker: &Waker) -> u64 {
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.push((id, waker.clone()));
+        id
+    }
+}
+
 /// How a caller entered a key's flight.
 enum Entered<T> {
     /// It runs the task: the flight is new, or its leader was dropped.
     Lead(Arc<Flight<T>>),
-    /// It waits for the leader; registered with its waker at the epoch given, unless the
+    /// It waits for the leader; its waker registered as `(waiter id, epoch)`, unless the
     /// flight had already settled (`None`).
     Follow(Arc<Flight<T>>, Option<(u64, u64)>),
 }
@@ -383,9 +393,7 @@ impl<T> IdempotencyRegistry<T> {
             }
             Phase::Leading => {
                 state.followers += 1;
-                let id = state.next_waiter;
-                state.next_waiter += 1;
-                state.waiters.push((id, waker.clone()));
+                let id = state.register(waker);
                 let epoch = flight.epoch.load(Ordering::Relaxed);
                 drop(state);
                 Entered::Follow(flight.clone(), Some((id, epoch)))
@@ -629,12 +637,7 @@ impl<T: Clone> Follower<'_, T> {
                             state.waiters.push((id, cx.waker().clone()));
                         }
                     }
-                    None => {
-                        let id = state.next_waiter;
-                        state.next_waiter += 1;
-                        state.waiters.push((id, cx.waker().clone()));
-                        self.waiter = Some(id);
-                    }
+                    None => self.waiter = Some(state.register(cx.waker())),
                 }
                 self.seen = Some((
                     self.flight.epoch.load(Ordering::Relaxed),

@@ -222,6 +222,26 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// The default, for stores that tell every release, records nothing and returns
     /// `Ok(true)`.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conc_lock_store::{LockRequest, LockStore, MemoryLockStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryLockStore::new();
+    /// let lease = store
+    ///     .try_acquire(&LockRequest::new("conv:1", "a", Duration::from_secs(30)))
+    ///     .await?
+    ///     .expect("free");
+    /// let mut watch = store.watch("conv:1").expect("the memory store watches");
+    /// if store.announce_wait("conv:1", Duration::from_secs(5)).await? {
+    ///     // Still held: a release will wake the watch.
+    ///     store.release(&lease).await?;
+    ///     watch.changed().await;
+    /// }
+    /// # Ok::<(), conc_lock_store::LockError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: a dropped call may leave the wait recorded, which only costs a

@@ -152,12 +152,15 @@ impl Semaphore {
             if !watches.is_empty() && !announced {
                 // Every permit was taken: ask to be told when any is released.
                 announced = true;
-                let mut all_held = true;
-                for permit in 0..self.permits {
-                    let key = permit_key(&request.key, permit);
-                    all_held &= crate::announce(&*self.store, &key, wait - waited).await;
-                }
-                if !all_held {
+                let keys: Vec<String> = (0..self.permits)
+                    .map(|permit| permit_key(&request.key, permit))
+                    .collect();
+                let held = futures_util::future::join_all(
+                    keys.iter()
+                        .map(|key| crate::announce(&*self.store, key, wait - waited)),
+                )
+                .await;
+                if !held.into_iter().all(|held| held) {
                     continue;
                 }
             }
