@@ -10,6 +10,10 @@
 //!   key's last fence stays known); `cleanup_expired` removes those rows only once they are
 //!   far older than any statement can run (`statement_timeout` is set on every connection),
 //!   after which the clock part alone keeps fences going forward.
+//! - The key is the table's only index. Acquire and release change no indexed column, so
+//!   PostgreSQL updates the row in place (a HOT update: no index entry, about half the WAL
+//!   of an update that also writes an `expires_at` index entry); `cleanup_expired` scans
+//!   the table instead, as a periodic job can.
 //! - Time is the database's (`clock_timestamp()`), never the application's.
 //! - A take-over and a forced release `NOTIFY` the key; a release does when a waiter has
 //!   announced itself ([`LockStore::announce_wait`]: a `waiting_until` time on the key's
@@ -38,6 +42,15 @@ use crate::notify::{LockWatch, Watchers};
 use crate::request::{LockRequest, validate_key, validate_ttl};
 
 const BACKEND: &str = "postgres";
+
+/// The lease table's fill factor: room left on each page, so that the new version of a row
+/// an acquire or release writes fits beside the old one (an in-place, HOT update, which
+/// writes no index entry) even where the page is full of other keys.
+const FILLFACTOR: u8 = 80;
+
+/// Keys per `cleanup_expired` statement: each statement's time stays bounded (a few
+/// milliseconds) however many keys the table holds.
+const CLEANUP_BATCH: i64 = 5_000;
 
 /// Settings for [`PostgresLockStore`].
 ///
@@ -157,7 +170,6 @@ struct Sql {
     inspect: String,
     list: String,
     cleanup: String,
-    purge: String,
     force: String,
     announce: String,
 }
@@ -466,14 +478,22 @@ impl PostgresLockStore {
             list: format!(
                 "SELECT {info} FROM {t} WHERE key >= $1 AND starts_with(key, $1) AND {live} ORDER BY key LIMIT $2"
             ),
+            // The cleanup walks the table in key order, a batch of keys per statement (found
+            // through the primary key; `expires_at` has no index, see `migrate`), so no
+            // statement's time grows with the table. The two conditions are disjoint, so no
+            // row is both marked and deleted by one statement. Returns the batch's last key
+            // (none once past the end) and how many leases it marked expired.
             cleanup: format!(
-                "UPDATE {t} SET token = '' WHERE token <> '' AND token NOT LIKE 'released:%'
-                     AND expires_at <= clock_timestamp() RETURNING 1"
-            ),
-            purge: format!(
-                "DELETE FROM {t} WHERE (token = '' OR token LIKE 'released:%')
-                     AND expires_at <= clock_timestamp() - $1::bigint * interval '1 millisecond'
-                     AND fence < {clock_us}"
+                "WITH batch AS (SELECT key FROM {t} WHERE key > $1 ORDER BY key LIMIT $2),
+                      marked AS (UPDATE {t} SET token = '' FROM batch WHERE {t}.key = batch.key
+                          AND token <> '' AND token NOT LIKE 'released:%'
+                          AND expires_at <= clock_timestamp() RETURNING 1),
+                      purged AS (DELETE FROM {t} USING batch WHERE {t}.key = batch.key
+                          AND (token = '' OR token LIKE 'released:%')
+                          AND expires_at <= clock_timestamp() - $3::bigint * interval '1 millisecond'
+                          AND fence < {clock_us} RETURNING 1)
+                 SELECT (SELECT max(key) FROM batch), (SELECT count(*) FROM marked),
+                        (SELECT count(*) FROM purged)"
             ),
             force: format!(
                 "WITH old AS (SELECT key, token <> '' AND {live} AS live FROM {t} WHERE key = $1 FOR UPDATE),
@@ -505,7 +525,13 @@ impl PostgresLockStore {
     }
 
     async fn migrate(&self, schema: &str, table: &str) -> Result<(), LockError> {
-        let index = identifier(&format!("{}_expires_at", self.config.table), "index")?;
+        // Earlier versions indexed `expires_at`, for `cleanup_expired`. Every acquire and
+        // release changes it, so with the index no update could be made in place (a HOT
+        // update): each wrote a new entry in both indexes, and the key's primary-key entries
+        // piled up between vacuums. Without it, the table's only index is the key's, which
+        // no update changes; the cleanup scans the table instead (a periodic job).
+        let old_index_name = format!("{}_expires_at", self.config.table);
+        let old_index = identifier(&old_index_name, "index")?;
         let mut client = self.client().await?;
         let work = async {
             let tx = client
@@ -528,13 +554,28 @@ impl PostgresLockStore {
                      fence BIGINT NOT NULL,
                      acquired_at TIMESTAMPTZ NOT NULL,
                      expires_at TIMESTAMPTZ NOT NULL
-                 );
+                 ) WITH (fillfactor = {FILLFACTOR});
                  ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata JSONB NOT NULL DEFAULT '{{}}';
-                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS waiting_until TIMESTAMPTZ;
-                 CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at);"
+                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS waiting_until TIMESTAMPTZ;"
             ))
             .await
             .map_err(pg_error("create the lock schema"))?;
+            let had_index = tx
+                .query_opt(
+                    "SELECT 1 FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+                    &[&self.config.schema, &old_index_name],
+                )
+                .await
+                .map_err(pg_error("look for the old expiry index"))?
+                .is_some();
+            if had_index {
+                tx.batch_execute(&format!(
+                    "DROP INDEX IF EXISTS {schema}.{old_index};
+                     ALTER TABLE {table} SET (fillfactor = {FILLFACTOR});"
+                ))
+                .await
+                .map_err(pg_error("drop the old expiry index"))?;
+            }
             metadata_to_jsonb(&tx, table).await?;
             tx.commit().await.map_err(pg_error("commit migration"))
         };
@@ -825,10 +866,25 @@ impl LockStore for PostgresLockStore {
     }
 
     async fn cleanup_expired(&self) -> Result<u64, LockError> {
-        let rows = self.rows("cleanup", &self.sql.cleanup, &[]).await?;
         let horizon = millis(self.config.tombstone_ttl.max(self.config.op_timeout * 2));
-        self.rows("cleanup", &self.sql.purge, &[&horizon]).await?;
-        Ok(rows.len() as u64)
+        let mut after = String::new();
+        let mut marked = 0u64;
+        loop {
+            let rows = self
+                .rows(
+                    "cleanup",
+                    &self.sql.cleanup,
+                    &[&after, &CLEANUP_BATCH, &horizon],
+                )
+                .await?;
+            let Some(row) = rows.first() else { break };
+            marked += row.get::<_, i64>(1).max(0) as u64;
+            match row.get::<_, Option<String>>(0) {
+                Some(last) => after = last,
+                None => break,
+            }
+        }
+        Ok(marked)
     }
 
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {

@@ -289,3 +289,89 @@ async fn a_release_wakes_a_process_that_announced_its_wait() {
         .await
         .unwrap();
 }
+
+/// A table made by an earlier version (with an index on `expires_at`) loses that index on
+/// connect, so acquire and release update rows in place; `cleanup_expired` then walks the
+/// table batch by batch through the key's index, and finds every expired lease and every
+/// old tombstone however many batches the table takes (12 001 rows here: three batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_walks_every_batch_without_the_old_expiry_index() {
+    let Some(url) = url() else { return };
+    let schema = unique("cleanup");
+    let admin = admin(&url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{schema}\";
+             CREATE TABLE \"{schema}\".conc_locks (
+                 key TEXT PRIMARY KEY, owner TEXT NOT NULL, token TEXT NOT NULL,
+                 fence BIGINT NOT NULL, acquired_at TIMESTAMPTZ NOT NULL,
+                 expires_at TIMESTAMPTZ NOT NULL);
+             CREATE INDEX conc_locks_expires_at ON \"{schema}\".conc_locks (expires_at);
+             -- 4 000 live leases, 4 000 expired ones, 4 000 tombstones an hour old.
+             INSERT INTO \"{schema}\".conc_locks
+                 SELECT 'k' || lpad(g::text, 6, '0'), 'o', 't' || g, g,
+                     now() - interval '2 hours',
+                     CASE g % 3 WHEN 0 THEN now() + interval '1 hour'
+                                WHEN 1 THEN now() - interval '1 second'
+                                ELSE now() - interval '1 hour' END
+                 FROM generate_series(1, 12000) g;
+             UPDATE \"{schema}\".conc_locks SET token = '' WHERE fence % 3 = 2;"
+        ))
+        .await
+        .unwrap();
+    let store = store(&url, &schema).await;
+    let indexes: Vec<String> = admin
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(indexes, ["conc_locks_pkey"]);
+    // One more expired lease, past the last batch's first key.
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO \"{schema}\".conc_locks (key, owner, token, fence, acquired_at, expires_at)
+                 VALUES ('zz', 'o', 'tz', 1, now(), now() - interval '1 second')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.cleanup_expired().await.unwrap(), 4_001);
+    let count = |condition: &'static str| {
+        let admin = &admin;
+        let schema = &schema;
+        async move {
+            admin
+                .query_one(
+                    &format!("SELECT count(*) FROM \"{schema}\".conc_locks WHERE {condition}"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    // The hour-old tombstones are gone; the fresh ones stay (for their fences).
+    assert_eq!(count("true").await, 8_001);
+    assert_eq!(count("token = ''").await, 4_001);
+    assert_eq!(store.cleanup_expired().await.unwrap(), 0);
+    // Acquire and release on such a table: fences go on from the rows' own.
+    let request = LockRequest::new("k000001", "a", Duration::from_secs(30));
+    let lease = store
+        .try_acquire(&request)
+        .await
+        .unwrap()
+        .expect("expired, so free");
+    assert!(lease.fence > 1);
+    assert!(store.release(&lease).await.unwrap());
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
