@@ -482,6 +482,28 @@ pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
     let info = store.inspect(&key).await.expect("inspect").expect("held");
     assert_eq!(info.metadata, next.metadata);
     store.release(&lease).await.expect("release");
+    // A holder without metadata after one with it, then another without, then one with
+    // again: each sees exactly its own.
+    for (owner, entries) in [
+        ("owner-3", &[][..]),
+        ("owner-4", &[][..]),
+        ("owner-5", &[("note", "n-5")][..]),
+        ("owner-6", &[][..]),
+    ] {
+        let mut request = LockRequest::new(&key, owner, Duration::from_secs(5));
+        for (name, value) in entries {
+            request = request.with_metadata(*name, *value);
+        }
+        let lease = store
+            .try_acquire(&request)
+            .await
+            .expect("try_acquire")
+            .expect("free");
+        let info = store.inspect(&key).await.expect("inspect").expect("held");
+        assert_eq!(info.owner, owner);
+        assert_eq!(info.metadata, request.metadata, "{owner}'s metadata");
+        store.release(&lease).await.expect("release");
+    }
 }
 
 /// `list` returns live leases under a prefix, in key order, up to the limit.
