@@ -244,7 +244,30 @@ pub struct IdempotencyRegistry<T> {
     flights: Mutex<Flights<T>>,
 }
 
-type Flights<T> = HashMap<IdempotencyKey, Arc<Flight<T>>, KeyHashing>;
+/// The keys in flight. A flight's shared state is made only when a second caller arrives:
+/// a key with a single caller (the common case) costs the map entry alone.
+struct Flights<T> {
+    map: HashMap<IdempotencyKey, Slot<T>, KeyHashing>,
+    /// The last id given to a solo flight.
+    last_solo: u64,
+}
+
+/// A key's entry in the map.
+enum Slot<T> {
+    /// A leader runs its task, and nobody has followed yet (the id tells its leader's entry
+    /// from a later one).
+    Solo(u64),
+    /// The state shared by the leader and its followers.
+    Shared(Arc<Flight<T>>),
+}
+
+/// The flight a leader leads.
+enum Lead<T> {
+    /// A solo entry it made; a follower may since have replaced it by a shared flight.
+    Solo(u64),
+    /// A shared flight, taken over from a leader that was dropped.
+    Shared(Arc<Flight<T>>),
+}
 
 /// The registry map's hashing: a key carries its hash, computed once when it was made, so
 /// the map only mixes that with a seed drawn per registry (std's random keys) rather than
@@ -328,7 +351,7 @@ impl<T> FlightState<T> {
 /// How a caller entered a key's flight.
 enum Entered<T> {
     /// It runs the task: the flight is new, or its leader was dropped.
-    Lead(Arc<Flight<T>>),
+    Lead(Lead<T>),
     /// It waits for the leader; its waker registered as `(waiter id, epoch)`, unless the
     /// flight had already settled (`None`).
     Follow(Arc<Flight<T>>, Option<(u64, u64)>),
@@ -358,30 +381,44 @@ impl<T> IdempotencyRegistry<T> {
     /// An empty registry.
     pub fn new() -> Self {
         Self {
-            flights: Mutex::new(HashMap::with_hasher(KeyHashing::new())),
+            flights: Mutex::new(Flights {
+                map: HashMap::with_hasher(KeyHashing::new()),
+                last_solo: 0,
+            }),
         }
     }
 
     /// How many keys have an execution in flight.
     pub fn in_flight(&self) -> usize {
-        self.flights.lock().len()
+        self.flights.lock().map.len()
     }
 
     /// Whether `key` has an execution in flight.
     pub fn contains(&self, key: &IdempotencyKey) -> bool {
-        self.flights.lock().contains_key(key)
+        self.flights.lock().map.contains_key(key)
     }
 
     /// Enters `key`'s flight: leads a new one (or one whose leader was dropped), or
     /// follows the one in flight, registered with `waker` in the same critical section.
     fn enter(&self, key: &IdempotencyKey, waker: &Waker) -> Entered<T> {
-        let mut map = self.flights.lock();
+        let mut flights = self.flights.lock();
+        let flights = &mut *flights;
         // A lookup first, so a follower clones no key; a leader's insert costs a second
         // probe, cheap with the key's hash already made.
-        let Some(flight) = map.get(key) else {
-            let flight = Arc::new(Flight::leading());
-            map.insert(key.clone(), flight.clone());
-            return Entered::Lead(flight);
+        let Some(slot) = flights.map.get_mut(key) else {
+            flights.last_solo += 1;
+            let id = flights.last_solo;
+            flights.map.insert(key.clone(), Slot::Solo(id));
+            return Entered::Lead(Lead::Solo(id));
+        };
+        let flight = match slot {
+            Slot::Shared(flight) => flight.clone(),
+            // The first follower makes the shared state, with the leader still leading.
+            Slot::Solo(_) => {
+                let flight = Arc::new(Flight::leading());
+                *slot = Slot::Shared(flight.clone());
+                flight
+            }
         };
         let mut state = flight.state.lock();
         match state.phase {
@@ -389,32 +426,32 @@ impl<T> IdempotencyRegistry<T> {
                 state.phase = Phase::Leading;
                 flight.bump_epoch();
                 drop(state);
-                Entered::Lead(flight.clone())
+                Entered::Lead(Lead::Shared(flight))
             }
             Phase::Leading => {
                 state.followers += 1;
                 let id = state.register(waker);
                 let epoch = flight.epoch.load(Ordering::Relaxed);
                 drop(state);
-                Entered::Follow(flight.clone(), Some((id, epoch)))
+                Entered::Follow(flight, Some((id, epoch)))
             }
             // A settled flight leaves the map before its result is set; should one be found,
             // the follower's first poll reads the result.
             Phase::Done(_) => {
                 state.followers += 1;
                 drop(state);
-                Entered::Follow(flight.clone(), None)
+                Entered::Follow(flight, None)
             }
         }
     }
 
     /// Removes `flight` from the map if it is still the entry for `key`.
-    fn forget(map: &mut Flights<T>, key: &IdempotencyKey, flight: &Arc<Flight<T>>) {
+    fn forget(flights: &mut Flights<T>, key: &IdempotencyKey, flight: &Arc<Flight<T>>) {
         // One lookup on the common path (the entry is this flight); put back otherwise.
-        if let Some(found) = map.remove(key)
-            && !Arc::ptr_eq(&found, flight)
+        if let Some(found) = flights.map.remove(key)
+            && !matches!(&found, Slot::Shared(f) if Arc::ptr_eq(f, flight))
         {
-            map.insert(key.clone(), found);
+            flights.map.insert(key.clone(), found);
         }
     }
 }
@@ -442,7 +479,7 @@ impl<T: Clone> IdempotencyRegistry<T> {
         })
         .await;
         let flight = match entered {
-            (Entered::Lead(flight), _) => flight,
+            (Entered::Lead(lead), _) => lead,
             (Entered::Follow(flight, registered), waker) => {
                 let mut follower = Follower {
                     registry: self,
@@ -457,13 +494,13 @@ impl<T: Clone> IdempotencyRegistry<T> {
                 }
                 drop(follower);
                 // The leader was dropped: we lead now.
-                flight
+                Lead::Shared(flight)
             }
         };
         let mut leader = Leader {
             registry: self,
             key: &key,
-            flight: &flight,
+            flight,
             settled: false,
         };
         match catch_unwind_task(task).await {
@@ -517,20 +554,41 @@ fn wake_all(waiters: Vec<(u64, Waker)>) {
 struct Leader<'a, T> {
     registry: &'a IdempotencyRegistry<T>,
     key: &'a IdempotencyKey,
-    flight: &'a Arc<Flight<T>>,
+    flight: Lead<T>,
     settled: bool,
 }
 
 impl<T> Leader<'_, T> {
+    /// With the map locked: the flight's shared state, if any caller followed; a solo entry
+    /// nobody followed is removed here (and `None` returned: nothing else to do). A leading
+    /// flight's entry stays in the map until its leader settles or is dropped, so a solo
+    /// leader finds either its own entry or the shared state a follower put in its place.
+    fn shared(&self, flights: &mut Flights<T>) -> Option<Arc<Flight<T>>> {
+        match &self.flight {
+            Lead::Shared(flight) => Some(flight.clone()),
+            Lead::Solo(id) => match flights.map.get(self.key) {
+                Some(Slot::Shared(flight)) => Some(flight.clone()),
+                Some(Slot::Solo(found)) if found == id => {
+                    flights.map.remove(self.key);
+                    None
+                }
+                _ => None,
+            },
+        }
+    }
+
     /// Publishes the result to the followers (made only if any wait) and releases the key.
     fn settle(&mut self, result: impl FnOnce() -> Result<T, IdempotencyError>) {
         self.settled = true;
         let waiters = {
             let mut map = self.registry.flights.lock();
-            let mut state = self.flight.state.lock();
-            IdempotencyRegistry::forget(&mut map, self.key, self.flight);
+            let Some(flight) = self.shared(&mut map) else {
+                return;
+            };
+            let mut state = flight.state.lock();
+            IdempotencyRegistry::forget(&mut map, self.key, &flight);
             drop(map);
-            self.flight.bump_epoch();
+            flight.bump_epoch();
             if state.followers > 0 {
                 // A panicking `Clone` must not strand the followers: they get an error.
                 let shared = catch_unwind(AssertUnwindSafe(result)).unwrap_or_else(|_| {
@@ -554,13 +612,16 @@ impl<T> Drop for Leader<'_, T> {
         // Dropped mid-flight: hand the key to a follower, or release it.
         let waiters = {
             let mut map = self.registry.flights.lock();
-            let mut state = self.flight.state.lock();
+            let Some(flight) = self.shared(&mut map) else {
+                return;
+            };
+            let mut state = flight.state.lock();
             if state.followers == 0 {
-                IdempotencyRegistry::forget(&mut map, self.key, self.flight);
+                IdempotencyRegistry::forget(&mut map, self.key, &flight);
                 return;
             }
             state.phase = Phase::Vacant;
-            self.flight.bump_epoch();
+            flight.bump_epoch();
             std::mem::take(&mut state.waiters)
         };
         wake_all(waiters);

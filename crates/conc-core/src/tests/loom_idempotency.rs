@@ -53,7 +53,7 @@ fn leader_dropped_mid_flight() {
             let registry = registry.clone();
             thread::spawn(move || {
                 // Leads (or follows) for one poll, then gives up.
-                let _ = poll_then_drop(registry.run(key(), || std::future::pending::<usize>()));
+                let _ = poll_then_drop(registry.run(key(), std::future::pending::<usize>));
             })
         };
         let value = block_on(registry.run(key(), || async { 3 }));
@@ -92,7 +92,7 @@ fn re_registration_with_two_followers() {
         let leader = {
             let registry = registry.clone();
             thread::spawn(move || {
-                let _ = poll_then_drop(registry.run(key(), || std::future::pending::<usize>()));
+                let _ = poll_then_drop(registry.run(key(), std::future::pending::<usize>));
             })
         };
         let call = |registry: Arc<IdempotencyRegistry<usize>>, running: Arc<AtomicUsize>| {
