@@ -381,21 +381,31 @@ impl<'a, T: ?Sized> Future for Lock<'a, T> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mutex = self.mutex;
+        let this = self.get_mut();
+        let mutex = this.mutex;
         // The uncontended path, inlined into the caller. A load first: a failed
         // compare-and-swap costs as much as one that works.
-        if self.id == 0 && mutex.raw.state.load(Ordering::Relaxed) == 0 && mutex.raw.try_acquire() {
+        if this.id == 0 && mutex.raw.state.load(Ordering::Relaxed) == 0 && mutex.raw.try_acquire() {
             return Poll::Ready(MutexGuard::new(mutex));
         }
-        self.poll_slow(cx)
+        // The slow path takes the id by value and returns the new one, so that the future's
+        // address does not escape: the fast path then writes nothing to memory before its
+        // compare-and-swap (a locked instruction waits for earlier stores to drain).
+        let (poll, id) = Self::poll_slow(mutex, this.id, cx);
+        this.id = id;
+        poll
     }
 }
 
 impl<'a, T: ?Sized> Lock<'a, T> {
+    /// Returns the poll's outcome and our place in the queue (0 once the lock is ours).
     #[inline(never)]
-    fn poll_slow(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<MutexGuard<'a, T>> {
-        let mutex = self.mutex;
-        match self.id {
+    fn poll_slow(
+        mutex: &'a Mutex<T>,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> (Poll<MutexGuard<'a, T>>, u64) {
+        match id {
             0 => {
                 let mut queue = mutex.raw.queue.lock();
                 let mut state = mutex.raw.state.load(Ordering::Relaxed);
@@ -412,7 +422,7 @@ impl<'a, T: ?Sized> Lock<'a, T> {
                             Ordering::Acquire,
                             Ordering::Relaxed,
                         ) {
-                            Ok(_) => return Poll::Ready(MutexGuard::new(mutex)),
+                            Ok(_) => return (Poll::Ready(MutexGuard::new(mutex)), 0),
                             Err(now) => state = now,
                         }
                     } else {
@@ -436,23 +446,20 @@ impl<'a, T: ?Sized> Lock<'a, T> {
                     waker: cx.waker().clone(),
                 });
                 drop(queue);
-                self.id = id;
-                Poll::Pending
+                (Poll::Pending, id)
             }
             id => {
                 // The grant is read without the queue's lock: `Acquire` pairs with the
                 // releasing holder's `Release` store, after its critical section.
                 if mutex.raw.granted.load(Ordering::Acquire) == id {
                     mutex.raw.granted.store(0, Ordering::Relaxed);
-                    self.id = 0;
-                    return Poll::Ready(MutexGuard::new(mutex));
+                    return (Poll::Ready(MutexGuard::new(mutex)), 0);
                 }
                 let mut queue = mutex.raw.queue.lock();
                 if mutex.raw.granted.load(Ordering::Acquire) == id {
                     mutex.raw.granted.store(0, Ordering::Relaxed);
                     drop(queue);
-                    self.id = 0;
-                    return Poll::Ready(MutexGuard::new(mutex));
+                    return (Poll::Ready(MutexGuard::new(mutex)), 0);
                 }
                 if let Some(at) = queue.position(id) {
                     let waiter = &mut queue.waiters[at];
@@ -460,7 +467,7 @@ impl<'a, T: ?Sized> Lock<'a, T> {
                         waiter.waker = cx.waker().clone();
                     }
                 }
-                Poll::Pending
+                (Poll::Pending, id)
             }
         }
     }
@@ -470,18 +477,16 @@ impl<T: ?Sized> Drop for Lock<'_, T> {
     #[inline]
     fn drop(&mut self) {
         if self.id != 0 {
-            let id = self.id;
-            self.drop_queued(id);
+            Self::drop_queued(self.mutex, self.id);
         }
     }
 }
 
 impl<T: ?Sized> Lock<'_, T> {
     /// Dropped while queued (or granted but not yet seen): leave the queue, or pass the
-    /// lock on.
+    /// lock on. (The mutex and id by value, so that the future's address does not escape.)
     #[cold]
-    fn drop_queued(&mut self, id: u64) {
-        let mutex = self.mutex;
+    fn drop_queued(mutex: &Mutex<T>, id: u64) {
         let waker = {
             let mut queue = mutex.raw.queue.lock();
             if mutex.raw.granted.load(Ordering::Acquire) == id {
