@@ -325,8 +325,75 @@ struct FlightState<T> {
     phase: Phase<T>,
     /// Followers still waiting (not yet settled, taken over or dropped).
     followers: usize,
-    waiters: Vec<(u64, Waker)>,
+    waiters: Waiters,
     next_waiter: u64,
+}
+
+/// The followers' wakers, in registration order. Followers polled by one task (joined
+/// futures) register the same waker: an entry whose waker would be the one before it (by
+/// `will_wake`) stores none, which saves a clone and a drop (two atomic operations on the
+/// task's reference count) per follower.
+#[derive(Default)]
+struct Waiters {
+    /// `(waiter id, waker)`; `None` stands for the nearest earlier entry's waker. The first
+    /// entry always has one.
+    entries: Vec<(u64, Option<Waker>)>,
+    /// The index of the last entry that has a waker.
+    last: Option<usize>,
+}
+
+impl Waiters {
+    fn push(&mut self, id: u64, waker: &Waker) {
+        let same = self
+            .last
+            .is_some_and(|at| matches!(&self.entries[at].1, Some(last) if last.will_wake(waker)));
+        if same {
+            self.entries.push((id, None));
+        } else {
+            self.entries.push((id, Some(waker.clone())));
+            self.last = Some(self.entries.len() - 1);
+        }
+    }
+
+    /// The waker the entry at `at` stands for.
+    fn waker_at(&self, at: usize) -> Option<&Waker> {
+        self.entries[..=at]
+            .iter()
+            .rev()
+            .find_map(|(_, w)| w.as_ref())
+    }
+
+    /// Registers `waker` for `id`: replaces its entry's waker if it would not wake the same
+    /// task, or adds an entry if a wake-up already took it out.
+    fn update(&mut self, id: u64, waker: &Waker) {
+        let Some(at) = self.entries.iter().position(|(w, _)| *w == id) else {
+            self.push(id, waker);
+            return;
+        };
+        let current = self.waker_at(at);
+        if current.is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        // The entries after this one that stood for its old waker keep it.
+        let old = current.cloned();
+        if let Some((_, next @ None)) = self.entries.get_mut(at + 1) {
+            *next = old;
+        }
+        self.entries[at].1 = Some(waker.clone());
+        self.last = self.entries.iter().rposition(|(_, w)| w.is_some());
+    }
+
+    /// Takes `id`'s entry out, if it is still there.
+    fn remove(&mut self, id: u64) {
+        let Some(at) = self.entries.iter().position(|(w, _)| *w == id) else {
+            return;
+        };
+        let (_, waker) = self.entries.remove(at);
+        if let (Some(waker), Some((_, next @ None))) = (waker, self.entries.get_mut(at)) {
+            *next = Some(waker);
+        }
+        self.last = self.entries.iter().rposition(|(_, w)| w.is_some());
+    }
 }
 
 enum Phase<T> {
@@ -343,7 +410,7 @@ impl<T> FlightState<T> {
     fn register(&mut self, waker: &Waker) -> u64 {
         let id = self.next_waiter;
         self.next_waiter += 1;
-        self.waiters.push((id, waker.clone()));
+        self.waiters.push(id, waker);
         id
     }
 }
@@ -370,7 +437,7 @@ impl<T> Flight<T> {
             state: Mutex::new(FlightState {
                 phase: Phase::Leading,
                 followers: 0,
-                waiters: Vec::new(),
+                waiters: Waiters::default(),
                 next_waiter: 0,
             }),
         }
@@ -540,9 +607,9 @@ where
 
 /// Wakes every waiter's task once: followers polled by one task (joined futures) register
 /// the same waker, and waking it again would only repeat a wake-up already pending.
-fn wake_all(waiters: Vec<(u64, Waker)>) {
+fn wake_all(waiters: Waiters) {
     let mut last: Option<Waker> = None;
-    for (_, waker) in waiters {
+    for waker in waiters.entries.into_iter().filter_map(|(_, waker)| waker) {
         if last.as_ref().is_some_and(|woken| woken.will_wake(&waker)) {
             continue;
         }
@@ -681,23 +748,15 @@ impl<T: Clone> Follower<'_, T> {
                 self.flight.bump_epoch();
                 state.followers -= 1;
                 if let Some(id) = self.waiter.take() {
-                    state.waiters.retain(|(w, _)| *w != id);
+                    state.waiters.remove(id);
                 }
                 self.active = false;
                 Poll::Ready(None)
             }
             Phase::Leading => {
                 match self.waiter {
-                    Some(id) => {
-                        if let Some((_, waker)) = state.waiters.iter_mut().find(|(w, _)| *w == id) {
-                            if !waker.will_wake(cx.waker()) {
-                                *waker = cx.waker().clone();
-                            }
-                        } else {
-                            // Woken for a phase change that another follower consumed.
-                            state.waiters.push((id, cx.waker().clone()));
-                        }
-                    }
+                    // Re-added if woken for a phase change that another follower consumed.
+                    Some(id) => state.waiters.update(id, cx.waker()),
                     None => self.waiter = Some(state.register(cx.waker())),
                 }
                 self.seen = Some((
@@ -719,7 +778,7 @@ impl<T> Drop for Follower<'_, T> {
         let mut state = self.flight.state.lock();
         state.followers -= 1;
         if let Some(id) = self.waiter {
-            state.waiters.retain(|(w, _)| *w != id);
+            state.waiters.remove(id);
         }
         if matches!(state.phase, Phase::Vacant) && state.followers == 0 {
             IdempotencyRegistry::forget(&mut map, self.key, self.flight);
@@ -759,5 +818,75 @@ mod hashing_tests {
         let high: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
         assert!(low.len() > 950, "{} of 1024 low buckets used", low.len());
         assert_eq!(high.len(), 128, "every 7-bit tag is used");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod waiters_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::{Waiters, wake_all};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn tasks(n: usize) -> (Vec<Arc<Count>>, Vec<Waker>) {
+        let counts: Vec<_> = (0..n)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect();
+        let wakers = counts.iter().map(|c| Waker::from(c.clone())).collect();
+        (counts, wakers)
+    }
+
+    fn woken(counts: &[Arc<Count>]) -> Vec<usize> {
+        counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect()
+    }
+
+    /// Entries that share the previous entry's waker keep none of their own; whatever is
+    /// removed or re-registered, every task still registered is woken (once per run of
+    /// entries of the same task).
+    #[test]
+    fn shared_wakers_survive_removal_and_re_registration() {
+        let (counts, w) = tasks(3);
+        let mut waiters = Waiters::default();
+        for id in 0..4 {
+            waiters.push(id, &w[0]);
+        }
+        waiters.push(4, &w[1]);
+        waiters.push(5, &w[1]);
+        assert_eq!(
+            waiters.entries.iter().filter(|(_, w)| w.is_some()).count(),
+            2,
+            "one waker per run of the same task"
+        );
+        // The entry holding task 0's waker goes: the next one takes it over.
+        waiters.remove(0);
+        // Entry 2 moves to task 2: entry 3 must still wake task 0.
+        waiters.update(2, &w[2]);
+        // Entry 5 re-registers with its own task: nothing changes.
+        waiters.update(5, &w[1]);
+        // An entry taken out by a wake-up comes back.
+        waiters.update(9, &w[0]);
+        // Entries now: task 0, task 2, task 0 (kept for entry 3), task 1 twice, task 0.
+        wake_all(std::mem::take(&mut waiters));
+        assert_eq!(woken(&counts), [3, 1, 1]);
+
+        // Only task 1's entries are left after the others go: it alone is woken.
+        let (counts, w) = tasks(2);
+        let mut waiters = Waiters::default();
+        waiters.push(0, &w[0]);
+        waiters.push(1, &w[1]);
+        waiters.push(2, &w[1]);
+        waiters.remove(1);
+        waiters.remove(0);
+        wake_all(waiters);
+        assert_eq!(woken(&counts), [0, 1]);
     }
 }
