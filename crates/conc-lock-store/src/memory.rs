@@ -94,6 +94,52 @@ impl Default for MemoryLockStore {
 }
 
 impl MemoryLockStore {
+    /// [`LockStore::try_acquire`] without the trait's boxed future: a call on the store's
+    /// own type (not through `dyn LockStore`) allocates nothing for the future. The memory
+    /// store never waits, so the future is ready at its first poll.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it completes at its first poll, so it is either not started or done.
+    pub async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
+        self.acquire_inner(request, false)
+    }
+
+    /// [`LockStore::release`] without the trait's boxed future (see
+    /// [`try_acquire`](Self::try_acquire)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it completes at its first poll, so it is either not started or done.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
+        self.release_now(lease)
+    }
+
+    fn release_now(&self, lease: &Lease) -> Result<bool, LockError> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let held = match state.locks.get_mut(&lease.key) {
+            Some(e) if e.token.as_str() == lease.token && e.live(now) => {
+                e.deadline = now;
+                e.released = true;
+                true
+            }
+            _ => false,
+        };
+        if held {
+            state.released += 1;
+            // Sweep released entries once they are more than the live ones (amortised
+            // O(1) per release; the map stays within twice its live keys plus 1 024).
+            if state.released > 1024 && state.released * 2 > state.locks.len() {
+                state.locks.retain(|_, e| !e.released);
+                state.released = 0;
+            }
+            drop(state);
+            self.watchers.notify(&lease.key);
+        }
+        Ok(held)
+    }
+
     fn acquire_inner(
         &self,
         request: &LockRequest,
@@ -207,28 +253,7 @@ impl LockStore for MemoryLockStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
-        let now = Instant::now();
-        let mut state = self.state.lock();
-        let held = match state.locks.get_mut(&lease.key) {
-            Some(e) if e.token.as_str() == lease.token && e.live(now) => {
-                e.deadline = now;
-                e.released = true;
-                true
-            }
-            _ => false,
-        };
-        if held {
-            state.released += 1;
-            // Sweep released entries once they are more than the live ones (amortised
-            // O(1) per release; the map stays within twice its live keys plus 1 024).
-            if state.released > 1024 && state.released * 2 > state.locks.len() {
-                state.locks.retain(|_, e| !e.released);
-                state.released = 0;
-            }
-            drop(state);
-            self.watchers.notify(&lease.key);
-        }
-        Ok(held)
+        self.release_now(lease)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
