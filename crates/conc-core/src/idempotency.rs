@@ -252,20 +252,14 @@ struct Flights<T> {
     last_solo: u64,
 }
 
-/// A key's entry in the map.
+/// A key's entry in the map, and the flight a leader leads.
 enum Slot<T> {
     /// A leader runs its task, and nobody has followed yet (the id tells its leader's entry
-    /// from a later one).
+    /// from a later one). A leader holding this may since have had its entry replaced by a
+    /// shared flight, made by the first follower.
     Solo(u64),
-    /// The state shared by the leader and its followers.
-    Shared(Arc<Flight<T>>),
-}
-
-/// The flight a leader leads.
-enum Lead<T> {
-    /// A solo entry it made; a follower may since have replaced it by a shared flight.
-    Solo(u64),
-    /// A shared flight, taken over from a leader that was dropped.
+    /// The state shared by the leader and its followers (a leader holds this when it took
+    /// over from one that was dropped).
     Shared(Arc<Flight<T>>),
 }
 
@@ -418,7 +412,7 @@ impl<T> FlightState<T> {
 /// How a caller entered a key's flight.
 enum Entered<T> {
     /// It runs the task: the flight is new, or its leader was dropped.
-    Lead(Lead<T>),
+    Lead(Slot<T>),
     /// It waits for the leader; its waker registered as `(waiter id, epoch)`, unless the
     /// flight had already settled (`None`).
     Follow(Arc<Flight<T>>, Option<(u64, u64)>),
@@ -476,7 +470,7 @@ impl<T> IdempotencyRegistry<T> {
             flights.last_solo += 1;
             let id = flights.last_solo;
             flights.map.insert(key.clone(), Slot::Solo(id));
-            return Entered::Lead(Lead::Solo(id));
+            return Entered::Lead(Slot::Solo(id));
         };
         let flight = match slot {
             Slot::Shared(flight) => flight.clone(),
@@ -493,7 +487,7 @@ impl<T> IdempotencyRegistry<T> {
                 state.phase = Phase::Leading;
                 flight.bump_epoch();
                 drop(state);
-                Entered::Lead(Lead::Shared(flight))
+                Entered::Lead(Slot::Shared(flight))
             }
             Phase::Leading => {
                 state.followers += 1;
@@ -561,7 +555,7 @@ impl<T: Clone> IdempotencyRegistry<T> {
                 }
                 drop(follower);
                 // The leader was dropped: we lead now.
-                Lead::Shared(flight)
+                Slot::Shared(flight)
             }
         };
         let mut leader = Leader {
@@ -621,7 +615,7 @@ fn wake_all(waiters: Waiters) {
 struct Leader<'a, T> {
     registry: &'a IdempotencyRegistry<T>,
     key: &'a IdempotencyKey,
-    flight: Lead<T>,
+    flight: Slot<T>,
     settled: bool,
 }
 
@@ -632,8 +626,8 @@ impl<T> Leader<'_, T> {
     /// leader finds either its own entry or the shared state a follower put in its place.
     fn shared(&self, flights: &mut Flights<T>) -> Option<Arc<Flight<T>>> {
         match &self.flight {
-            Lead::Shared(flight) => Some(flight.clone()),
-            Lead::Solo(id) => match flights.map.get(self.key) {
+            Slot::Shared(flight) => Some(flight.clone()),
+            Slot::Solo(id) => match flights.map.get(self.key) {
                 Some(Slot::Shared(flight)) => Some(flight.clone()),
                 Some(Slot::Solo(found)) if found == id => {
                     flights.map.remove(self.key);
