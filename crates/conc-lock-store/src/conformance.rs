@@ -470,21 +470,11 @@ pub async fn inspect_is_truthful(store: &Arc<dyn LockStore>, prefix: &str) {
     );
     store.release(&lease).await.expect("release");
     assert!(!store.is_locked(&key).await.expect("is_locked"));
-    // The next holder's metadata replaces the last one's: no entry is left behind.
-    let next = LockRequest::new(&key, "owner-2", Duration::from_secs(5))
-        .with_metadata("user_id", "u-2")
-        .with_metadata("", "empty name");
-    let lease = store
-        .try_acquire(&next)
-        .await
-        .expect("try_acquire")
-        .expect("free");
-    let info = store.inspect(&key).await.expect("inspect").expect("held");
-    assert_eq!(info.metadata, next.metadata);
-    store.release(&lease).await.expect("release");
-    // A holder without metadata after one with it, then another without, then one with
+    // The next holder's metadata replaces the last one's: no entry is left behind. A
+    // holder without metadata after one with it, then another without, then one with
     // again: each sees exactly its own.
     for (owner, entries) in [
+        ("owner-2", &[("user_id", "u-2"), ("", "empty name")][..]),
         ("owner-3", &[][..]),
         ("owner-4", &[][..]),
         ("owner-5", &[("note", "n-5")][..]),
@@ -885,5 +875,54 @@ pub async fn take_over_reaches_the_holder_at_once(store: &Arc<dyn LockStore>, pr
     assert!(
         reached.is_ok(),
         "lost() fired within 1 s of the forced release"
+    );
+}
+
+/// For stores that tell other processes of a release ([`LockStore::announce_wait`] and
+/// [`watch`](LockStore::watch)), on two instances of the store, as two processes have: an
+/// announcement on a held key says "held" and the holder's release then wakes the waiter's
+/// watch; a released key, and a key never held, are reported free. Not in [`run_all`]:
+/// the memory store has no other process to tell and keeps the default announcement.
+///
+/// # Cancel safety
+///
+/// Dropping it midway may leave a lock under `prefix` held until its TTL expires.
+pub async fn announced_wait_is_woken(
+    holder: &Arc<dyn LockStore>,
+    waiter: &Arc<dyn LockStore>,
+    prefix: &str,
+) {
+    let key = key(prefix, "announce");
+    let wait = Duration::from_secs(30);
+    let lease = holder
+        .try_acquire(&LockRequest::new(&key, "holder", wait))
+        .await
+        .expect("try_acquire")
+        .expect("free");
+    let mut watch = waiter.watch(&key).expect("the store watches keys");
+    assert!(
+        waiter
+            .announce_wait(&key, wait)
+            .await
+            .expect("announce_wait"),
+        "held"
+    );
+    assert!(holder.release(&lease).await.expect("release"));
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the announced waiter's watch wakes on the other store's release");
+    assert!(
+        !waiter
+            .announce_wait(&key, wait)
+            .await
+            .expect("announce_wait"),
+        "a released key is reported free"
+    );
+    assert!(
+        !waiter
+            .announce_wait(&self::key(prefix, "never-held"), wait)
+            .await
+            .expect("announce_wait"),
+        "a key never held is reported free"
     );
 }

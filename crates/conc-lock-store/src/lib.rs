@@ -203,9 +203,9 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     ///
     /// A store may tell other processes of a release only when one of them has announced
     /// that it waits for the key ([`announce_wait`](Self::announce_wait)): PostgreSQL and
-    /// Redis do, so that a release nobody waits for sends no notification. Take-overs and forced
-    /// releases always wake the watchers, and so does a release made through this same
-    /// store value. A caller that waits on a watch for another process's release calls
+    /// Redis do, so that a release nobody waits for sends no notification. Take-overs and
+    /// forced releases always wake the watchers, and so does a release made through this
+    /// same store value. A caller that waits on a watch for another process's release calls
     /// `announce_wait` first, as [`acquire`](Self::acquire), [`FairLock`] and
     /// [`Semaphore`] do.
     fn watch(&self, key: &str) -> Option<LockWatch> {

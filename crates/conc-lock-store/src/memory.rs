@@ -98,6 +98,20 @@ impl MemoryLockStore {
     /// own type (not through `dyn LockStore`) allocates nothing for the future. The memory
     /// store never waits, so the future is ready at its first poll.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conc_lock_store::{LockRequest, MemoryLockStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = MemoryLockStore::new();
+    /// let request = LockRequest::new("conversation:7", "worker-1", Duration::from_secs(30));
+    /// let lease = store.try_acquire(&request).await?.expect("free");
+    /// assert!(store.try_acquire(&request).await?.is_none(), "held");
+    /// assert!(store.release(&lease).await?);
+    /// # Ok::<(), conc_lock_store::LockError>(())
+    /// # }).unwrap();
+    /// ```
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: it completes at its first poll, so it is either not started or done.

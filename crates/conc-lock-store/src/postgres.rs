@@ -12,8 +12,8 @@
 //!   after which the clock part alone keeps fences going forward.
 //! - The key is the table's only index. Acquire and release change no indexed column, so
 //!   PostgreSQL updates the row in place (a HOT update: no index entry, about half the WAL
-//!   of an update that also writes an `expires_at` index entry); `cleanup_expired` scans
-//!   the table instead, as a periodic job can.
+//!   of an update that also writes an `expires_at` index entry); `cleanup_expired` walks
+//!   the table in key order instead, a batch of keys per statement.
 //! - Time is the database's (`clock_timestamp()`), never the application's.
 //! - A take-over and a forced release `NOTIFY` the key; a release does when a waiter has
 //!   announced itself ([`LockStore::announce_wait`]: a `waiting_until` time on the key's
@@ -529,7 +529,7 @@ impl PostgresLockStore {
         // release changes it, so with the index no update could be made in place (a HOT
         // update): each wrote a new entry in both indexes, and the key's primary-key entries
         // piled up between vacuums. Without it, the table's only index is the key's, which
-        // no update changes; the cleanup scans the table instead (a periodic job).
+        // no update changes; the cleanup walks the table in key batches instead.
         let old_index_name = format!("{}_expires_at", self.config.table);
         let old_index = identifier(&old_index_name, "index")?;
         let mut client = self.client().await?;

@@ -5,10 +5,11 @@
 //! atomic on the server, runs unchanged on a Redis Cluster, and reads the server's clock
 //! (`TIME`), never the application's. A lease is a hash, `<prefix>lock:{<key>}` (the braces
 //! make the key its own hash tag), with its owner, token, fence and expiry, and one field
-//! per metadata entry (`m:<name>`, so `HGET` reads one). The hash also gets a `PEXPIRE` of the TTL plus a grace period, so Redis reclaims abandoned
-//! leases by itself; until then [`cleanup_expired`](LockStore::cleanup_expired) can count
-//! and remove them. A release keeps the hash, without its token, for that grace period, so
-//! the key's last fence stays known. Nothing global is written on the way to a lock:
+//! per metadata entry (`m:<name>`, so `HGET` reads one). The hash also gets a `PEXPIRE` of
+//! the TTL plus a grace period, so Redis reclaims abandoned leases by itself; until then
+//! [`cleanup_expired`](LockStore::cleanup_expired) can count and remove them. A release
+//! keeps the hash, without its token, for that grace period, so the key's last fence stays
+//! known. Nothing global is written on the way to a lock:
 //! [`list`](LockStore::list) and `cleanup_expired` walk the keys node by node with `SCAN`,
 //! in batches, never one long blocking script.
 //!

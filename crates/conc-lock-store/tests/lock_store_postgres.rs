@@ -46,6 +46,14 @@ async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Drops a test's schema, and its lock table with it.
+async fn drop_schema(admin: &tokio_postgres::Client, schema: &str) {
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
 async fn store(url: &str, schema: &str) -> PostgresLockStore {
     let config = PostgresConfig::default()
         .with_schema(schema.to_owned())
@@ -61,10 +69,7 @@ async fn postgres_store_conforms() {
     let schema = unique("conform");
     let admin = admin(&url).await;
     conformance::run_all(Arc::new(store(&url, &schema).await), "pg").await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&admin, &schema).await;
 }
 
 /// A store over a pool the service already has conforms too.
@@ -79,10 +84,7 @@ async fn a_store_on_a_shared_pool_conforms() {
         .await
         .unwrap();
     conformance::run_all(Arc::new(store), "pg-pool").await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&admin, &schema).await;
 }
 
 /// `pg_terminate_backend` on the store's connections while leases are held and renewing:
@@ -128,10 +130,7 @@ async fn terminated_connections_are_replaced_without_losing_leases() {
     for guard in guards {
         assert!(guard.release().await.unwrap());
     }
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&admin, &schema).await;
 }
 
 #[tokio::test]
@@ -225,52 +224,21 @@ async fn text_metadata_from_earlier_versions_becomes_jsonb() {
         again.inspect("lines").await.unwrap().unwrap().metadata,
         lines
     );
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&admin, &schema).await;
 }
 
-/// A release notifies other processes only when one of them has announced a wait: an
-/// announcement on a held key says "held" and the release then wakes that process's
-/// watch; an announcement on a free key says "free", so the waiter tries again at once
-/// rather than wait for a notification that went out before it asked.
+/// A release notifies other processes only when one of them has announced a wait (the
+/// shared check, on two stores as two processes have); and `acquire` through the other
+/// store, which announces before it waits, gets the lock when it is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_process_that_announced_its_wait() {
     let Some(url) = url() else { return };
     let schema = unique("announce");
     let admin = admin(&url).await;
-    let holder = store(&url, &schema).await;
-    let waiter = store(&url, &schema).await;
+    let holder: Arc<dyn LockStore> = Arc::new(store(&url, &schema).await);
+    let waiter: Arc<dyn LockStore> = Arc::new(store(&url, &schema).await);
+    conformance::announced_wait_is_woken(&holder, &waiter, "pg").await;
     let request = LockRequest::new("conv", "holder", Duration::from_secs(30));
-    let lease = holder.try_acquire(&request).await.unwrap().expect("free");
-    let mut watch = waiter.watch("conv").expect("PostgreSQL watches");
-    assert!(
-        waiter
-            .announce_wait("conv", Duration::from_secs(30))
-            .await
-            .unwrap(),
-        "held"
-    );
-    assert!(holder.release(&lease).await.unwrap());
-    tokio::time::timeout(Duration::from_secs(10), watch.changed())
-        .await
-        .expect("the announced waiter's watch wakes on the other store's release");
-    assert!(
-        !waiter
-            .announce_wait("conv", Duration::from_secs(30))
-            .await
-            .unwrap(),
-        "a released key is reported free"
-    );
-    assert!(
-        !waiter
-            .announce_wait("never-held", Duration::from_secs(30))
-            .await
-            .unwrap(),
-        "a key with no row is free"
-    );
-    // And `acquire` through the other store, waiting, gets the lock when it is released.
     let lease = holder.try_acquire(&request).await.unwrap().expect("free");
     let waiting = tokio::spawn(async move {
         waiter
@@ -284,10 +252,7 @@ async fn a_release_wakes_a_process_that_announced_its_wait() {
     assert!(holder.release(&lease).await.unwrap());
     let taken = waiting.await.unwrap().unwrap();
     assert_eq!(taken.owner, "waiter");
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&admin, &schema).await;
 }
 
 /// A table made by an earlier version (with an index on `expires_at`) loses that index on
@@ -370,8 +335,5 @@ async fn cleanup_walks_every_batch_without_the_old_expiry_index() {
         .expect("expired, so free");
     assert!(lease.fence > 1);
     assert!(store.release(&lease).await.unwrap());
-    admin
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&admin, &schema).await;
 }
