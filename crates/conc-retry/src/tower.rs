@@ -49,7 +49,9 @@ where
 /// The request must be `Clone` (each attempt sends a clone) and the service `Clone` (each
 /// retry drives its own clone, as tower's own retry does). `poll_ready` tells the truth: it
 /// is the inner service's readiness, so a load-shedding or rate-limiting layer above sees
-/// it; the call's first attempt uses the service that was made ready.
+/// it. The call's first attempt uses the service that was made ready, moved into the
+/// response future (so a slot it reserved, such as a `ConcurrencyLimit` permit, serves that
+/// attempt and is given back when the attempt ends); each retry readies a clone of its own.
 ///
 /// ```
 /// use conc_retry::{ErrorClass, RetryBudget, RetryLayer, RetryPolicy};
@@ -175,9 +177,14 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        // The first attempt goes to the service `poll_ready` readied; retries to clones.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        // tower's contract: the service `poll_ready` readied is the one called. It may hold a
+        // reserved slot (`ConcurrencyLimit`'s permit, `Buffer`'s), so it moves into the future
+        // and makes the first attempt itself; an unready clone stays behind for the next
+        // `poll_ready`, and each retry readies a clone of its own. Keeping the readied service
+        // aside and calling a clone would hold its slot idle while the clone waits for one:
+        // at the limit, a deadlock.
+        let template = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, template.clone());
         let layer = self.layer.clone();
         Box::pin(async move {
             let RetryLayer {
@@ -188,7 +195,7 @@ where
                 signal,
                 hook,
             } = layer;
-            let mut first = Some(ready.clone());
+            let mut first = Some(ready);
             let mut retry = Retry::new(&policy)
                 .classify_with(classify)
                 .on_retry(move |failure, attempt, delay| hook.on_retry(failure, attempt, delay));
@@ -203,7 +210,10 @@ where
             }
             retry
                 .run_unclassified(move || {
-                    let mut service = first.take().unwrap_or_else(|| ready.clone());
+                    // Each attempt owns its service: when the attempt ends (or its timeout
+                    // drops it), whatever the service reserved is given back before the
+                    // backoff sleep.
+                    let mut service = first.take().unwrap_or_else(|| template.clone());
                     let request = request.clone();
                     async move {
                         poll_fn(|cx| service.poll_ready(cx)).await?;
