@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 /// when the store cannot tell which keys changed, such as after a reconnect).
 #[derive(Default)]
 pub(crate) struct Watchers {
-    keys: parking_lot::Mutex<HashMap<String, watch::Sender<u64>>>,
+    keys: parking_lot::Mutex<HashMap<String, Slot>>,
     /// `keys.len()`, written under `keys`' lock, read without it: a store with no watched
     /// key skips the lock and the hash on every release. A subscriber registers before it
     /// looks at the lock's state (under the store's own lock or a round trip), and a
@@ -20,6 +20,17 @@ pub(crate) struct Watchers {
     /// not seen always finds the count raised.
     len: AtomicUsize,
     all: parking_lot::Mutex<Option<watch::Sender<u64>>>,
+    /// For a store whose changes are found by polling (SQLite): how many polls have
+    /// completed. A new watch records it, so the poller can tell whether the state it reads
+    /// first for that key is the state at the moment the watch was made.
+    polls: AtomicU64,
+}
+
+/// One watched key.
+struct Slot {
+    sender: watch::Sender<u64>,
+    /// The completed-poll count when the first watch the poller has not yet seen was made.
+    since: Option<u64>,
 }
 
 impl fmt::Debug for Watchers {
@@ -41,12 +52,15 @@ impl Watchers {
         let mut keys = self.keys.lock();
         // Forget keys nobody watches any more, now and then, so the map stays small.
         if keys.len() >= 64 && keys.len().is_power_of_two() {
-            keys.retain(|_, sender| sender.receiver_count() > 0);
+            keys.retain(|_, slot| slot.sender.receiver_count() > 0);
         }
-        let key = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
+        let polls = self.polls.load(Ordering::SeqCst);
+        let slot = keys.entry(key.to_owned()).or_insert_with(|| Slot {
+            sender: watch::channel(0).0,
+            since: None,
+        });
+        slot.since.get_or_insert(polls);
+        let key = slot.sender.subscribe();
         self.len.store(keys.len(), Ordering::SeqCst);
         LockWatch { key, all }
     }
@@ -57,12 +71,12 @@ impl Watchers {
             return;
         }
         let mut keys = self.keys.lock();
-        if let Some(sender) = keys.get(key) {
-            if sender.receiver_count() == 0 {
+        if let Some(slot) = keys.get(key) {
+            if slot.sender.receiver_count() == 0 {
                 keys.remove(key);
                 self.len.store(keys.len(), Ordering::SeqCst);
             } else {
-                sender.send_modify(|n| *n = n.wrapping_add(1));
+                slot.sender.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }
@@ -76,14 +90,22 @@ impl Watchers {
     }
 
     #[cfg(feature = "sqlite")]
-    /// The keys someone watches now.
-    pub(crate) fn watched_keys(&self) -> Vec<String> {
+    /// The keys someone watches now, each with the completed-poll count at which the
+    /// earliest watch made since the last call began ([`None`] if none was made), which
+    /// this call takes.
+    pub(crate) fn take_watched_keys(&self) -> Vec<(String, Option<u64>)> {
         self.keys
             .lock()
-            .iter()
-            .filter(|(_, sender)| sender.receiver_count() > 0)
-            .map(|(key, _)| key.clone())
+            .iter_mut()
+            .filter(|(_, slot)| slot.sender.receiver_count() > 0)
+            .map(|(key, slot)| (key.clone(), slot.since.take()))
             .collect()
+    }
+
+    #[cfg(feature = "sqlite")]
+    /// Counts a completed poll, and returns its number (0 for the first).
+    pub(crate) fn poll_completed(&self) -> u64 {
+        self.polls.fetch_add(1, Ordering::SeqCst)
     }
 
     #[cfg(feature = "sqlite")]

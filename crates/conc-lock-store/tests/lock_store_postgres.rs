@@ -238,6 +238,7 @@ async fn a_release_wakes_a_process_that_announced_its_wait() {
     let holder: Arc<dyn LockStore> = Arc::new(store(&url, &schema).await);
     let waiter: Arc<dyn LockStore> = Arc::new(store(&url, &schema).await);
     conformance::announced_wait_is_woken(&holder, &waiter, "pg").await;
+    conformance::watch_reports_changes_made_right_after_it(&waiter, &holder, "pg").await;
     let request = LockRequest::new("conv", "holder", Duration::from_secs(30));
     let lease = holder.try_acquire(&request).await.unwrap().expect("free");
     let waiting = tokio::spawn(async move {

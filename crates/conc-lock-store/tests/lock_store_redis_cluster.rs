@@ -27,6 +27,19 @@ async fn redis_cluster_store_conforms() {
         .unwrap();
     assert!(store.is_cluster());
     conformance::run_all(Arc::new(store), "redis-cluster").await;
+    // Two instances, as two processes have, each with its own subscription.
+    let watching: Arc<dyn LockStore> = Arc::new(
+        RedisLockStore::connect(&cluster.url(), config())
+            .await
+            .unwrap(),
+    );
+    let other: Arc<dyn LockStore> = Arc::new(
+        RedisLockStore::connect(&cluster.url(), config())
+            .await
+            .unwrap(),
+    );
+    conformance::watch_reports_changes_made_right_after_it(&watching, &other, "redis-cluster")
+        .await;
 }
 
 /// Keys spread over every master: `list` walks them all, in key order.

@@ -19,6 +19,30 @@ async fn sqlite_memory_store_conforms() {
     conformance::run_all(Arc::new(store), "sqlite-memory").await;
 }
 
+/// A change made through another store on the file (another process) right after a watch
+/// was made, before the watcher's first poll, wakes the watch. The poll interval is long
+/// here, so every change lands before the first poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_before_the_first_poll_wakes_the_watch() {
+    use conc_lock_store::SqliteConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("watch.db");
+    let config =
+        || SqliteConfig::default().with_watch_interval(std::time::Duration::from_millis(300));
+    let watching: Arc<dyn LockStore> =
+        Arc::new(SqliteLockStore::open_with(&path, config()).await.unwrap());
+    let other: Arc<dyn LockStore> =
+        Arc::new(SqliteLockStore::open_with(&path, config()).await.unwrap());
+    for round in 0..3 {
+        conformance::watch_reports_changes_made_right_after_it(
+            &watching,
+            &other,
+            &format!("sqlite-watch-{round}"),
+        )
+        .await;
+    }
+}
+
 /// Two stores on one file see each other's locks, and fences keep rising across them.
 #[tokio::test]
 async fn two_stores_on_one_file_share_locks_and_fences() {
