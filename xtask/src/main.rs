@@ -8,16 +8,20 @@ use std::time::{Duration, Instant};
 
 use xtask::{report, tidy, workspace_root};
 
+mod binaries;
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                               fmt, clippy, tidy, features, msrv, test, loom, doc, bench build
+  ci                               fmt, clippy, tidy, features, msrv, test, binaries, loom, doc,
+                                   bench build
   lint                             fmt check, clippy, tidy
   features                         each library crate with no features, then each alone
   msrv                             cargo check on the declared rust-version (if installed)
   tidy                             the repository's own lints
   test                             every crate's tests, all features
+  binaries                         each binary built alone, against every URL kind its help names
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
   bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
   bench-report DIR OUT MACHINE     the report of a criterion directory from another machine
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("msrv") => msrv(),
         Some("tidy") => step_tidy(),
         Some("test") => test(),
+        Some("binaries") => binaries::binaries(),
         Some("loom") => loom(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("bench-report") => bench_report(&args[1..]),
@@ -92,6 +97,7 @@ fn ci() -> Result {
     features()?;
     msrv()?;
     test()?;
+    binaries::binaries()?;
     loom(&[])?;
     doc()?;
     run(
