@@ -90,7 +90,7 @@ pub enum LockError {
     },
     /// The store lost its state (a restart without persistence, a flush) and grants no
     /// lock until every lease that could still be live has run out.
-    #[error("the {backend} lock store lost its state and grants no lock until {} (the longest lease that could still be live); retry then", crate::clock::format_time(*.until))]
+    #[error("the {backend} lock store lost its state and grants no lock until {} (the longest lease that could still be live); retry then", crate::util::clock::format_time(*.until))]
     Recovering {
         /// Which backend.
         backend: &'static str,
@@ -117,7 +117,7 @@ pub enum LockError {
     },
     /// `acquire` waited its whole limit.
     #[error("timed out after {waited:?} waiting for lock `{key}`{}", match .holder {
-        Some(h) => format!("; held by `{}` since {} (fence {})", h.owner, crate::clock::format_time(h.acquired_at), h.fence),
+        Some(h) => format!("; held by `{}` since {} (fence {})", h.owner, crate::util::clock::format_time(h.acquired_at), h.fence),
         None => String::new(),
     })]
     Timeout {
@@ -206,8 +206,8 @@ impl LockError {
     /// taken reports an error rather than panicking).
     pub(crate) fn taken(
         backend: &'static str,
-        lease: Option<crate::Lease>,
-    ) -> Result<crate::Lease, LockError> {
+        lease: Option<crate::lease::Lease>,
+    ) -> Result<crate::lease::Lease, LockError> {
         lease.ok_or_else(|| LockError::Backend {
             backend,
             message: "take-over did not take the lock".into(),

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::LockStore;
 use crate::error::LockError;
+use crate::store::LockStore;
 
 /// A URL split into its scheme part and the options conc reads from its query string; the
 /// other query options stay on the URL for the driver.
@@ -132,14 +132,14 @@ impl StoreUrl {
 pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
     let parsed = parse_url(url)?;
     match parsed.kind {
-        StoreKind::Memory => Ok(Arc::new(crate::MemoryLockStore::new())),
+        StoreKind::Memory => Ok(Arc::new(crate::backend::memory::MemoryLockStore::new())),
         #[cfg(feature = "sqlite")]
         StoreKind::Sqlite => Ok(Arc::new(
-            crate::SqliteLockStore::open(&parsed.target).await?,
+            crate::backend::sqlite::SqliteLockStore::open(&parsed.target).await?,
         )),
         #[cfg(feature = "postgres")]
         StoreKind::Postgres => {
-            let mut config = crate::PostgresConfig::default();
+            let mut config = crate::backend::postgres::PostgresConfig::default();
             if let Some(schema) = parsed.option("schema") {
                 config.schema = schema.to_owned();
             }
@@ -152,12 +152,13 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
                 })?;
             }
             Ok(Arc::new(
-                crate::PostgresLockStore::connect(&parsed.target, config).await?,
+                crate::backend::postgres::PostgresLockStore::connect(&parsed.target, config)
+                    .await?,
             ))
         }
         #[cfg(feature = "redis")]
         StoreKind::Redis => {
-            let mut config = crate::RedisConfig::default();
+            let mut config = crate::backend::redis::RedisConfig::default();
             if let Some(prefix) = parsed.option("prefix") {
                 config.prefix = prefix.to_owned();
             }
@@ -165,7 +166,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
                 config.allow_eviction = allow == "true" || allow == "1";
             }
             Ok(Arc::new(
-                crate::RedisLockStore::connect(&parsed.target, config).await?,
+                crate::backend::redis::RedisLockStore::connect(&parsed.target, config).await?,
             ))
         }
         #[allow(unreachable_patterns)]

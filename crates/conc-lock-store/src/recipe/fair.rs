@@ -22,11 +22,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::LockStore;
 use crate::error::LockError;
-use crate::guard::LockGuard;
 use crate::lease::Lease;
+use crate::recipe::guard::LockGuard;
 use crate::request::{LockRequest, MAX_KEY_BYTES, validate_key};
+use crate::store::LockStore;
 
 /// A lock whose waiters are served in arrival order, across processes, on any
 /// [`LockStore`]: each waiter takes a ticket (the fence of a dispenser lock), stands in a
@@ -138,7 +138,7 @@ impl FairLock {
             if ahead.as_deref() == Some(mine.as_str()) {
                 if lock_watch.is_some() && !announced_lock {
                     announced_lock = true;
-                    if !crate::announce(&*self.store, &request.key, remaining).await {
+                    if !crate::store::announce(&*self.store, &request.key, remaining).await {
                         continue;
                     }
                 }
@@ -146,7 +146,7 @@ impl FairLock {
                 && announced_ahead.as_ref() != Some(key)
             {
                 announced_ahead = Some(key.clone());
-                if !crate::announce(&*self.store, key, remaining).await {
+                if !crate::store::announce(&*self.store, key, remaining).await {
                     continue;
                 }
             }

@@ -6,17 +6,17 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::LockStore;
-use crate::clock::{next_fence, unix_micros};
 use crate::error::LockError;
 use crate::lease::{Lease, LockInfo, Metadata};
 use crate::notify::{LockWatch, Watchers};
 use crate::request::{LockRequest, validate_key};
+use crate::store::LockStore;
+use crate::util::clock::{next_fence, unix_micros};
 
 #[derive(Debug, Clone)]
 struct Entry {
     owner: String,
-    token: crate::random::Token,
+    token: crate::util::random::Token,
     fence: u64,
     metadata: Metadata,
     acquired_at: SystemTime,
@@ -175,7 +175,7 @@ impl MemoryLockStore {
             return Ok(None);
         }
         *fence = next_fence(*fence, unix_micros(wall));
-        let token = crate::random::token();
+        let token = crate::util::random::token();
         let lease = Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
@@ -233,7 +233,7 @@ impl MemoryLockStore {
     pub fn with_max_ttl(max_ttl: Duration) -> Self {
         Self {
             state: parking_lot::Mutex::new(State::default()),
-            max_ttl: max_ttl.min(crate::TTL_LIMIT),
+            max_ttl: max_ttl.min(crate::request::TTL_LIMIT),
             watchers: Arc::default(),
             epoch: (SystemTime::now(), Instant::now()),
         }
@@ -251,8 +251,8 @@ impl MemoryLockStore {
 fn deadline(now: Instant, ttl: Duration) -> Result<Instant, LockError> {
     now.checked_add(ttl).ok_or(LockError::InvalidTtl {
         ttl,
-        min: crate::MIN_TTL,
-        max: crate::TTL_LIMIT,
+        min: crate::request::MIN_TTL,
+        max: crate::request::TTL_LIMIT,
     })
 }
 

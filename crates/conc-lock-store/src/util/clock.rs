@@ -21,7 +21,7 @@ pub(crate) fn unix_micros(time: SystemTime) -> u64 {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), for messages and operators.
 pub(crate) fn format_time(time: SystemTime) -> String {
-    let millis = crate::unix_millis(time);
+    let millis = crate::util::clock::unix_millis(time);
     let (secs, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
@@ -36,6 +36,20 @@ pub(crate) fn format_time(time: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+/// Milliseconds since the Unix epoch, for wall-clock expiry shared between processes.
+pub(crate) fn unix_millis(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+/// The inverse of [`unix_millis`].
+pub(crate) fn from_unix_millis(millis: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
 #[cfg(test)]

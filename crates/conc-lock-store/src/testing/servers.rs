@@ -433,7 +433,7 @@ impl PrivatePostgres {
         let root = std::env::temp_dir().join(format!(
             "conc-pg-{}-{port}-{}",
             std::process::id(),
-            crate::random::next_u64()
+            crate::util::random::next_u64()
         ));
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
         let temp = TempDir(root.clone());

@@ -15,11 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::LockStore;
 use crate::error::LockError;
-use crate::guard::LockGuard;
 use crate::lease::{Lease, LockInfo};
+use crate::recipe::guard::LockGuard;
 use crate::request::{LockRequest, MAX_KEY_BYTES, validate_key};
+use crate::store::LockStore;
 
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 1024;
@@ -108,7 +108,7 @@ impl Semaphore {
     pub async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
         self.validate(&request.key)?;
         request.validate(self.store.max_ttl())?;
-        let start = crate::random::below(u64::from(self.permits)) as u32;
+        let start = crate::util::random::below(u64::from(self.permits)) as u32;
         for step in 0..self.permits {
             let permit = (start + step) % self.permits;
             let slot = LockRequest {
@@ -157,14 +157,14 @@ impl Semaphore {
                     .collect();
                 let held = futures_util::future::join_all(
                     keys.iter()
-                        .map(|key| crate::announce(&*self.store, key, wait - waited)),
+                        .map(|key| crate::store::announce(&*self.store, key, wait - waited)),
                 )
                 .await;
                 if !held.into_iter().all(|held| held) {
                     continue;
                 }
             }
-            let jitter = crate::random::unit();
+            let jitter = crate::util::random::unit();
             let sleep = tokio::time::sleep(
                 pause
                     .mul_f64(jitter)

@@ -10,11 +10,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, trace, warn};
 
-use crate::LockStore;
 use crate::error::LockError;
 use crate::lease::{Lease, default_drift_margin};
 use crate::notify::LockWatch;
 use crate::request::LockRequest;
+use crate::store::LockStore;
 
 /// A held lock: renewed about every `ttl / 3` by a background task, released by
 /// [`release`](Self::release) or, best effort, on drop.

@@ -1,0 +1,173 @@
+//! Reaching PostgreSQL: the pool (TLS by `sslmode`/`sslrootcert`), its errors named by
+//! cause, and the check of SQL identifiers.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::error::LockError;
+
+use super::{BACKEND, PostgresConfig};
+
+pub(super) fn identifier(name: &str, what: &str) -> Result<String, LockError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(LockError::Backend {
+            backend: BACKEND,
+            message: format!(
+                "invalid {what} name `{name}`: use 1 to 63 lowercase letters, digits or `_`, not starting with a digit"
+            ),
+            source: None,
+        })
+    }
+}
+
+pub(super) fn pg_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> LockError {
+    move |e| LockError::backend(BACKEND, format!("{context}: {e}"), e)
+}
+
+/// Whether an error means the connection is gone (worth one more try on a fresh one): a
+/// closed connection, an I/O error, or a server that shut the session down
+/// (`pg_terminate_backend`, a restart).
+pub fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    connection_lost(error)
+}
+
+pub(super) fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.is_closed()
+        || error.code().is_some_and(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+        })
+        || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// A connection pool for `url`, as the PostgreSQL stores build it: TLS by rustls when the
+/// URL asks for it (`sslmode=require`, `verify-ca` or `verify-full`; the certificate and
+/// host name are always verified, against the public roots and the PEM file named by
+/// `sslrootcert=PATH`), plain otherwise; `statement_timeout` = `op_timeout` on every
+/// connection; connect and wait timeouts from `config`. A server certificate that does not
+/// verify is refused ([`ConnectFailure::Tls`](crate::error::ConnectFailure::Tls)); there is no
+/// silent fallback to plaintext. Share it with [`PostgresLockStore`](crate::PostgresLockStore) and the session store,
+/// or with the rest of a service.
+pub fn postgres_pool(url: &str, config: &PostgresConfig) -> Result<Pool, LockError> {
+    build_pool(url, config).map(|(pool, _, _)| pool)
+}
+
+/// The pool, the driver configuration (for the LISTEN connection) and the TLS connector.
+pub(super) fn build_pool(
+    url: &str,
+    config: &PostgresConfig,
+) -> Result<
+    (
+        Pool,
+        tokio_postgres::Config,
+        Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ),
+    LockError,
+> {
+    let split = crate::backend::tls::split(url);
+    let mut pg: tokio_postgres::Config =
+        split
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| LockError::Backend {
+                backend: BACKEND,
+                message: format!("bad PostgreSQL URL: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+    pg.connect_timeout(config.connect_timeout);
+    pg.application_name(&config.application_name);
+    // No statement may outlive the operation that sent it (a stalled server included),
+    // which bounds how long a stalled acquirer can hold an old view of a key.
+    pg.options(format!(
+        "-c statement_timeout={}",
+        config.op_timeout.as_millis().max(1)
+    ));
+    // TLS only when asked for: a URL without `sslmode` stays plain, as before.
+    let tls = match split.ssl_mode.as_deref() {
+        None | Some("disable") => None,
+        Some(_) => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+            crate::backend::tls::client_config(BACKEND, split.root_cert.as_deref())?,
+        )),
+    };
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match &tls {
+        Some(tls) => Manager::from_config(pg.clone(), tls.clone(), manager_config),
+        None => Manager::from_config(pg.clone(), NoTls, manager_config),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.op_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.op_timeout))
+        .build()
+        .map_err(|e| LockError::backend(BACKEND, "could not build the connection pool", e))?;
+    Ok((pool, pg, tls))
+}
+
+/// A pool's failure, with its cause named: authentication, a missing database, TLS, a
+/// refused or timed-out connection ([`LockError::Connect`]), or a busy pool.
+pub fn pool_error(error: deadpool_postgres::PoolError) -> LockError {
+    use deadpool_postgres::PoolError;
+    use tokio_postgres::error::SqlState;
+    let (cause, message) = match &error {
+        PoolError::Backend(e) => {
+            let cause = match e.code() {
+                Some(c)
+                    if *c == SqlState::INVALID_PASSWORD
+                        || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                {
+                    crate::error::ConnectFailure::Authentication
+                }
+                Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+                    crate::error::ConnectFailure::DatabaseMissing
+                }
+                Some(_) => {
+                    return LockError::backend(BACKEND, format!("the server refused: {e}"), error);
+                }
+                None => LockError::connect_failure(e),
+            };
+            let detail = e
+                .as_db_error()
+                .map_or_else(|| error_chain(e), |db| db.message().to_owned());
+            (cause, detail)
+        }
+        PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+            return LockError::backend(BACKEND, "no pooled connection came free in time", error);
+        }
+        PoolError::Timeout(_) => (crate::error::ConnectFailure::Timeout, error.to_string()),
+        _ => return LockError::backend(BACKEND, "no connection", error),
+    };
+    LockError::Connect {
+        backend: BACKEND,
+        cause,
+        message,
+    }
+}
+
+/// `error` and its sources, joined.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

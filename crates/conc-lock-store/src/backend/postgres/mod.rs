@@ -1,0 +1,199 @@
+//! [`PostgresLockStore`]: leases in a PostgreSQL table, for services on many machines.
+//!
+//! - A lease table, not session advisory locks: advisory locks belong to one connection and
+//!   break under pooling and PgBouncer.
+//! - Acquire is one statement: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE the lease has
+//!   expired RETURNING fence`. The fence is drawn by the winner, under the row's lock: one
+//!   more than the row's last fence, and at least the database clock in microseconds. An
+//!   acquirer that stalls mid-statement therefore cannot win with a fence older than one
+//!   already handed out. Released and expired leases stay as rows without a token (so the
+//!   key's last fence stays known); `cleanup_expired` removes those rows only once they are
+//!   far older than any statement can run (`statement_timeout` is set on every connection),
+//!   after which the clock part alone keeps fences going forward.
+//! - The key is the table's only index. Acquire and release change no indexed column, so
+//!   PostgreSQL updates the row in place (a HOT update: no index entry, about half the WAL
+//!   of an update that also writes an `expires_at` index entry); `cleanup_expired` walks
+//!   the table in key order instead, a batch of keys per statement.
+//! - Time is the database's (`clock_timestamp()`), never the application's.
+//! - A take-over and a forced release `NOTIFY` the key; a release does when a waiter has
+//!   announced itself ([`LockStore::announce_wait`](crate::LockStore::announce_wait): a `waiting_until` time on the key's
+//!   row, written under the row's lock, so a release either sees it or the waiter sees the
+//!   key free). Each store `LISTEN`s on one connection of its own, so holders and waiters
+//!   in every process learn at once, and a release nobody waits for costs no notification
+//!   (whose commit takes PostgreSQL's global notification lock).
+//! - Schema and table names are configurable; they are created on connect.
+//! - Every call has a timeout; a call that fails on a dropped connection is retried on a
+//!   fresh one.
+//! - Work against the primary only: a replica's table would lag.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::notify::Watchers;
+
+mod client;
+mod connection;
+mod listen;
+mod lock_store;
+mod schema;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+pub use connection::{is_connection_lost, pool_error, postgres_pool};
+use statements::Sql;
+
+const BACKEND: &str = "postgres";
+
+/// The lease table's fill factor: room left on each page, so that the new version of a row
+/// an acquire or release writes fits beside the old one (an in-place, HOT update, which
+/// writes no index entry) even where the page is full of other keys.
+const FILLFACTOR: u8 = 80;
+
+/// Keys per `cleanup_expired` statement: each statement's time stays bounded (a few
+/// milliseconds) however many keys the table holds.
+const CLEANUP_BATCH: i64 = 5_000;
+
+/// Settings for [`PostgresLockStore`].
+///
+/// Start from [`Default`] and change what you need with the `with_*` setters. The struct is
+/// `#[non_exhaustive]`: a field added in a later release is not a breaking change, so it
+/// cannot be built with a struct literal outside this crate (its fields stay readable).
+///
+/// ```
+/// use conc_lock_store::PostgresConfig;
+///
+/// let config = PostgresConfig::default().with_pool_size(16);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// The schema of the lease table (default `public`).
+    pub schema: String,
+    /// The lease table (default `conc_locks`); its notification channel is
+    /// `<schema>_<table>`.
+    pub table: String,
+    /// The limit on each operation, waiting for a connection included (default 5 s).
+    pub op_timeout: Duration,
+    /// The limit on opening a connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Connections in the pool (default 8).
+    pub pool_size: usize,
+    /// The longest TTL accepted (default 1 h).
+    pub max_ttl: Duration,
+    /// The `application_name` the store's connections report (default `conc-lock-store`).
+    pub application_name: String,
+    /// How long the row of a released or expired lease is kept before `cleanup_expired`
+    /// deletes it (default 10 min). It must exceed the longest a statement can run, which
+    /// `statement_timeout` (set to `op_timeout` on every connection) bounds.
+    pub tombstone_ttl: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            schema: "public".into(),
+            table: "conc_locks".into(),
+            op_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            pool_size: 8,
+            max_ttl: Duration::from_secs(3600),
+            application_name: "conc-lock-store".into(),
+            tombstone_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// Sets [`schema`](Self::schema).
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets [`table`](Self::table).
+    #[must_use]
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Sets [`op_timeout`](Self::op_timeout).
+    #[must_use]
+    pub fn with_op_timeout(mut self, op_timeout: Duration) -> Self {
+        self.op_timeout = op_timeout;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`pool_size`](Self::pool_size).
+    #[must_use]
+    pub fn with_pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// Sets [`max_ttl`](Self::max_ttl).
+    #[must_use]
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// Sets [`application_name`](Self::application_name).
+    #[must_use]
+    pub fn with_application_name(mut self, application_name: impl Into<String>) -> Self {
+        self.application_name = application_name.into();
+        self
+    }
+
+    /// Sets [`tombstone_ttl`](Self::tombstone_ttl).
+    #[must_use]
+    pub fn with_tombstone_ttl(mut self, tombstone_ttl: Duration) -> Self {
+        self.tombstone_ttl = tombstone_ttl;
+        self
+    }
+}
+
+/// A [`LockStore`](crate::LockStore) in PostgreSQL.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use conc_lock_store::{LockRequest, LockStore, PostgresConfig, PostgresLockStore};
+///
+/// # async fn example() -> Result<(), conc_lock_store::LockError> {
+/// let store = PostgresLockStore::connect("postgres://postgres@127.0.0.1/test", PostgresConfig::default()).await?;
+/// let request = LockRequest::new("conversation:1", "worker-a", Duration::from_secs(30));
+/// if let Some(lease) = store.try_acquire(&request).await? {
+///     store.release(&lease).await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresLockStore {
+    pool: Pool,
+    config: PostgresConfig,
+    sql: Sql,
+    watchers: Arc<Watchers>,
+    /// Dropped with the store, which ends the listening task.
+    _listener: tokio::sync::oneshot::Sender<()>,
+}
+
+impl fmt::Debug for PostgresLockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLockStore")
+            .field("schema", &self.config.schema)
+            .field("table", &self.config.table)
+            .finish_non_exhaustive()
+    }
+}

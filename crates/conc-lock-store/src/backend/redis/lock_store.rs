@@ -1,0 +1,251 @@
+//! [`LockStore`] for [`RedisLockStore`]: each operation one script on the key's slot.
+
+use std::time::Duration;
+
+use crate::error::LockError;
+use crate::lease::{Lease, LockInfo};
+use crate::notify::LockWatch;
+use crate::request::{LockRequest, validate_key, validate_ttl};
+use crate::store::LockStore;
+use crate::util::clock::from_unix_millis;
+
+use super::connection::{glob_escape, redis_error, timed_out};
+use super::replies::{info, ms};
+use super::{BACKEND, BATCH, RedisLockStore};
+
+#[async_trait::async_trait]
+impl LockStore for RedisLockStore {
+    async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
+        self.acquire_inner(request, false).await
+    }
+
+    async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
+        LockError::taken(BACKEND, self.acquire_inner(request, true).await?)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
+        let invocation = |retry: &'static str| {
+            let mut invocation = self.scripts.release.prepare_invoke();
+            invocation
+                .key(self.lock_key(&lease.key))
+                .arg(&lease.key)
+                .arg(&lease.token)
+                .arg(ms(self.config.grace))
+                .arg(self.events_channel())
+                .arg(retry);
+            invocation
+        };
+        let released: i64 = self
+            .run_retrying("release", &invocation("0"), &invocation("1"))
+            .await?;
+        if released == 1 {
+            self.watchers.notify(&lease.key);
+        }
+        Ok(released == 1)
+    }
+
+    async fn announce_wait(&self, key: &str, wait: Duration) -> Result<bool, LockError> {
+        validate_key(key)?;
+        let mut invocation = self.scripts.announce.prepare_invoke();
+        invocation
+            .key(self.lock_key(key))
+            .arg(ms(wait.min(self.config.max_ttl)));
+        let held: i64 = self.run("announce a wait", &invocation).await?;
+        Ok(held == 1)
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        validate_ttl(ttl, self.config.max_ttl)?;
+        let lock_key = self.lock_key(&lease.key);
+        let slot = self.guard_slot(&lock_key);
+        let mut invocation = self.scripts.renew.prepare_invoke();
+        self.guard_args(slot, &mut invocation);
+        invocation
+            .key(lock_key)
+            .arg(&lease.key)
+            .arg(&lease.token)
+            .arg(ms(ttl))
+            .arg(ms(self.config.grace))
+            .arg(self.events_channel());
+        let sent = tokio::time::Instant::now();
+        let (id, after, longest, wiped, renewed): (String, i64, u64, i64, Option<i64>) =
+            self.run("renew", &invocation).await?;
+        self.learn(slot, &(id, after, longest, wiped));
+        lease.renewed(renewed.map(from_unix_millis), ttl, sent)
+    }
+
+    async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
+        if self.is_cluster() {
+            // The cluster connection multiplexes each node's requests on one connection:
+            // issued together, they go out together.
+            let renewals = leases.iter().map(|lease| self.renew(lease, lease.ttl));
+            return futures_util::future::join_all(renewals).await;
+        }
+        let mut out: Vec<Option<Result<Lease, LockError>>> = Vec::with_capacity(leases.len());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for lease in leases {
+            if let Err(e) = validate_ttl(lease.ttl, self.config.max_ttl) {
+                out.push(Some(Err(e)));
+                continue;
+            }
+            let (marker, known, fresh, delay) = self.guard_values(0);
+            let mut command = redis::cmd("EVALSHA");
+            command
+                .arg(self.scripts.renew.get_hash())
+                .arg(2)
+                .arg(marker)
+                .arg(self.lock_key(&lease.key))
+                .arg(known)
+                .arg(fresh)
+                .arg(delay)
+                .arg(&lease.key)
+                .arg(&lease.token)
+                .arg(ms(lease.ttl))
+                .arg(ms(self.config.grace))
+                .arg(self.events_channel());
+            pipe.add_command(command);
+            out.push(None);
+        }
+        type RenewReply = (String, i64, u64, i64, Option<i64>);
+        let sent = tokio::time::Instant::now();
+        let mut replies: Result<Vec<redis::RedisResult<RenewReply>>, LockError> =
+            Err(timed_out("renew", self.config.op_timeout));
+        for attempt in 0..2 {
+            let mut connection = self.connection.clone();
+            let call = pipe.query_async::<Vec<redis::RedisResult<RenewReply>>>(&mut connection);
+            replies = match tokio::time::timeout(self.config.op_timeout, call).await {
+                Ok(Ok(replies)) => Ok(replies),
+                Ok(Err(e)) => Err(redis_error("renew")(e)),
+                Err(_) => Err(timed_out("renew", self.config.op_timeout)),
+            };
+            let missing_script = matches!(&replies, Ok(r) if r.iter().any(|reply| matches!(reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))));
+            if attempt == 0 && missing_script {
+                // A restarted server forgot the script: load it and send the batch again.
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(&self.scripts.renew_source);
+                if let Err(e) = self
+                    .query::<String>("load the renew script", load, None)
+                    .await
+                {
+                    replies = Err(e);
+                    break;
+                }
+                continue;
+            }
+            break;
+        }
+        match replies {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                for (slot, lease) in out.iter_mut().zip(leases) {
+                    if slot.is_some() {
+                        continue;
+                    }
+                    *slot = Some(match replies.next() {
+                        Some(Ok((id, after, longest, wiped, renewed))) => {
+                            self.learn(0, &(id, after, longest, wiped));
+                            lease.renewed(renewed.map(from_unix_millis), lease.ttl, sent)
+                        }
+                        Some(Err(e)) => Err(redis_error("renew")(e)),
+                        None => Err(LockError::Backend {
+                            backend: BACKEND,
+                            message: "renew: a batched reply is missing".into(),
+                            source: None,
+                        }),
+                    });
+                }
+            }
+            Err(error) => {
+                for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                    *slot = Some(Err(error.for_each_of_a_batch()));
+                }
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
+        validate_key(key)?;
+        let fields = self.inspect_lock_key(self.lock_key(key)).await?;
+        Ok(fields.map(|f| info(key.to_owned(), f)))
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError> {
+        let pattern = format!(
+            "{}*",
+            glob_escape(&format!("{}lock:{{{prefix}", self.config.prefix))
+        );
+        let names = self.scan(&pattern).await?;
+        let mut keys: Vec<&str> = names
+            .iter()
+            .filter_map(|name| self.user_key(name))
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        keys.sort_unstable();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(BATCH) {
+            let reads = chunk
+                .iter()
+                .map(|key| self.inspect_lock_key(self.lock_key(key)));
+            let found = futures_util::future::try_join_all(reads).await?;
+            for (key, fields) in chunk.iter().zip(found) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if let Some(fields) = fields {
+                    out.push(info((*key).to_owned(), fields));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64, LockError> {
+        let pattern = format!(
+            "{}*",
+            glob_escape(&format!("{}lock:{{", self.config.prefix))
+        );
+        let names = self.scan(&pattern).await?;
+        let mut removed = 0;
+        for chunk in names.chunks(BATCH) {
+            let closes = chunk.iter().map(|name| async move {
+                let mut invocation = self.scripts.cleanup.prepare_invoke();
+                invocation.key(name);
+                self.run::<u64>("cleanup", &invocation).await
+            });
+            removed += futures_util::future::try_join_all(closes)
+                .await?
+                .into_iter()
+                .sum::<u64>();
+        }
+        Ok(removed)
+    }
+
+    async fn force_release(&self, key: &str) -> Result<bool, LockError> {
+        validate_key(key)?;
+        let mut invocation = self.scripts.force.prepare_invoke();
+        invocation
+            .key(self.lock_key(key))
+            .arg(key)
+            .arg(ms(self.config.grace))
+            .arg(self.events_channel());
+        let removed: i64 = self.run("force release", &invocation).await?;
+        if removed == 1 {
+            self.watchers.notify(key);
+        }
+        Ok(removed == 1)
+    }
+
+    fn batches_renewals(&self) -> bool {
+        !self.is_cluster()
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.config.max_ttl
+    }
+
+    fn watch(&self, key: &str) -> Option<LockWatch> {
+        Some(self.watchers.subscribe(key))
+    }
+}
