@@ -1,15 +1,15 @@
 //! tokio adapters on [`conc_core`] that make the safe way the easy path: timeouts on every
 //! external call, bounded channels, supervised tasks that never fail silently.
 //!
-//! | seed rule | here |
+//! | what the crate guarantees | here |
 //! | --- | --- |
-//! | every external call has a timeout (001, 2.3) | [`timeout`], [`FutureExt::with_timeout`], [`lock_timeout`] |
-//! | no silent spawn failures; track tasks; cancel them (001, 3) | [`Supervisor`] |
-//! | bounded channels only (001, 3.2) | [`channel`], [`blocking_channel`]; no unbounded constructor |
-//! | fan-out / fan-in with bounded concurrency (001, 6.1) | [`map_concurrent`], [`try_map_concurrent`] |
-//! | pipelines with backpressure (001, 6.2) | [`Pipeline`] |
-//! | cancellable, composable tasks (004) | [`Task`], [`TaskHandle`] |
-//! | latest wins; abort the superseded (000) | [`Latest`] |
+//! | every external call has a timeout | [`timeout`], [`FutureExt::with_timeout`], [`lock_timeout`] |
+//! | no silent spawn failures; track tasks; cancel them | [`Supervisor`] |
+//! | bounded channels only | [`channel`], [`blocking_channel`]; no unbounded constructor |
+//! | fan-out / fan-in with bounded concurrency | [`map_concurrent`], [`try_map_concurrent`] |
+//! | pipelines with backpressure | [`Pipeline`] |
+//! | cancellable, composable tasks | [`Task`], [`TaskHandle`] |
+//! | latest wins; abort the superseded | [`Latest`] |
 //!
 //! # Example
 //!
