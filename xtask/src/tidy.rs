@@ -7,8 +7,12 @@
 //! - an `#[ignore]` without a reason;
 //! - a workspace crate without a README.md;
 //! - a `pub async fn` in library code whose doc comment has no `# Cancel safety` section;
-//! - a doc comment in library code that cites the source documents ("seed 00N") instead of
-//!   saying what the behaviour is and why.
+//! - a doc comment in library code that cites the source documents ("seed 00N", "seed
+//!   rule", "(001, 2.3)") instead of saying what the behaviour is and why;
+//! - an import that runs up the layers: a library file that imports the crate root (only
+//!   modules are imported, by their own paths), or a room that imports what its rules
+//!   forbid ([`IMPORT_RULES`]: a backend never imports a recipe or another backend, a recipe
+//!   never imports a backend, the vocabulary imports neither).
 
 use std::fmt;
 use std::fs;
@@ -56,6 +60,7 @@ pub fn check(root: &Path) -> Vec<Problem> {
         check_file(&rel, &text, &mut problems);
     }
     for krate in crates(root) {
+        check_imports(root, &krate, &mut problems);
         if !krate.join("README.md").is_file() {
             problems.push(Problem {
                 path: krate.strip_prefix(root).unwrap_or(&krate).to_path_buf(),
@@ -97,14 +102,16 @@ pub fn check_file(rel: &Path, text: &str, problems: &mut Vec<Problem>) {
     let ignore = concat!("#[", "ignore");
     let cancel_safety = concat!("# Cancel", " safety");
     let lines: Vec<&str> = text.lines().collect();
-    let jargon = concat!("seed ", "0");
+    let jargon = [concat!("seed ", "0"), concat!("seed ", "rule")];
     if library {
         for (index, line) in lines.iter().enumerate() {
             let code = line.trim_start();
-            if (code.starts_with("///") || code.starts_with("//!")) && code.contains(jargon) {
+            if (code.starts_with("///") || code.starts_with("//!"))
+                && (jargon.iter().any(|j| code.contains(j)) || cites_a_section(code))
+            {
                 push(
                     index + 1,
-                    "a public doc cites a source document (\"seed 00N\"): say what the behaviour is and why".into(),
+                    "a public doc cites a source document (\"seed 00N\", \"(001, 2.3)\"): say what the behaviour is and why".into(),
                 );
             }
         }
@@ -148,13 +155,296 @@ pub fn check_file(rel: &Path, text: &str, problems: &mut Vec<Problem>) {
                 })
                 .any(|l| l.contains(cancel_safety));
             if !doc {
-                push(n, "public async fn without a `# Cancel safety` section in its docs (seed 001, 2.2)".into());
+                push(n, "public async fn without a `# Cancel safety` section in its docs: say what a dropped call leaves behind".into());
             }
         }
         if let Some(rest) = code.strip_prefix(ignore)
             && !rest.trim_start().starts_with('=')
         {
             push(n, "`#[ignore]` without a reason: write `#[ignore = \"why\"]`, or better, fix the test".into());
+        }
+    }
+}
+
+/// Whether a doc line cites a source document by number, as in `(001, 2.3)` or `(004)`.
+fn cites_a_section(line: &str) -> bool {
+    line.match_indices("(00").any(|(at, _)| {
+        let rest = &line[at + 3..];
+        let mut chars = rest.chars();
+        chars.next().is_some_and(|c| c.is_ascii_digit()) && matches!(chars.next(), Some(',' | ')'))
+    })
+}
+
+/// What one room of a crate's `src/` may not import.
+#[derive(Debug)]
+pub struct ImportRule {
+    /// The crate's folder, such as `crates/conc-lock-store`.
+    pub krate: &'static str,
+    /// The room: a path under `src/`, a folder ending in `/` or a file.
+    pub room: &'static str,
+    /// Paths the room may not name, such as `crate::recipe`.
+    pub forbidden: &'static [&'static str],
+    /// Why, for the message.
+    pub why: &'static str,
+}
+
+/// The layers, room by room: imports only run down.
+pub const IMPORT_RULES: &[ImportRule] = &[
+    // conc-lock-store: the vocabulary (the trait, leases, requests, errors, watches) and
+    // the helpers below it import neither backends nor recipes.
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "store.rs",
+        forbidden: &[
+            "crate::backend",
+            "crate::recipe",
+            "crate::testing",
+            "crate::url",
+        ],
+        why: "the trait is the vocabulary every room imports",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "lease.rs",
+        forbidden: &[
+            "crate::backend",
+            "crate::recipe",
+            "crate::testing",
+            "crate::url",
+        ],
+        why: "leases are vocabulary",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "request.rs",
+        forbidden: &[
+            "crate::backend",
+            "crate::recipe",
+            "crate::testing",
+            "crate::url",
+        ],
+        why: "requests are vocabulary",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "error.rs",
+        forbidden: &[
+            "crate::backend",
+            "crate::recipe",
+            "crate::testing",
+            "crate::url",
+        ],
+        why: "errors are vocabulary",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "notify.rs",
+        forbidden: &[
+            "crate::backend",
+            "crate::recipe",
+            "crate::testing",
+            "crate::url",
+        ],
+        why: "watches are vocabulary",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "util/",
+        forbidden: &[
+            "crate::backend",
+            "crate::recipe",
+            "crate::testing",
+            "crate::url",
+        ],
+        why: "helpers sit below every room",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "backend/",
+        forbidden: &["crate::recipe", "crate::testing::conformance", "crate::url"],
+        why: "a backend imports the vocabulary and the trait, never a recipe",
+    },
+    ImportRule {
+        krate: "crates/conc-lock-store",
+        room: "recipe/",
+        forbidden: &["crate::backend", "crate::testing", "crate::url"],
+        why: "a recipe is built on the trait, so it works on every backend",
+    },
+    // conc-session: the session stores never reach up into the manager.
+    ImportRule {
+        krate: "crates/conc-session",
+        room: "store/",
+        forbidden: &["crate::manager"],
+        why: "the stores sit below the manager that uses them",
+    },
+    ImportRule {
+        krate: "crates/conc-session",
+        room: "data.rs",
+        forbidden: &["crate::manager", "crate::store"],
+        why: "session data is vocabulary",
+    },
+    ImportRule {
+        krate: "crates/conc-session",
+        room: "error.rs",
+        forbidden: &["crate::manager", "crate::store"],
+        why: "errors are vocabulary",
+    },
+    // conc-retry: the breaker and the budget stand alone; retry uses them; tower wraps all.
+    ImportRule {
+        krate: "crates/conc-retry",
+        room: "breaker/",
+        forbidden: &["crate::retry", "crate::tower", "crate::budget"],
+        why: "the breaker stands alone: retry and the tower layers use it, not the reverse",
+    },
+    ImportRule {
+        krate: "crates/conc-retry",
+        room: "budget.rs",
+        forbidden: &["crate::retry", "crate::tower", "crate::breaker"],
+        why: "the budget stands alone",
+    },
+    ImportRule {
+        krate: "crates/conc-retry",
+        room: "retry.rs",
+        forbidden: &["crate::tower"],
+        why: "the tower layers wrap retry, not the reverse",
+    },
+];
+
+/// Folders whose children are alternatives (backends): a child never imports a sibling,
+/// except the shared rooms named.
+const SIBLING_FOLDERS: &[(&str, &str, &[&str])] = &[
+    ("crates/conc-lock-store", "backend", &["metadata", "tls"]),
+    ("crates/conc-session", "store", &[]),
+];
+
+/// The import checks of one crate: no import of the crate root from library files, and
+/// the rooms' rules.
+fn check_imports(root: &Path, krate: &Path, problems: &mut Vec<Problem>) {
+    let src = krate.join("src");
+    let lib = src.join("lib.rs");
+    let Ok(lib_text) = fs::read_to_string(&lib) else {
+        return;
+    };
+    let modules: Vec<String> = lib_text
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let rest = line
+                .strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("pub(crate) mod "))
+                .or_else(|| line.strip_prefix("mod "))?;
+            Some(rest.trim_end_matches(['{', ';', ' ']).to_owned())
+        })
+        .collect();
+    let krate_rel = krate.strip_prefix(root).unwrap_or(krate).to_path_buf();
+    let mut files = Vec::new();
+    collect_rs(&src, &mut files);
+    files.sort();
+    for file in files {
+        let rel = file.strip_prefix(root).unwrap_or(&file).to_path_buf();
+        if !is_library_code(&rel) || file == lib {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let room = file
+            .strip_prefix(&src)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .replace('\\', "/");
+        check_file_imports(&krate_rel, &room, &rel, &text, &modules, problems);
+    }
+}
+
+/// The import checks of one file: `room` is its path under `src/`, `modules` the crate's
+/// top-level modules.
+pub fn check_file_imports(
+    krate: &Path,
+    room: &str,
+    rel: &Path,
+    text: &str,
+    modules: &[String],
+    problems: &mut Vec<Problem>,
+) {
+    let krate = krate.to_string_lossy().replace('\\', "/");
+    let rules: Vec<&ImportRule> = IMPORT_RULES
+        .iter()
+        .filter(|r| {
+            r.krate == krate
+                && (room == r.room || (r.room.ends_with('/') && room.starts_with(r.room)))
+        })
+        .collect();
+    let sibling = SIBLING_FOLDERS.iter().find_map(|(k, folder, shared)| {
+        let rest = room.strip_prefix(folder)?.strip_prefix('/')?;
+        let own = rest.split(['/', '.']).next()?;
+        (*k == krate && own != "mod").then_some((*folder, own.to_owned(), *shared))
+    });
+    let mut push = |line: usize, message: String| {
+        problems.push(Problem {
+            path: rel.to_path_buf(),
+            line,
+            message,
+        })
+    };
+    let mut in_tests = false;
+    for (index, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        // A unit-test module at the end of a file may reach anything.
+        if code.starts_with("#[cfg(test)]") || code.starts_with("#[cfg(all(test") {
+            in_tests = true;
+        }
+        if in_tests {
+            continue;
+        }
+        for (at, _) in code.match_indices("crate::") {
+            let preceded = code[..at].chars().last();
+            if preceded.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+                continue;
+            }
+            let path = &code[at..];
+            let first: String = path["crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '{')
+                .collect();
+            if first.starts_with('{') || !modules.contains(&first) {
+                push(
+                    index + 1,
+                    format!(
+                        "imports the crate root (`crate::{first}`): import the item from its module, so imports only run down"
+                    ),
+                );
+            }
+            for rule in &rules {
+                for forbidden in rule.forbidden {
+                    if path.starts_with(forbidden) {
+                        push(
+                            index + 1,
+                            format!("`{}` may not import `{forbidden}`: {}", rule.room, rule.why),
+                        );
+                    }
+                }
+            }
+            if let Some((folder, own, shared)) = &sibling {
+                let prefix = format!("crate::{folder}::");
+                if let Some(other) = path.strip_prefix(&prefix) {
+                    let other: String = other
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if other != *own && !shared.contains(&other.as_str()) {
+                        push(
+                            index + 1,
+                            format!(
+                                "`{folder}/{own}` may not import its sibling `{folder}/{other}`: each is a room of its own"
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 }
@@ -255,5 +545,58 @@ mod tests {
         let jargon = format!("//! The lock {}03.\n", concat!("(seed ", "0"));
         assert!(problems("crates/a/src/lib.rs", &jargon)[0].contains("source document"));
         assert!(problems("crates/a/tests/t.rs", &jargon).is_empty());
+        let rule = format!("//! The {}.\n", concat!("seed ", "rule"));
+        assert!(problems("crates/a/src/lib.rs", &rule)[0].contains("source document"));
+        let cited = "//! | bounded channels (001, 3.2) | here |\n";
+        assert!(problems("crates/a/src/lib.rs", cited)[0].contains("source document"));
+        assert!(problems("crates/a/src/lib.rs", "//! 1 (003 ms)\n").is_empty());
+    }
+
+    fn imports(room: &str, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let modules = ["store", "backend", "recipe", "lease"].map(String::from);
+        check_file_imports(
+            Path::new("crates/conc-lock-store"),
+            room,
+            Path::new(room),
+            text,
+            &modules,
+            &mut out,
+        );
+        out.into_iter().map(|p| p.message).collect()
+    }
+
+    #[test]
+    fn imports_only_run_down() {
+        assert!(imports("backend/redis/mod.rs", "use crate::store::LockStore;").is_empty());
+        assert!(imports("backend/redis/mod.rs", "use crate::LockStore;")[0].contains("crate root"));
+        assert!(
+            imports("backend/redis/mod.rs", "use crate::{lease, store};")[0].contains("crate root")
+        );
+        assert!(
+            imports("backend/redis/mod.rs", "use crate::recipe::guard;")[0]
+                .contains("never a recipe")
+        );
+        assert!(
+            imports("recipe/fair.rs", "use crate::backend::memory::X;")[0]
+                .contains("every backend")
+        );
+        assert!(
+            imports("backend/redis/a.rs", "use crate::backend::sqlite::X;")[0].contains("sibling")
+        );
+        assert!(imports("backend/redis/a.rs", "use crate::backend::tls::split;").is_empty());
+        assert!(imports("backend/redis/a.rs", "use crate::backend::redis::X;").is_empty());
+        assert!(
+            imports("store.rs", "// use crate::recipe::X;").is_empty(),
+            "comments"
+        );
+        assert!(
+            imports(
+                "store.rs",
+                "#[cfg(test)]\nmod tests { use crate::recipe::X; }"
+            )
+            .is_empty()
+        );
+        assert!(imports("store.rs", "use crate::recipe::X;")[0].contains("vocabulary"));
     }
 }

@@ -96,7 +96,7 @@ impl Classify for io::Error {
     }
 }
 
-impl Classify for crate::AttemptTimeout {
+impl Classify for crate::retry::AttemptTimeout {
     fn class(&self) -> ErrorClass {
         ErrorClass::Transient
     }
