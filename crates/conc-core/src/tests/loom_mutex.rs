@@ -109,8 +109,10 @@ fn try_lock_against_unlock() {
     });
 }
 
-/// `is_locked` is true exactly while a guard lives (seed 002's bug, under every
-/// interleaving with another locker).
+/// `is_locked` is true exactly while a guard lives, under every interleaving with another
+/// locker. A mutex built as a chain of promises can report `is_locked()` as `true` for
+/// ever, even when nobody holds it; this one must say `false` again as soon as the last
+/// guard is dropped.
 #[test]
 fn is_locked_tells_the_truth() {
     loom::model(|| {
