@@ -157,6 +157,19 @@ pub enum LockError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The server answered something this store did not ask for: a row of the wrong shape,
+    /// or a prepared statement that is not the one sent (what a transaction pooler does to
+    /// named statements). Not transient: retrying the same way gets the same answer; the
+    /// message says what to change.
+    #[error("{backend} lock store got an unexpected answer to {statement}: {reason}")]
+    UnexpectedAnswer {
+        /// Which backend.
+        backend: &'static str,
+        /// Which statement or script.
+        statement: &'static str,
+        /// What was wrong, and what to do.
+        reason: String,
+    },
 }
 
 impl LockError {

@@ -66,8 +66,8 @@ mod testing;
 pub use backend::memory::MemoryLockStore;
 #[cfg(feature = "postgres")]
 pub use backend::postgres::{
-    PostgresConfig, PostgresLockStore, is_connection_lost, pool_error as postgres_pool_error,
-    postgres_pool,
+    PostgresConfig, PostgresLockStore, PostgresPoolMode, is_connection_lost,
+    pool_error as postgres_pool_error, postgres_pool,
 };
 #[cfg(feature = "redis")]
 pub use backend::redis::{RedisConfig, RedisLockStore};

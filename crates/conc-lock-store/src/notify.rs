@@ -89,7 +89,7 @@ impl Watchers {
         }
     }
 
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The keys someone watches now, each with the completed-poll count at which the
     /// earliest watch made since the last call began ([`None`] if none was made), which
     /// this call takes.

@@ -34,7 +34,16 @@ pub enum StoreKind {
 }
 
 /// The query options conc reads itself; every other one is the driver's.
-const OWN: &[&str] = &["schema", "table", "prefix", "allow_eviction", "pool_size"];
+const OWN: &[&str] = &[
+    "schema",
+    "table",
+    "prefix",
+    "allow_eviction",
+    "pool_size",
+    "pool_mode",
+    "listen_url",
+    "watch_interval",
+];
 
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
 /// or `rediss://`, `redis+cluster://` or `rediss+cluster://` (any nodes, comma-separated), with options in the query string. Bad input is a typed error saying
@@ -101,6 +110,29 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
     })
 }
 
+#[cfg(feature = "postgres")]
+/// Decodes `%XX` escapes (a URL given as an option's value escapes its `&`, `?`, `=` and
+/// `%`); anything else is kept as written.
+pub(crate) fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl StoreUrl {
     /// The value of conc's option `name`, if given.
     pub fn option(&self, name: &str) -> Option<&str> {
@@ -113,7 +145,10 @@ impl StoreUrl {
 }
 
 /// Opens the lock store `url` names (see [`parse_url`]), with the default settings and
-/// conc's options from the query string: `schema=` and `table=` for PostgreSQL, `prefix=`
+/// conc's options from the query string: `schema=`, `table=`, `pool_size=`,
+/// `pool_mode=transaction` (behind a transaction pooler such as PgBouncer), `listen_url=`
+/// (a direct URL for the one `LISTEN` connection, percent-encoded) and `watch_interval=`
+/// (ms, for polling without `LISTEN`) for PostgreSQL, `prefix=`
 /// and `allow_eviction=true` for Redis, and TLS from `sslmode=` and `sslrootcert=`
 /// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
 ///
@@ -151,6 +186,18 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
                     reason: format!("pool_size must be a number, not `{size}`"),
                 })?;
             }
+            if let Some(mode) = parsed.option("pool_mode") {
+                config.pool_mode = crate::backend::postgres::PostgresPoolMode::parse(mode)?;
+            }
+            if let Some(direct) = parsed.option("listen_url") {
+                config.listen_url = Some(percent_decode(direct));
+            }
+            if let Some(ms) = parsed.option("watch_interval") {
+                let ms: u64 = ms.parse().map_err(|_| LockError::InvalidUrl {
+                    reason: format!("watch_interval is in milliseconds, such as 100, not `{ms}`"),
+                })?;
+                config.watch_interval = std::time::Duration::from_millis(ms.max(1));
+            }
             Ok(Arc::new(
                 crate::backend::postgres::PostgresLockStore::connect(&parsed.target, config)
                     .await?,
@@ -181,6 +228,24 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn percent_escapes_are_decoded() {
+        assert_eq!(
+            percent_decode("postgres://u@h:5432/db%3Fsslmode%3Drequire%26x%3D1"),
+            "postgres://u@h:5432/db?sslmode=require&x=1"
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        let parsed = parse_url(
+            "postgres://u@h:6432/db?pool_mode=transaction&listen_url=postgres://u@h:5432/db&sslmode=require",
+        )
+        .unwrap();
+        assert_eq!(parsed.target, "postgres://u@h:6432/db?sslmode=require");
+        assert_eq!(parsed.option("pool_mode"), Some("transaction"));
+        assert_eq!(parsed.option("listen_url"), Some("postgres://u@h:5432/db"));
+    }
 
     #[test]
     fn urls_parse_with_their_options() {

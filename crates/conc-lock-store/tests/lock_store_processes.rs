@@ -3,7 +3,8 @@
 //! accepted, the lock recovered within the TTL plus a small margin. Then a holder is paused
 //! with SIGSTOP past its TTL while another process takes the lock and writes; on SIGCONT
 //! its `lost()` has fired before it can write again. Run on a SQLite file, and on
-//! PostgreSQL and Redis when their test URLs are set.
+//! PostgreSQL (straight, and through a private PgBouncer in transaction mode) and Redis
+//! when their test URLs are set.
 //!
 //! A `harness = false` test: the same binary is the parent and, with `CONC_LOCK_CHILD`
 //! set, each child.
@@ -46,6 +47,8 @@ fn log(path: &Path, line: String) {
 
 /// The URL of the private Redis Cluster the parent started (`redis-cluster` runs).
 static CLUSTER_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The URL of the private PgBouncer (transaction mode) in front of the test database.
+static BOUNCER_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The cluster's URL: the parent's, or the one a child was given.
 #[cfg(feature = "redis")]
@@ -64,6 +67,22 @@ async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
         "postgres" => {
             let url = std::env::var("CONC_TEST_POSTGRES_URL").expect("url");
             let config = conc_lock_store::PostgresConfig::default().with_schema(scope.to_owned());
+            Arc::new(
+                conc_lock_store::PostgresLockStore::connect(&url, config)
+                    .await
+                    .expect("connect"),
+            )
+        }
+        #[cfg(feature = "postgres")]
+        "postgres-pgbouncer" => {
+            let url = BOUNCER_URL
+                .get()
+                .cloned()
+                .or_else(|| std::env::var("CONC_LOCK_BOUNCER_URL").ok())
+                .expect("the PgBouncer's URL");
+            let config = conc_lock_store::PostgresConfig::default()
+                .with_schema(scope.to_owned())
+                .with_pool_mode(conc_lock_store::PostgresPoolMode::Transaction);
             Arc::new(
                 conc_lock_store::PostgresLockStore::connect(&url, config)
                     .await
@@ -212,6 +231,10 @@ fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
             "CONC_LOCK_CLUSTER_URL",
             CLUSTER_URL.get().map_or("", String::as_str),
         )
+        .env(
+            "CONC_LOCK_BOUNCER_URL",
+            BOUNCER_URL.get().map_or("", String::as_str),
+        )
         .env("CONC_LOCK_BACKEND", backend)
         .env("CONC_LOCK_SCOPE", scope)
         .spawn()
@@ -334,6 +357,10 @@ fn contend(backend: &str, scope: &str) -> Result<(), String> {
                     "CONC_LOCK_CLUSTER_URL",
                     CLUSTER_URL.get().map_or("", String::as_str),
                 )
+                .env(
+                    "CONC_LOCK_BOUNCER_URL",
+                    BOUNCER_URL.get().map_or("", String::as_str),
+                )
                 .env("CONC_LOCK_SCOPE", &scope)
                 .env("CONC_LOCK_VICTIM", if i == 0 { "1" } else { "0" })
                 .spawn()
@@ -453,7 +480,7 @@ fn cleanup(backend: &str, scope: &str) {
     runtime.block_on(async {
         match backend {
             #[cfg(feature = "postgres")]
-            "postgres" => {
+            "postgres" | "postgres-pgbouncer" => {
                 let url = std::env::var("CONC_TEST_POSTGRES_URL").expect("url");
                 let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                     .await
@@ -519,6 +546,40 @@ fn main() -> ExitCode {
             backends.push(backend);
         }
     }
+    // A PgBouncer of the test's own, in transaction mode, in front of the test database.
+    #[cfg(feature = "postgres")]
+    let _bouncer = if backends.contains(&"postgres") {
+        let url = std::env::var("CONC_TEST_POSTGRES_URL").expect("url");
+        let config: tokio_postgres::Config = url.parse().expect("a PostgreSQL URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let database = config.get_dbname().unwrap_or("postgres").to_owned();
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        match conc_lock_store::servers::PrivatePgBouncer::start(
+            &host,
+            port,
+            conc_lock_store::servers::BouncerMode::Transaction,
+            3,
+        ) {
+            Ok(Some(bouncer)) => {
+                let _ = BOUNCER_URL.set(bouncer.url(&user, &database, ""));
+                backends.push("postgres-pgbouncer");
+                Some(bouncer)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!(
+                    "several processes on postgres-pgbouncer FAILED: cannot start PgBouncer: {e}"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     // A Redis Cluster of the test's own (three masters), when Redis is built in.
     #[cfg(feature = "redis")]
     let _cluster = match conc_lock_store::servers::PrivateRedisCluster::start(3, 0) {

@@ -3,16 +3,20 @@
 
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::backend::metadata::encode_metadata;
 use crate::error::LockError;
 use crate::lease::Lease;
 use crate::request::LockRequest;
 
-use super::connection::{build_pool, connection_lost, pg_error, pool_error};
+use super::connection::{build_pool, connection_lost, pg_error, pool_error, pooler_symptom};
 use super::lock_store::millis;
-use super::{BACKEND, PostgresConfig, PostgresLockStore};
+use super::{BACKEND, PostgresConfig, PostgresLockStore, PostgresPoolMode};
+
+/// A statement's parameter with its type: what a statement sent unnamed needs (behind a
+/// transaction pooler), and what a cached one is prepared with.
+pub(super) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 impl PostgresLockStore {
     /// Connects to `url` (`postgres://user@host:port/db`), creating the schema and table if
@@ -23,15 +27,24 @@ impl PostgresLockStore {
     /// Dropping the future may leave the schema created; nothing else.
     pub async fn connect(url: &str, config: PostgresConfig) -> Result<Self, LockError> {
         let (pool, listen_config, tls) = build_pool(url, &config)?;
-        Self::build(pool, config, Some((listen_config, tls))).await
+        let listener = match (config.pool_mode, &config.listen_url) {
+            (_, Some(direct)) => {
+                let (_, direct_config, direct_tls) = build_pool(direct, &config)?;
+                Some((direct_config, direct_tls))
+            }
+            (PostgresPoolMode::Session, None) => Some((listen_config, tls)),
+            // No LISTEN through a transaction pooler: watched keys are polled instead.
+            (PostgresPoolMode::Transaction, None) => None,
+        };
+        Self::build(pool, config, listener).await
     }
 
     /// A store over a pool the service already has (see [`postgres_pool`](crate::postgres_pool) to build one
     /// from a URL, TLS included); creates the schema and table if needed. A pool does not
-    /// give out its connection settings, so this store opens no `LISTEN` connection: a
-    /// take-over or release in *another* process reaches a holder at its next renewal, and
-    /// a waiter at its next poll (in this process, at once). Prefer
-    /// [`connect`](Self::connect) where stops must reach other processes at once.
+    /// give out its connection settings, so this store opens no `LISTEN` connection unless
+    /// `config` names a [`listen_url`](PostgresConfig::listen_url): without one, a
+    /// take-over or release in *another* process is found by reading the watched keys every
+    /// [`watch_interval`](PostgresConfig::watch_interval) (in this process, at once).
     ///
     /// # Cancel safety
     ///
@@ -50,24 +63,34 @@ impl PostgresLockStore {
         let metadata = encode_metadata(&request.metadata);
         let ttl = millis(request.ttl);
         let sent = tokio::time::Instant::now();
+        let what = if force { "take over" } else { "acquire" };
         let rows = self
             .rows(
-                "acquire",
+                what,
                 if force {
                     &self.sql.take_over
                 } else {
                     &self.sql.acquire
                 },
-                &[&request.key, &request.owner, &token, &metadata, &ttl],
+                &[
+                    (&request.key, Type::TEXT),
+                    (&request.owner, Type::TEXT),
+                    (&token, Type::TEXT),
+                    (&metadata, Type::TEXT),
+                    (&ttl, Type::INT8),
+                ],
             )
             .await?;
-        Ok(rows.first().map(|row| Lease {
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
             token,
-            fence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-            acquired_at: row.get(1),
-            expires_at: row.get(2),
+            fence: u64::try_from(column::<i64>(row, 0, what)?).unwrap_or(0),
+            acquired_at: column(row, 1, what)?,
+            expires_at: column(row, 2, what)?,
             ttl: request.ttl,
             requested_at: sent,
         }))
@@ -91,7 +114,7 @@ impl PostgresLockStore {
         &self,
         what: &'static str,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param<'_>],
     ) -> Result<Vec<Row>, LockError> {
         self.rows_retrying(what, sql, sql, params).await
     }
@@ -103,30 +126,54 @@ impl PostgresLockStore {
         what: &'static str,
         sql: &str,
         retry_sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param<'_>],
     ) -> Result<Vec<Row>, LockError> {
         let mut tries = 0;
         loop {
             tries += 1;
             let sql = if tries == 1 { sql } else { retry_sql };
+            // The connection in use, so that a try that runs past the timeout throws it
+            // away (its statement may still be running on the server) rather than hand it
+            // back to the pool with an answer still to come.
+            let mut in_use = None;
             let attempt = async {
-                let client = self.client().await?;
-                let statement = client.prepare_cached(sql).await;
-                let outcome = match statement {
-                    Ok(statement) => client.query(&statement, params).await,
-                    Err(e) => Err(e),
+                let client = &*in_use.insert(self.client().await?);
+                let outcome = match self.config.pool_mode {
+                    // Unnamed, typed, one round trip: nothing prepared outlives the
+                    // statement, so no other transaction's server connection is asked for it.
+                    PostgresPoolMode::Transaction => client.query_typed(sql, params).await,
+                    PostgresPoolMode::Session => {
+                        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                        let values: Vec<&(dyn ToSql + Sync)> =
+                            params.iter().map(|(v, _)| *v).collect();
+                        match client.prepare_typed_cached(sql, &types).await {
+                            Ok(statement) => client.query(&statement, &values).await,
+                            Err(e) => Err(e),
+                        }
+                    }
                 };
                 match outcome {
                     Ok(rows) => Ok(Ok(rows)),
-                    Err(e) if connection_lost(&e) => {
-                        // Throw this connection away rather than return it to the pool.
-                        let _ = deadpool_postgres::Object::take(client);
-                        Ok(Err(e))
-                    }
-                    Err(e) => Err(pg_error(what)(e)),
+                    Err(e) if connection_lost(&e) => Ok(Err(e)),
+                    Err(e) => Err(match pooler_symptom(&e) {
+                        Some(reason) => LockError::UnexpectedAnswer {
+                            backend: BACKEND,
+                            statement: what,
+                            reason,
+                        },
+                        None => pg_error(what)(e),
+                    }),
                 }
             };
-            match tokio::time::timeout(self.config.op_timeout, attempt).await {
+            let outcome = tokio::time::timeout(self.config.op_timeout, attempt).await;
+            if !matches!(outcome, Ok(Ok(Ok(_))) | Ok(Err(_)))
+                && let Some(client) = in_use.take()
+            {
+                // Lost or timed out: throw this connection away rather than return it to
+                // the pool.
+                let _ = deadpool_postgres::Object::take(client);
+            }
+            match outcome {
                 Err(_) => return Err(self.timed_out(what)),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(Ok(rows))) => return Ok(rows),
@@ -137,4 +184,21 @@ impl PostgresLockStore {
             }
         }
     }
+}
+
+/// Column `index` of `row` as a `T`, or a typed error naming the statement: a row of the
+/// wrong shape is an unexpected answer, never a panic.
+pub(super) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+    statement: &'static str,
+) -> Result<T, LockError> {
+    row.try_get(index)
+        .map_err(|e| LockError::UnexpectedAnswer {
+            backend: BACKEND,
+            statement,
+            reason: format!(
+                "column {index} of its row could not be read ({e}); behind a transaction pooler such as PgBouncer, add `pool_mode=transaction` to the URL"
+            ),
+        })
 }

@@ -6,7 +6,7 @@ use tokio_postgres::NoTls;
 
 use crate::error::LockError;
 
-use super::{BACKEND, PostgresConfig};
+use super::{BACKEND, PostgresConfig, PostgresPoolMode};
 
 pub(super) fn identifier(name: &str, what: &str) -> Result<String, LockError> {
     let valid = !name.is_empty()
@@ -53,6 +53,26 @@ pub(super) fn connection_lost(error: &tokio_postgres::Error) -> bool {
         || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// What a transaction pooler does to a client that prepares named statements (each
+/// transaction may run on another server connection): a statement the server does not
+/// know (`26000`), one it already has under that name (`42P05`), or a message out of
+/// turn. Returns what to tell the user, naming the option that fixes it.
+pub(super) fn pooler_symptom(error: &tokio_postgres::Error) -> Option<String> {
+    use tokio_postgres::error::SqlState;
+    let code = error.code();
+    let pooled = code.is_some_and(|c| {
+        *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT
+    }) || {
+        let text = error.to_string();
+        text.contains("unexpected message") || text.contains("prepared statement")
+    };
+    pooled.then(|| {
+        format!(
+            "{error}: the server lost or mixed up a prepared statement, which a pooler in transaction mode (such as PgBouncer's pool_mode = transaction) does; add `pool_mode=transaction` to the URL (PostgresConfig::with_pool_mode)"
+        )
+    })
+}
+
 /// A connection pool for `url`, as the PostgreSQL stores build it: TLS by rustls when the
 /// URL asks for it (`sslmode=require`, `verify-ca` or `verify-full`; the certificate and
 /// host name are always verified, against the public roots and the PEM file named by
@@ -90,11 +110,17 @@ pub(super) fn build_pool(
     pg.connect_timeout(config.connect_timeout);
     pg.application_name(&config.application_name);
     // No statement may outlive the operation that sent it (a stalled server included),
-    // which bounds how long a stalled acquirer can hold an old view of a key.
-    pg.options(format!(
-        "-c statement_timeout={}",
-        config.op_timeout.as_millis().max(1)
-    ));
+    // which bounds how long a stalled acquirer can hold an old view of a key: each new
+    // connection sets `statement_timeout` (a `SET`, not the `options` startup parameter,
+    // which PgBouncer refuses). A transaction pooler shares server connections between
+    // clients, so nothing is set on a session there: each operation is bounded by
+    // `op_timeout` on the client, and a connection that ran past it is dropped.
+    let set_timeout = (config.pool_mode == PostgresPoolMode::Session).then(|| {
+        format!(
+            "SET statement_timeout = {}",
+            config.op_timeout.as_millis().max(1)
+        )
+    });
     // TLS only when asked for: a URL without `sslmode` stays plain, as before.
     let tls = match split.ssl_mode.as_deref() {
         None | Some("disable") => None,
@@ -109,7 +135,20 @@ pub(super) fn build_pool(
         Some(tls) => Manager::from_config(pg.clone(), tls.clone(), manager_config),
         None => Manager::from_config(pg.clone(), NoTls, manager_config),
     };
-    let pool = Pool::builder(manager)
+    let mut builder = Pool::builder(manager);
+    if let Some(set_timeout) = set_timeout {
+        let set_timeout: std::sync::Arc<str> = set_timeout.into();
+        builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let set_timeout = set_timeout.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&set_timeout)
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }));
+    }
+    let pool = builder
         .max_size(config.pool_size.max(1))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(config.op_timeout))
@@ -138,7 +177,14 @@ pub fn pool_error(error: deadpool_postgres::PoolError) -> LockError {
                     crate::error::ConnectFailure::DatabaseMissing
                 }
                 Some(_) => {
-                    return LockError::backend(BACKEND, format!("the server refused: {e}"), error);
+                    let said = e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                    return LockError::backend(
+                        BACKEND,
+                        format!("the server refused: {said}"),
+                        error,
+                    );
                 }
                 None => LockError::connect_failure(e),
             };
@@ -151,6 +197,19 @@ pub fn pool_error(error: deadpool_postgres::PoolError) -> LockError {
             return LockError::backend(BACKEND, "no pooled connection came free in time", error);
         }
         PoolError::Timeout(_) => (crate::error::ConnectFailure::Timeout, error.to_string()),
+        PoolError::PostCreateHook(hook) => {
+            let said = match hook {
+                deadpool_postgres::HookError::Backend(e) => e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.message().to_owned()),
+                deadpool_postgres::HookError::Message(m) => m.to_string(),
+            };
+            return LockError::backend(
+                BACKEND,
+                format!("setting statement_timeout on a new connection failed: {said}"),
+                error,
+            );
+        }
         _ => return LockError::backend(BACKEND, "no connection", error),
     };
     LockError::Connect {

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use crate::backend::metadata::decode_metadata;
 use crate::error::LockError;
@@ -11,21 +12,22 @@ use crate::notify::LockWatch;
 use crate::request::{LockRequest, validate_key, validate_ttl};
 use crate::store::LockStore;
 
+use super::client::column;
 use super::{BACKEND, CLEANUP_BATCH, PostgresLockStore};
 
 pub(super) fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-pub(super) fn info_from_row(row: &Row) -> LockInfo {
-    LockInfo {
-        key: row.get(0),
-        owner: row.get(1),
-        metadata: decode_metadata(row.get::<_, &str>(2)),
-        fence: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-        acquired_at: row.get::<_, SystemTime>(4),
-        expires_at: row.get::<_, SystemTime>(5),
-    }
+pub(super) fn info_from_row(row: &Row, statement: &'static str) -> Result<LockInfo, LockError> {
+    Ok(LockInfo {
+        key: column(row, 0, statement)?,
+        owner: column(row, 1, statement)?,
+        metadata: decode_metadata(column::<&str>(row, 2, statement)?),
+        fence: u64::try_from(column::<i64>(row, 3, statement)?).unwrap_or(0),
+        acquired_at: column::<SystemTime>(row, 4, statement)?,
+        expires_at: column::<SystemTime>(row, 5, statement)?,
+    })
 }
 
 #[async_trait::async_trait]
@@ -46,7 +48,7 @@ impl LockStore for PostgresLockStore {
                 "release",
                 &self.sql.release,
                 &self.sql.release_retry,
-                &[&lease.key, &lease.token],
+                &[(&lease.key, Type::TEXT), (&lease.token, Type::TEXT)],
             )
             .await?;
         if !rows.is_empty() {
@@ -59,9 +61,18 @@ impl LockStore for PostgresLockStore {
         validate_key(key)?;
         let wait = millis(wait.min(self.config.max_ttl));
         let rows = self
-            .rows("announce a wait", &self.sql.announce, &[&key, &wait])
+            .rows(
+                "announce a wait",
+                &self.sql.announce,
+                &[(&key, Type::TEXT), (&wait, Type::INT8)],
+            )
             .await?;
-        Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
+        match rows.first() {
+            Some(row) => {
+                column::<Option<bool>>(row, 0, "announce a wait").map(|held| held == Some(true))
+            }
+            None => Ok(false),
+        }
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
@@ -71,10 +82,18 @@ impl LockStore for PostgresLockStore {
             .rows(
                 "renew",
                 &self.sql.renew,
-                &[&lease.key, &lease.token, &millis(ttl)],
+                &[
+                    (&lease.key, Type::TEXT),
+                    (&lease.token, Type::TEXT),
+                    (&millis(ttl), Type::INT8),
+                ],
             )
             .await?;
-        lease.renewed(rows.first().map(|row| row.get(0)), ttl, sent)
+        let expires = rows
+            .first()
+            .map(|row| column::<SystemTime>(row, 0, "renew"))
+            .transpose()?;
+        lease.renewed(expires, ttl, sent)
     }
 
     async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
@@ -94,14 +113,28 @@ impl LockStore for PostgresLockStore {
         if !keys.is_empty() {
             let sent = tokio::time::Instant::now();
             match self
-                .rows("renew", &self.sql.renew_many, &[&keys, &tokens, &ttls])
+                .rows(
+                    "renew",
+                    &self.sql.renew_many,
+                    &[
+                        (&keys, Type::TEXT_ARRAY),
+                        (&tokens, Type::TEXT_ARRAY),
+                        (&ttls, Type::INT8_ARRAY),
+                    ],
+                )
                 .await
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|row| {
+                            Ok((
+                                (column(row, 0, "renew")?, column(row, 1, "renew")?),
+                                column::<SystemTime>(row, 2, "renew")?,
+                            ))
+                        })
+                        .collect::<Result<std::collections::HashMap<(String, String), SystemTime>, LockError>>()
+                })
             {
-                Ok(rows) => {
-                    let renewed: std::collections::HashMap<(String, String), SystemTime> = rows
-                        .iter()
-                        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
-                        .collect();
+                Ok(renewed) => {
                     for (slot, lease) in out.iter_mut().zip(leases) {
                         if slot.is_none() {
                             let expires = renewed
@@ -123,16 +156,24 @@ impl LockStore for PostgresLockStore {
 
     async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, LockError> {
         validate_key(key)?;
-        let rows = self.rows("inspect", &self.sql.inspect, &[&key]).await?;
-        Ok(rows.first().map(info_from_row))
+        let rows = self
+            .rows("inspect", &self.sql.inspect, &[(&key, Type::TEXT)])
+            .await?;
+        rows.first()
+            .map(|row| info_from_row(row, "inspect"))
+            .transpose()
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LockInfo>, LockError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .rows("list", &self.sql.list, &[&prefix, &limit])
+            .rows(
+                "list",
+                &self.sql.list,
+                &[(&prefix, Type::TEXT), (&limit, Type::INT8)],
+            )
             .await?;
-        Ok(rows.iter().map(info_from_row).collect())
+        rows.iter().map(|row| info_from_row(row, "list")).collect()
     }
 
     async fn cleanup_expired(&self) -> Result<u64, LockError> {
@@ -144,12 +185,16 @@ impl LockStore for PostgresLockStore {
                 .rows(
                     "cleanup",
                     &self.sql.cleanup,
-                    &[&after, &CLEANUP_BATCH, &horizon],
+                    &[
+                        (&after, Type::TEXT),
+                        (&CLEANUP_BATCH, Type::INT8),
+                        (&horizon, Type::INT8),
+                    ],
                 )
                 .await?;
             let Some(row) = rows.first() else { break };
-            marked += row.get::<_, i64>(1).max(0) as u64;
-            match row.get::<_, Option<String>>(0) {
+            marked += column::<i64>(row, 1, "cleanup")?.max(0) as u64;
+            match column::<Option<String>>(row, 0, "cleanup")? {
                 Some(last) => after = last,
                 None => break,
             }
@@ -159,8 +204,13 @@ impl LockStore for PostgresLockStore {
 
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
         validate_key(key)?;
-        let rows = self.rows("force release", &self.sql.force, &[&key]).await?;
-        let live = rows.first().is_some_and(|row| row.get::<_, bool>(0));
+        let rows = self
+            .rows("force release", &self.sql.force, &[(&key, Type::TEXT)])
+            .await?;
+        let live = match rows.first() {
+            Some(row) => column::<Option<bool>>(row, 0, "force release")? == Some(true),
+            None => false,
+        };
         if live {
             self.watchers.notify(key);
         }

@@ -32,12 +32,14 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
+use crate::error::LockError;
 use crate::notify::Watchers;
 
 mod client;
 mod connection;
 mod listen;
 mod lock_store;
+mod poll;
 mod schema;
 mod statements;
 #[cfg(test)]
@@ -90,6 +92,52 @@ pub struct PostgresConfig {
     /// deletes it (default 10 min). It must exceed the longest a statement can run, which
     /// `statement_timeout` (set to `op_timeout` on every connection) bounds.
     pub tombstone_ttl: Duration,
+    /// How the server is reached: straight or through a session pooler
+    /// ([`PostgresPoolMode::Session`], the default), or through a transaction pooler
+    /// ([`PostgresPoolMode::Transaction`]: PgBouncer, Supavisor, RDS Proxy). URL option
+    /// `pool_mode=transaction`.
+    pub pool_mode: PostgresPoolMode,
+    /// A URL that reaches the server directly (not through a transaction pooler), for the
+    /// store's one `LISTEN` connection. Behind a transaction pooler without it, other
+    /// processes' changes are found by polling every [`watch_interval`](Self::watch_interval).
+    /// URL option `listen_url=` (percent-encode its `&`, `?` and `=`).
+    pub listen_url: Option<String>,
+    /// How often watched keys are read when the store has no `LISTEN` connection (behind a
+    /// transaction pooler without [`listen_url`](Self::listen_url), or a store made with
+    /// [`PostgresLockStore::from_pool`]); default 100 ms. URL option `watch_interval=` (ms).
+    pub watch_interval: Duration,
+}
+
+/// How a [`PostgresLockStore`] (and the session store) reaches PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PostgresPoolMode {
+    /// Straight, or through a pooler in session mode: a connection is the store's for as
+    /// long as it holds it. Statements are prepared once per connection and cached, each
+    /// connection gets `statement_timeout`, and one connection `LISTEN`s.
+    #[default]
+    Session,
+    /// Through a pooler in transaction mode (PgBouncer's `pool_mode = transaction`,
+    /// Supavisor, RDS Proxy): each transaction may run on another server connection. Every
+    /// statement is sent unnamed, with its parameter types, in one round trip (nothing
+    /// prepared outlives it); nothing is set on the session; `LISTEN` needs
+    /// [`PostgresConfig::listen_url`], and without it watched keys are polled.
+    Transaction,
+}
+
+impl PostgresPoolMode {
+    /// Reads `session` or `transaction` (the URL option `pool_mode=`).
+    pub fn parse(text: &str) -> Result<Self, LockError> {
+        match text {
+            "session" => Ok(Self::Session),
+            "transaction" => Ok(Self::Transaction),
+            other => Err(LockError::InvalidUrl {
+                reason: format!(
+                    "pool_mode must be `session` or `transaction` (behind PgBouncer's pool_mode = transaction), not `{other}`"
+                ),
+            }),
+        }
+    }
 }
 
 impl Default for PostgresConfig {
@@ -103,6 +151,9 @@ impl Default for PostgresConfig {
             max_ttl: Duration::from_secs(3600),
             application_name: "conc-lock-store".into(),
             tombstone_ttl: Duration::from_secs(600),
+            pool_mode: PostgresPoolMode::Session,
+            listen_url: None,
+            watch_interval: Duration::from_millis(100),
         }
     }
 }
@@ -161,6 +212,27 @@ impl PostgresConfig {
     #[must_use]
     pub fn with_tombstone_ttl(mut self, tombstone_ttl: Duration) -> Self {
         self.tombstone_ttl = tombstone_ttl;
+        self
+    }
+
+    /// Sets [`pool_mode`](Self::pool_mode).
+    #[must_use]
+    pub fn with_pool_mode(mut self, pool_mode: PostgresPoolMode) -> Self {
+        self.pool_mode = pool_mode;
+        self
+    }
+
+    /// Sets [`listen_url`](Self::listen_url).
+    #[must_use]
+    pub fn with_listen_url(mut self, listen_url: impl Into<String>) -> Self {
+        self.listen_url = Some(listen_url.into());
+        self
+    }
+
+    /// Sets [`watch_interval`](Self::watch_interval).
+    #[must_use]
+    pub fn with_watch_interval(mut self, watch_interval: Duration) -> Self {
+        self.watch_interval = watch_interval;
         self
     }
 }

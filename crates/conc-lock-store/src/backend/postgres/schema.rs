@@ -4,6 +4,7 @@
 use crate::backend::metadata::{decode_metadata, encode_metadata};
 use crate::error::LockError;
 
+use super::client::column;
 use super::connection::{identifier, pg_error};
 use super::{FILLFACTOR, PostgresLockStore};
 
@@ -79,7 +80,7 @@ async fn metadata_to_jsonb(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
 ) -> Result<(), LockError> {
-    let column_type: String = tx
+    let row = tx
         .query_one(
             &format!(
                 "SELECT atttypid::regtype::text FROM pg_attribute
@@ -88,8 +89,8 @@ async fn metadata_to_jsonb(
             &[],
         )
         .await
-        .map_err(pg_error("read the metadata column's type"))?
-        .get(0);
+        .map_err(pg_error("read the metadata column's type"))?;
+    let column_type: String = column(&row, 0, "read the metadata column's type")?;
     if column_type == "jsonb" {
         return Ok(());
     }
@@ -103,7 +104,10 @@ async fn metadata_to_jsonb(
     let update = format!("UPDATE {table} SET metadata = $2 WHERE key = $1");
     let mut converted = 0u64;
     for row in &rows {
-        let (key, text): (&str, &str) = (row.get(0), row.get(1));
+        let (key, text): (&str, &str) = (
+            column(row, 0, "read the metadata to convert")?,
+            column(row, 1, "read the metadata to convert")?,
+        );
         let json = encode_metadata(&decode_metadata(text));
         if json != text {
             tx.execute(&update, &[&key, &json])

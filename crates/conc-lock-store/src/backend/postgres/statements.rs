@@ -2,6 +2,7 @@
 //! one round trip, and `NOTIFY` goes out only when someone listens for it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
@@ -10,6 +11,7 @@ use crate::notify::Watchers;
 
 use super::connection::identifier;
 use super::listen::listen;
+use super::poll::Poller;
 use super::{PostgresConfig, PostgresLockStore};
 
 pub(super) struct Sql {
@@ -24,6 +26,8 @@ pub(super) struct Sql {
     pub(super) cleanup: String,
     pub(super) force: String,
     pub(super) announce: String,
+    /// The tokens of a list of keys, for watching without `LISTEN`.
+    pub(super) tokens: String,
 }
 
 impl PostgresLockStore {
@@ -125,6 +129,7 @@ impl PostgresLockStore {
                  SELECT (SELECT max(key) FROM batch), (SELECT count(*) FROM marked),
                         (SELECT count(*) FROM purged)"
             ),
+            tokens: format!("SELECT key, token FROM {t} WHERE key = ANY($1::text[])"),
             force: format!(
                 "WITH old AS (SELECT key, token <> '' AND {live} AS live FROM {t} WHERE key = $1 FOR UPDATE),
                       gone AS (UPDATE {t} SET token = '', expires_at = LEAST(expires_at, clock_timestamp())
@@ -142,14 +147,32 @@ impl PostgresLockStore {
             _listener: stop,
         };
         store.migrate(&schema, &t).await?;
-        if let Some((listen_config, tls)) = listener {
-            tokio::spawn(listen(
-                listen_config,
-                tls,
-                channel,
-                Arc::downgrade(&watchers),
-                stopped,
-            ));
+        match listener {
+            Some((listen_config, tls)) => {
+                tokio::spawn(listen(
+                    listen_config,
+                    tls,
+                    channel,
+                    Arc::downgrade(&watchers),
+                    stopped,
+                ));
+            }
+            None => {
+                tracing::info!(
+                    table = %t,
+                    interval = ?store.config.watch_interval,
+                    pool_mode = ?store.config.pool_mode,
+                    "postgres lock store without a LISTEN connection (set listen_url to a direct URL to have one): other processes' releases and take-overs are found by reading the watched keys every interval"
+                );
+                let poller = Poller {
+                    pool: store.pool.clone(),
+                    sql: store.sql.tokens.clone(),
+                    interval: store.config.watch_interval.max(Duration::from_millis(1)),
+                    op_timeout: store.config.op_timeout,
+                    mode: store.config.pool_mode,
+                };
+                tokio::spawn(poller.run(Arc::downgrade(&watchers), stopped));
+            }
         }
         Ok(store)
     }

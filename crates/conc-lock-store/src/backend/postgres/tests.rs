@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{PostgresConfig, PostgresLockStore};
 use crate::request::LockRequest;
@@ -24,7 +24,14 @@ async fn a_retried_acquire_and_release_see_their_first_try() {
     let token = crate::util::random::shared_token();
     let (key, owner, metadata, ttl) =
         ("k".to_owned(), "owner".to_owned(), "{}".to_owned(), 5000i64);
-    let params: [&(dyn ToSql + Sync); 5] = [&key, &owner, &token, &metadata, &ttl];
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&key, Type::TEXT),
+        (&owner, Type::TEXT),
+        (&token, Type::TEXT),
+        (&metadata, Type::TEXT),
+        (&ttl, Type::INT8),
+    ];
+    let pair: [(&(dyn ToSql + Sync), Type); 2] = [(&key, Type::TEXT), (&token, Type::TEXT)];
     let first = store
         .rows("acquire", &store.sql.acquire, &params)
         .await
@@ -41,17 +48,17 @@ async fn a_retried_acquire_and_release_see_their_first_try() {
     let other = LockRequest::new("k", "other", Duration::from_secs(5));
     assert!(store.try_acquire(&other).await.unwrap().is_none());
     let released = store
-        .rows("release", &store.sql.release, &[&key, &token])
+        .rows("release", &store.sql.release, &pair)
         .await
         .unwrap();
     assert_eq!(released.len(), 1);
     let plain = store
-        .rows("release", &store.sql.release, &[&key, &token])
+        .rows("release", &store.sql.release, &pair)
         .await
         .unwrap();
     assert!(plain.is_empty(), "a second release is refused");
     let retried = store
-        .rows("release", &store.sql.release_retry, &[&key, &token])
+        .rows("release", &store.sql.release_retry, &pair)
         .await
         .unwrap();
     assert_eq!(retried.len(), 1, "a retried release reports its first try");

@@ -1,0 +1,75 @@
+//! Private servers for fault and TLS tests: a `redis-server` on a free port that a test
+//! may restart, flush or reconfigure, a Redis Cluster of such servers, a PostgreSQL
+//! cluster of its own (`initdb` and `pg_ctl` in a temporary folder) and a PgBouncer in
+//! front of a PostgreSQL, never the shared servers other tests use. Built with the
+//! `conformance` feature.
+
+mod pgbouncer;
+mod postgres;
+mod redis;
+
+pub use pgbouncer::{BouncerMode, PrivatePgBouncer};
+pub use postgres::PrivatePostgres;
+pub use redis::{PrivateRedis, PrivateRedisCluster};
+
+use std::net::TcpListener;
+use std::process::Command;
+
+/// A port nobody listens on now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A temporary folder removed on drop (no dependency on `tempfile` in the library).
+#[derive(Debug)]
+pub(super) struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(super) fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// PEM text for TLS tests, made at test time: a CA, and a server certificate for
+/// `localhost` and `127.0.0.1` signed by it, with its key.
+#[derive(Debug, Clone)]
+pub struct TestCertificates {
+    /// The CA certificate (what a client trusts, as `sslrootcert`).
+    pub ca: String,
+    /// The server certificate.
+    pub cert: String,
+    /// The server certificate's private key.
+    pub key: String,
+}
+
+impl TestCertificates {
+    /// A fresh CA and server certificate.
+    pub fn new() -> Result<Self, String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let fail = |e: rcgen::Error| format!("cannot make a test certificate: {e}");
+        let ca_key = KeyPair::generate().map_err(fail)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "conc test CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let key = KeyPair::generate().map_err(fail)?;
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .map_err(fail)?;
+        let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+        Ok(Self {
+            ca: ca.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}

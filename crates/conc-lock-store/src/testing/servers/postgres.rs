@@ -1,0 +1,171 @@
+//! [`PrivatePostgres`]: a PostgreSQL cluster of a test's own (`initdb` and `pg_ctl` in a
+//! temporary folder).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::free_port;
+use super::{TempDir, is_root};
+
+/// A PostgreSQL cluster of the test's own: `initdb` in a temporary folder (as the
+/// `postgres` user when run as root), on a free port, optionally with TLS. Stopped by its
+/// PID on drop.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    port: u16,
+    dir: std::path::PathBuf,
+    _temp: TempDir,
+}
+
+/// Runs a PostgreSQL tool, as `postgres` when this process is root.
+fn pg_tool(tool: &str, args: &[&str]) -> Result<std::process::Output, String> {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", tool]);
+        c
+    } else {
+        Command::new(tool)
+    };
+    let output = command
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(format!(
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+impl PrivatePostgres {
+    /// Starts a cluster; with `tls` = `(cert PEM, key PEM)`, `ssl = on` with them. `hba`
+    /// lines go first in `pg_hba.conf` (the rest trusts local connections). `Ok(None)`,
+    /// after printing a `skipped:` line, when `initdb` is not installed.
+    pub fn start(tls: Option<(&str, &str)>, hba: &[&str]) -> Result<Option<Self>, String> {
+        if Command::new("initdb").arg("--version").output().is_err() {
+            println!("skipped: initdb is not installed, so no private PostgreSQL can be started");
+            return Ok(None);
+        }
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let root = std::env::temp_dir().join(format!(
+            "conc-pg-{}-{port}-{}",
+            std::process::id(),
+            crate::util::random::next_u64()
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let temp = TempDir(root.clone());
+        let data = root.join("data");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:", &root.display().to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("cannot give the folder to postgres".into());
+            }
+        }
+        let data_arg = data.display().to_string();
+        pg_tool(
+            "initdb",
+            &[
+                "-D",
+                &data_arg,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )?;
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            root.display()
+        );
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&cert_path, cert).map_err(|e| e.to_string())?;
+            std::fs::write(&key_path, key).map_err(|e| e.to_string())?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            if is_root() {
+                let _ = Command::new("chown")
+                    .args([
+                        "postgres:",
+                        &cert_path.display().to_string(),
+                        &key_path.display().to_string(),
+                    ])
+                    .status();
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        let append = |file: &str, text: &str, first: bool| -> Result<(), String> {
+            let path = data.join(file);
+            let old = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+            let new = if first {
+                format!("{text}{old}")
+            } else {
+                format!("{old}{text}")
+            };
+            std::fs::write(&path, new).map_err(|e| e.to_string())
+        };
+        append("postgresql.conf", &conf, false)?;
+        if !hba.is_empty() {
+            append("pg_hba.conf", &format!("{}\n", hba.join("\n")), true)?;
+        }
+        let log = root.join("log").display().to_string();
+        pg_tool(
+            "pg_ctl",
+            &["-D", &data_arg, "-l", &log, "-w", "-t", "30", "start"],
+        )?;
+        Ok(Some(Self {
+            port,
+            dir: data,
+            _temp: temp,
+        }))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `user` (and `password`) on `database`, with `query` appended.
+    pub fn url(&self, user: &str, database: &str, query: &str) -> String {
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{database}{query}",
+            self.port
+        )
+    }
+
+    /// The postmaster's PID.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // Immediate shutdown, by PID; then wait for it to go.
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &pid.to_string()])
+                .status();
+            let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proc.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
