@@ -244,11 +244,7 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn SessionStore>, Sess
         )),
         #[cfg(feature = "postgres")]
         StoreKind::Postgres => Ok(std::sync::Arc::new(
-            PostgresSessionStore::connect(
-                &parsed.target,
-                parsed.option("schema").unwrap_or("public"),
-            )
-            .await?,
+            PostgresSessionStore::connect(url, parsed.option("schema").unwrap_or("public")).await?,
         )),
         StoreKind::Redis => Err(invalid(
             "sessions cannot live in Redis: use memory, sqlite:PATH or postgres://…".into(),

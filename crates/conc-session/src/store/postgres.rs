@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use conc_lock_store::PostgresPoolMode;
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use super::{
     Appended, SessionStore, check_id, decode_with_messages, encode_head, encode_message,
@@ -21,6 +22,31 @@ fn store_error(e: impl std::fmt::Display) -> SessionError {
     super::store_error(BACKEND, e)
 }
 
+/// A statement's parameter with its type (what an unnamed statement needs).
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Column `index` of `row`, or an error naming the statement: a row of the wrong shape is
+/// an unexpected answer, never a panic.
+fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<T, SessionError> {
+    row.try_get(index).map_err(|e| {
+        store_error(format!(
+            "{what}: column {index} of the server's answer could not be read ({e}); behind a transaction pooler such as PgBouncer, add `pool_mode=transaction` to the URL"
+        ))
+    })
+}
+
+/// What a transaction pooler does to named statements (see the lock store's check): a
+/// statement unknown or already known to the server connection, or an answer out of turn.
+fn pooler_symptom(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.code().is_some_and(|c| {
+        *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT
+    }) || {
+        let text = error.to_string();
+        text.contains("unexpected message") || text.contains("prepared statement")
+    }
+}
+
 /// Sessions in PostgreSQL (a pooled client, a timeout on every call), shared by every
 /// machine of a service.
 #[derive(Debug, Clone)]
@@ -32,6 +58,9 @@ pub struct PostgresSessionStore {
     /// `"schema".`, for the store's functions.
     schema: String,
     op_timeout: Duration,
+    /// Straight (or a session pooler): cached named statements; through a transaction
+    /// pooler: unnamed, typed statements.
+    pool_mode: PostgresPoolMode,
 }
 
 /// A fence as PostgreSQL stores it.
@@ -65,11 +94,20 @@ impl PostgresSessionStore {
         let changed = self
             .rows(
                 &sql,
-                &[&session.id, &version, &text, &fence_arg, &ids, &bodies],
+                &[
+                    (&session.id, Type::TEXT),
+                    (&version, Type::INT8),
+                    (&text, Type::TEXT),
+                    (&fence_arg, Type::INT8),
+                    (&ids, Type::TEXT_ARRAY),
+                    (&bodies, Type::TEXT_ARRAY),
+                ],
             )
             .await?
             .first()
-            .map_or(0, |row| row.get::<_, i32>(0));
+            .map(|row| column::<i32>(row, 0, "save"))
+            .transpose()?
+            .unwrap_or(0);
         if changed == 1 {
             return Ok(saved);
         }
@@ -77,7 +115,8 @@ impl PostgresSessionStore {
     }
 
     /// Connects to `url` and creates `schema.conc_sessions` if needed. `schema` must be
-    /// lowercase letters, digits and `_`.
+    /// lowercase letters, digits and `_`. Behind a pooler in transaction mode (PgBouncer),
+    /// add `pool_mode=transaction` to the URL: every statement is then sent unnamed.
     ///
     /// # Cancel safety
     ///
@@ -91,12 +130,19 @@ impl PostgresSessionStore {
         if !valid {
             return Err(store_error(format!("invalid schema name `{schema}`")));
         }
+        // conc's own options (`pool_mode`) leave the URL the driver reads.
+        let parsed = conc_lock_store::parse_url(url).map_err(store_error)?;
+        let pool_mode = match parsed.option("pool_mode") {
+            Some(mode) => PostgresPoolMode::parse(mode).map_err(store_error)?,
+            None => PostgresPoolMode::Session,
+        };
         // The lock store's pool builder: TLS from the URL (`sslmode`, `sslrootcert`),
         // statement and connect timeouts, errors that name their cause.
-        let config =
-            conc_lock_store::PostgresConfig::default().with_application_name("conc-session");
-        let pool = conc_lock_store::postgres_pool(url, &config).map_err(store_error)?;
-        Self::from_pool(pool, schema).await
+        let config = conc_lock_store::PostgresConfig::default()
+            .with_application_name("conc-session")
+            .with_pool_mode(pool_mode);
+        let pool = conc_lock_store::postgres_pool(&parsed.target, &config).map_err(store_error)?;
+        Self::from_pool_with_mode(pool, schema, pool_mode).await
     }
 
     /// A store over a pool the service already has (see
@@ -107,6 +153,20 @@ impl PostgresSessionStore {
     ///
     /// Dropping the future may leave the table created; nothing else.
     pub async fn from_pool(pool: Pool, schema: &str) -> Result<Self, SessionError> {
+        Self::from_pool_with_mode(pool, schema, PostgresPoolMode::Session).await
+    }
+
+    /// As [`from_pool`](Self::from_pool), for a pool that reaches the server as
+    /// `pool_mode` says (through a transaction pooler: every statement unnamed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the table created; nothing else.
+    pub async fn from_pool_with_mode(
+        pool: Pool,
+        schema: &str,
+        pool_mode: PostgresPoolMode,
+    ) -> Result<Self, SessionError> {
         let valid = !schema.is_empty()
             && schema
                 .chars()
@@ -121,6 +181,7 @@ impl PostgresSessionStore {
             messages: format!("\"{schema}\".conc_session_messages"),
             schema: format!("\"{schema}\"."),
             op_timeout: Duration::from_secs(5),
+            pool_mode,
         };
         let client = store.client().await?;
         let (t, m, s) = (&store.table, &store.messages, &store.schema);
@@ -190,20 +251,21 @@ impl PostgresSessionStore {
                    RETURN 1;
                  END $f$;"
         );
-        let tx_work = async {
-            client
-                .batch_execute("SELECT pg_advisory_lock(hashtext('conc_session_migrate'))")
-                .await?;
-            let outcome = client.batch_execute(&create).await;
-            client
-                .batch_execute("SELECT pg_advisory_unlock(hashtext('conc_session_migrate'))")
-                .await?;
-            outcome
-        };
-        tokio::time::timeout(store.op_timeout * 2, tx_work)
+        // One transaction, under a transaction-level advisory lock (concurrent first
+        // connections must not race on CREATE … IF NOT EXISTS): one server connection from
+        // BEGIN to COMMIT, even through a transaction pooler.
+        let migration = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('conc_session_migrate')); {create}; COMMIT;"
+        );
+        let outcome = tokio::time::timeout(store.op_timeout * 2, client.batch_execute(&migration))
             .await
-            .map_err(|_| store_error("creating the session table timed out"))?
-            .map_err(|e| super::driver_error(BACKEND, e))?;
+            .map_err(|_| store_error("creating the session table timed out"))
+            .and_then(|done| done.map_err(|e| super::driver_error(BACKEND, e)));
+        if outcome.is_err() {
+            // A transaction left open by the failure must not go back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        outcome?;
         Ok(store)
     }
 
@@ -216,26 +278,44 @@ impl PostgresSessionStore {
 
     /// Runs `sql`, retrying on a fresh connection when the connection was lost (a
     /// `pg_terminate_backend`, a failover), each try within the operation timeout.
-    async fn rows(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, SessionError> {
+    async fn rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, SessionError> {
         let mut tries = 0;
         loop {
             tries += 1;
+            // The connection in use: a try that is lost or runs past the timeout throws it
+            // away rather than hand it back to the pool with an answer still to come.
+            let mut in_use = None;
             let attempt = async {
-                let client = self.client().await?;
-                match client.query(sql, params).await {
-                    Ok(rows) => Ok(Ok(rows)),
-                    Err(e) if conc_lock_store::is_connection_lost(&e) => {
-                        let _ = deadpool_postgres::Object::take(client);
-                        Ok(Err(e))
+                let client = &*in_use.insert(self.client().await?);
+                let outcome = match self.pool_mode {
+                    PostgresPoolMode::Session => {
+                        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                        let values: Vec<&(dyn ToSql + Sync)> =
+                            params.iter().map(|(v, _)| *v).collect();
+                        match client.prepare_typed_cached(sql, &types).await {
+                            Ok(statement) => client.query(&statement, &values).await,
+                            Err(e) => Err(e),
+                        }
                     }
+                    // Unnamed and typed, in one round trip: nothing prepared outlives it.
+                    _ => client.query_typed(sql, params).await,
+                };
+                match outcome {
+                    Ok(rows) => Ok(Ok(rows)),
+                    Err(e) if conc_lock_store::is_connection_lost(&e) => Ok(Err(e)),
+                    Err(e) if pooler_symptom(&e) => Err(store_error(format!(
+                        "{e}: the server lost or mixed up a prepared statement, which a pooler in transaction mode (such as PgBouncer's pool_mode = transaction) does; add `pool_mode=transaction` to the URL"
+                    ))),
                     Err(e) => Err(super::driver_error(BACKEND, e)),
                 }
             };
-            match tokio::time::timeout(self.op_timeout, attempt).await {
+            let outcome = tokio::time::timeout(self.op_timeout, attempt).await;
+            if !matches!(outcome, Ok(Ok(Ok(_))) | Ok(Err(_)))
+                && let Some(client) = in_use.take()
+            {
+                let _ = deadpool_postgres::Object::take(client);
+            }
+            match outcome {
                 Err(_) => {
                     return Err(store_error(format!(
                         "the operation took longer than {:?}",
@@ -272,15 +352,24 @@ impl PostgresSessionStore {
             self.schema
         );
         let rows = self
-            .rows(&sql, &[&id, &scope, &message.id, &body, &fence_arg])
+            .rows(
+                &sql,
+                &[
+                    (&id, Type::TEXT),
+                    (&scope, Type::TEXT),
+                    (&message.id, Type::TEXT),
+                    (&body, Type::TEXT),
+                    (&fence_arg, Type::INT8),
+                ],
+            )
             .await?;
         let row = rows
             .first()
             .ok_or_else(|| store_error("the append function returned no row"))?;
         let (status, version, stored_fence) = (
-            row.get::<_, i32>(0),
-            row.get::<_, i64>(1) as u64,
-            row.get::<_, i64>(2) as u64,
+            column::<i32>(row, 0, "append")?,
+            column::<i64>(row, 1, "append")? as u64,
+            column::<i64>(row, 2, "append")? as u64,
         );
         match status {
             0 => Err(SessionError::NotFound(id.to_owned())),
@@ -314,7 +403,15 @@ impl SessionStore for PostgresSessionStore {
             self.table, self.messages
         );
         let inserted = self
-            .rows(&sql, &[&stored.id, &text, &ids, &bodies])
+            .rows(
+                &sql,
+                &[
+                    (&stored.id, Type::TEXT),
+                    (&text, Type::TEXT),
+                    (&ids, Type::TEXT_ARRAY),
+                    (&bodies, Type::TEXT_ARRAY),
+                ],
+            )
             .await?
             .len();
         if inserted == 0 {
@@ -331,15 +428,15 @@ impl SessionStore for PostgresSessionStore {
                  FROM {} s WHERE s.id = $1",
             self.messages, self.table
         );
-        let rows = self.rows(&sql, &[&id]).await?;
+        let rows = self.rows(&sql, &[(&id, Type::TEXT)]).await?;
         rows.first()
             .map(|r| {
                 decode_with_messages(
                     BACKEND,
-                    r.get::<_, &str>(1),
-                    r.get::<_, i64>(0) as u64,
-                    r.get::<_, i64>(2) as u64,
-                    &r.get::<_, Vec<String>>(3),
+                    column::<&str>(r, 1, "load")?,
+                    column::<i64>(r, 0, "load")? as u64,
+                    column::<i64>(r, 2, "load")? as u64,
+                    &column::<Vec<String>>(r, 3, "load")?,
                 )
             })
             .transpose()
@@ -368,13 +465,26 @@ impl SessionStore for PostgresSessionStore {
             "SELECT status, recorded FROM {}conc_session_advance_scope($1, $2, $3)",
             self.schema
         );
-        let rows = self.rows(&sql, &[&id, &scope, &value]).await?;
+        let rows = self
+            .rows(
+                &sql,
+                &[
+                    (&id, Type::TEXT),
+                    (&scope, Type::TEXT),
+                    (&value, Type::INT8),
+                ],
+            )
+            .await?;
         let row = rows
             .first()
             .ok_or_else(|| store_error("the fence function returned no row"))?;
-        match row.get::<_, i32>(0) {
+        match column::<i32>(row, 0, "advance a scoped fence")? {
             0 => Err(SessionError::NotFound(id.to_owned())),
-            1 => Err(stale(id, fence, row.get::<_, i64>(1) as u64)),
+            1 => Err(stale(
+                id,
+                fence,
+                column::<i64>(row, 1, "advance a scoped fence")? as u64,
+            )),
             _ => Ok(fence),
         }
     }
@@ -407,7 +517,10 @@ impl SessionStore for PostgresSessionStore {
             "UPDATE {} SET fence = $2 WHERE id = $1 AND fence <= $2 RETURNING 1",
             self.table
         );
-        let changed = self.rows(&sql, &[&id, &value]).await?.len();
+        let changed = self
+            .rows(&sql, &[(&id, Type::TEXT), (&value, Type::INT8)])
+            .await?
+            .len();
         if changed == 1 {
             return Ok(fence);
         }
@@ -416,7 +529,8 @@ impl SessionStore for PostgresSessionStore {
 
     async fn list(&self, limit: usize) -> Result<Vec<String>, SessionError> {
         let sql = format!("SELECT id FROM {} ORDER BY id LIMIT $1", self.table);
-        let rows = self.rows(&sql, &[&(limit as i64)]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.rows(&sql, &[(&limit, Type::INT8)]).await?;
+        rows.iter().map(|r| column(r, 0, "list")).collect()
     }
 }
