@@ -102,9 +102,10 @@ impl Demo {
         match thread {
             Ok(_) => match result.await {
                 Ok(Ok(())) => {}
-                _ => bump(&self.counters.errors),
+                Ok(Err(error)) => self.error("the paused generator", &error),
+                Err(error) => self.error("the paused generator", &error),
             },
-            Err(_) => bump(&self.counters.errors),
+            Err(error) => self.error("starting the paused generator's thread", &error),
         }
     }
 }

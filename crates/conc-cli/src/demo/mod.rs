@@ -16,6 +16,7 @@
 //! - [`invariants`]: what the stores hold after the run, checked.
 
 mod chaos;
+mod errors;
 mod invariants;
 mod simulation;
 
@@ -94,6 +95,16 @@ struct Demo {
     latest: parking_lot::Mutex<HashMap<String, u64>>,
     /// Whether the paused-generator fault has been injected.
     paused_once: AtomicBool,
+    /// What the errors said, by place.
+    errors: parking_lot::Mutex<errors::ErrorLog>,
+}
+
+impl Demo {
+    /// Counts an error at `place` and keeps what it said for the report.
+    fn error(&self, place: &'static str, error: &dyn std::fmt::Display) {
+        bump(&self.counters.errors);
+        self.errors.lock().record(place, error);
+    }
 }
 
 fn conversation(n: usize) -> String {
@@ -114,6 +125,8 @@ pub(crate) struct Row(pub(crate) &'static str, pub(crate) String);
 pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     pub(crate) invariants: Vec<(&'static str, bool, String)>,
+    /// The errors seen, by place, with the most frequent messages (empty without errors).
+    pub(crate) errors: Vec<String>,
 }
 
 impl Report {
@@ -132,6 +145,12 @@ impl Report {
         let mut out = String::from("\nconc demo: results\n");
         for Row(label, value) in &self.rows {
             out.push_str(&format!("  {label:<width$}  {value:>8}\n"));
+        }
+        if !self.errors.is_empty() {
+            out.push_str("\nerrors seen\n");
+            for line in &self.errors {
+                out.push_str(&format!("  {line}\n"));
+            }
         }
         out.push_str("\ninvariants\n");
         for (label, ok, detail) in &self.invariants {
@@ -201,6 +220,7 @@ pub(crate) async fn run(
         saved_ids: parking_lot::Mutex::new(HashSet::new()),
         latest: parking_lot::Mutex::new(HashMap::new()),
         paused_once: AtomicBool::new(false),
+        errors: parking_lot::Mutex::new(errors::ErrorLog::default()),
     });
 
     let supervisor = Supervisor::new("demo");
@@ -253,8 +273,18 @@ pub(crate) async fn run(
     let saved = demo.saved_ids.lock().clone();
     let stats = manager.stats();
     let rows = rows(&counters, &stats);
+    for failure in &failures {
+        demo.errors
+            .lock()
+            .record("a user's flow ended early", failure);
+    }
+    let errors = demo.errors.lock().lines();
     let invariants = invariants::check(&stored, &saved, &counters, failures);
-    Ok(Report { rows, invariants })
+    Ok(Report {
+        rows,
+        invariants,
+        errors,
+    })
 }
 
 /// The final table: what the run did, from the demo's counters and the manager's stats.

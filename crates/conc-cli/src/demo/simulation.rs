@@ -116,8 +116,12 @@ impl Demo {
                 self.saved_ids.lock().insert(id.to_owned());
                 true
             }
-            _ => {
-                bump(&self.counters.errors);
+            Ok(Err(error)) => {
+                self.error("saving a user message", &error);
+                false
+            }
+            Err(error) => {
+                self.error("saving a user message", &error);
                 false
             }
         }
@@ -295,8 +299,8 @@ impl Demo {
                     GenerationMode::Reject => bump(&self.counters.sends_rejected),
                     _ => bump(&self.counters.sends_timed_out),
                 },
-                Err(_) => {
-                    bump(&self.counters.errors);
+                Err(error) => {
+                    self.error("starting a generation", &error);
                     bump(&self.counters.sends_failed);
                 }
                 Ok(generation) => {
