@@ -157,6 +157,22 @@ pub enum LockError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// Fewer replicas than asked for acknowledged a lock write in time (the store's
+    /// `min_replicas`, Redis's `WAIT`): a failover now could promote a replica without it.
+    /// An acquire or take-over is undone before this is returned; transient.
+    #[error(
+        "{backend} lock store: only {acknowledged} of the {required} replicas asked for acknowledged the {operation} in time; a failover could lose it, so it was not kept"
+    )]
+    NotReplicated {
+        /// Which backend.
+        backend: &'static str,
+        /// What was written.
+        operation: &'static str,
+        /// How many replicas acknowledged it.
+        acknowledged: u32,
+        /// How many were asked for.
+        required: u32,
+    },
     /// The server answered something this store did not ask for: a row of the wrong shape,
     /// or a prepared statement that is not the one sent (what a transaction pooler does to
     /// named statements). Not transient: retrying the same way gets the same answer; the
@@ -193,6 +209,17 @@ impl LockError {
                 backend,
                 message: message.clone(),
                 source: None,
+            },
+            LockError::NotReplicated {
+                backend,
+                operation,
+                acknowledged,
+                required,
+            } => LockError::NotReplicated {
+                backend,
+                operation,
+                acknowledged: *acknowledged,
+                required: *required,
             },
             other => LockError::Backend {
                 backend: "lock store",
@@ -232,7 +259,9 @@ impl LockError {
     /// its recovery).
     pub fn is_transient(&self) -> bool {
         match self {
-            LockError::Backend { .. } | LockError::Recovering { .. } => true,
+            LockError::Backend { .. }
+            | LockError::Recovering { .. }
+            | LockError::NotReplicated { .. } => true,
             LockError::Connect { cause, .. } => matches!(
                 cause,
                 ConnectFailure::Refused | ConnectFailure::Timeout | ConnectFailure::Other

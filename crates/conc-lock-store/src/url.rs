@@ -43,6 +43,8 @@ const OWN: &[&str] = &[
     "pool_mode",
     "listen_url",
     "watch_interval",
+    "min_replicas",
+    "replica_timeout",
 ];
 
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
@@ -148,7 +150,8 @@ impl StoreUrl {
 /// conc's options from the query string: `schema=`, `table=`, `pool_size=`,
 /// `pool_mode=transaction` (behind a transaction pooler such as PgBouncer), `listen_url=`
 /// (a direct URL for the one `LISTEN` connection, percent-encoded) and `watch_interval=`
-/// (ms, for polling without `LISTEN`) for PostgreSQL, `prefix=`
+/// (ms, for polling without `LISTEN`) for PostgreSQL, `prefix=`, `min_replicas=` and
+/// `replica_timeout=` (ms: every lock write waits for that many replicas)
 /// and `allow_eviction=true` for Redis, and TLS from `sslmode=` and `sslrootcert=`
 /// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
 ///
@@ -211,6 +214,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
             }
             if let Some(allow) = parsed.option("allow_eviction") {
                 config.allow_eviction = allow == "true" || allow == "1";
+            }
+            if let Some(n) = parsed.option("min_replicas") {
+                config.min_replicas = n.parse().map_err(|_| LockError::InvalidUrl {
+                    reason: format!("min_replicas must be a number, not `{n}`"),
+                })?;
+            }
+            if let Some(ms) = parsed.option("replica_timeout") {
+                let ms: u64 = ms.parse().map_err(|_| LockError::InvalidUrl {
+                    reason: format!("replica_timeout is in milliseconds, such as 500, not `{ms}`"),
+                })?;
+                config.replica_timeout = std::time::Duration::from_millis(ms);
             }
             Ok(Arc::new(
                 crate::backend::redis::RedisLockStore::connect(&parsed.target, config).await?,

@@ -458,6 +458,30 @@ impl RedisLockStore {
             }
             return Ok(None);
         }
+        if granted.is_some() {
+            let operation = if force { "take-over" } else { "acquire" };
+            if let Err(error) = self
+                .replicated(operation, &self.lock_key(&request.key))
+                .await
+            {
+                // Not on enough replicas: a failover could forget it and admit a second
+                // holder. Undo it (the release is token-checked, so it frees only this
+                // lease) and say so.
+                let mut undo = self.scripts.release.prepare_invoke();
+                undo.key(self.lock_key(&request.key))
+                    .arg(&request.key)
+                    .arg(&token)
+                    .arg(ms(self.config.grace))
+                    .arg(self.events_channel())
+                    .arg("0");
+                if let Err(undo_error) =
+                    self.run::<i64>("undo an unreplicated acquire", &undo).await
+                {
+                    tracing::warn!(error = %undo_error, key = %request.key, "could not undo an acquire that too few replicas acknowledged; it expires with its TTL");
+                }
+                return Err(error);
+            }
+        }
         if force {
             self.watchers.notify(&request.key);
         }
@@ -471,6 +495,35 @@ impl RedisLockStore {
             ttl: request.ttl,
             requested_at: sent,
         }))
+    }
+
+    /// With [`min_replicas`](RedisConfig::min_replicas) set: waits (`WAIT`, on the
+    /// connection that wrote, so it counts that write) until that many replicas have
+    /// acknowledged, up to `replica_timeout`; [`LockError::NotReplicated`] when fewer did.
+    pub(super) async fn replicated(
+        &self,
+        operation: &'static str,
+        lock_key: &str,
+    ) -> Result<(), LockError> {
+        let required = self.config.min_replicas;
+        if required == 0 {
+            return Ok(());
+        }
+        let mut command = redis::cmd("WAIT");
+        command.arg(required).arg(ms(self.config.replica_timeout));
+        let node = self.is_cluster().then(|| slots::of(lock_key.as_bytes()));
+        let acknowledged: i64 = self.query(operation, command, node).await?;
+        let acknowledged = u32::try_from(acknowledged.max(0)).unwrap_or(u32::MAX);
+        if acknowledged >= required {
+            Ok(())
+        } else {
+            Err(LockError::NotReplicated {
+                backend: BACKEND,
+                operation,
+                acknowledged,
+                required,
+            })
+        }
     }
 
     /// Until when the store grants no lock, if it found its state lost and is waiting.

@@ -40,6 +40,11 @@ impl LockStore for RedisLockStore {
             .await?;
         if released == 1 {
             self.watchers.notify(&lease.key);
+            // A release too few replicas saw can come back after a failover, until its
+            // TTL: a wait, not a second holder. Say so, and report the release.
+            if let Err(error) = self.replicated("release", &self.lock_key(&lease.key)).await {
+                tracing::debug!(%error, key = %lease.key, "a release was not acknowledged by enough replicas");
+            }
         }
         Ok(released == 1)
     }
@@ -71,7 +76,10 @@ impl LockStore for RedisLockStore {
         let (id, after, longest, wiped, renewed): (String, i64, u64, i64, Option<i64>) =
             self.run("renew", &invocation).await?;
         self.learn(slot, &(id, after, longest, wiped));
-        lease.renewed(renewed.map(from_unix_millis), ttl, sent)
+        let renewed = lease.renewed(renewed.map(from_unix_millis), ttl, sent)?;
+        self.replicated("renewal", &self.lock_key(&lease.key))
+            .await?;
+        Ok(renewed)
     }
 
     async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {
@@ -154,6 +162,16 @@ impl LockStore for RedisLockStore {
                             source: None,
                         }),
                     });
+                }
+                // The batch went out on one connection: one `WAIT` covers every write in it.
+                if let Some(lease) = leases.first()
+                    && let Err(error) = self.replicated("renewal", &self.lock_key(&lease.key)).await
+                {
+                    for slot in out.iter_mut() {
+                        if matches!(slot, Some(Ok(_))) {
+                            *slot = Some(Err(error.for_each_of_a_batch()));
+                        }
+                    }
                 }
             }
             Err(error) => {

@@ -99,6 +99,16 @@ pub struct RedisConfig {
     /// `false`). An evicted lease frees its lock while its holder still writes: opt in
     /// only where you know lock keys cannot be evicted.
     pub allow_eviction: bool,
+    /// How many replicas must acknowledge every lock write (acquire, take-over, renewal,
+    /// release) before it counts, as Redisson's `checkLockSyncedSlaves` (default 0: none
+    /// asked). After each write the store sends `WAIT min_replicas replica_timeout` on the
+    /// same connection; when fewer acknowledge in time, an acquire or take-over is undone
+    /// and fails with [`LockError::NotReplicated`](crate::LockError::NotReplicated), and a
+    /// renewal fails the same way. URL option `min_replicas=`.
+    pub min_replicas: u32,
+    /// How long a write waits for its replicas (default 500 ms). URL option
+    /// `replica_timeout=` (ms).
+    pub replica_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -111,11 +121,22 @@ impl Default for RedisConfig {
             grace: Duration::from_secs(60),
             restart_delay: None,
             allow_eviction: false,
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(500),
         }
     }
 }
 
 impl RedisConfig {
+    /// Sets [`min_replicas`](Self::min_replicas) and
+    /// [`replica_timeout`](Self::replica_timeout).
+    #[must_use]
+    pub fn with_replica_ack(mut self, min_replicas: u32, replica_timeout: Duration) -> Self {
+        self.min_replicas = min_replicas;
+        self.replica_timeout = replica_timeout;
+        self
+    }
+
     /// Sets [`prefix`](Self::prefix).
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
