@@ -200,3 +200,68 @@ async fn a_killed_master_fails_over_and_fences_go_forward() {
         assert!(lease.fence > before[key]);
     }
 }
+
+/// The replica acknowledgement on a cluster with a replica per master: every property holds
+/// with every lock write acknowledged (`WAIT`, routed to the key's master); with the
+/// replicas gone, an acquire fails with `NotReplicated` and leaves the key free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgement_on_a_cluster_with_replicas() {
+    use conc_lock_store::LockError;
+    let Some(mut cluster) = PrivateRedisCluster::start(3, 1).unwrap() else {
+        return;
+    };
+    let acked = config().with_replica_ack(1, Duration::from_millis(300));
+    let store: Arc<dyn LockStore> = Arc::new(
+        RedisLockStore::connect(&cluster.url(), acked.clone())
+            .await
+            .unwrap(),
+    );
+    conformance::run_all(store.clone(), "cluster-acked").await;
+
+    // Stop every replica (CLUSTER NODES names them `slave`).
+    let urls = cluster.node_urls();
+    let client = redis::Client::open(urls[0].as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let replicas: Vec<usize> = nodes
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .nth(2)
+                .is_some_and(|f| f.contains("slave"))
+        })
+        .filter_map(|line| {
+            let port = line.split_whitespace().nth(1)?.split(['@', ':']).nth(1)?;
+            urls.iter()
+                .position(|url| url.ends_with(&format!(":{port}")))
+        })
+        .collect();
+    assert_eq!(replicas.len(), 3, "a replica per master:\n{nodes}");
+    for index in replicas {
+        cluster.kill(index);
+    }
+    let request = LockRequest::new("unreplicated", "holder", Duration::from_secs(30));
+    let error = store.try_acquire(&request).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            LockError::NotReplicated {
+                acknowledged: 0,
+                required: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let plain = RedisLockStore::connect(&cluster.url(), config())
+        .await
+        .unwrap();
+    assert!(
+        plain.inspect("unreplicated").await.unwrap().is_none(),
+        "an unacknowledged acquire leaves the key free"
+    );
+}
