@@ -154,6 +154,84 @@ impl PrivatePostgres {
     }
 }
 
+impl PrivatePostgres {
+    /// Starts a streaming replica of `primary` (`pg_basebackup -R -X stream` of it, on a
+    /// free port, in a temporary folder): it follows the primary until
+    /// [`promote`](Self::promote)d. `Ok(None)`, after printing a `skipped:` line, when
+    /// `pg_basebackup` is not installed.
+    pub fn start_replica_of(primary: &PrivatePostgres) -> Result<Option<Self>, String> {
+        if Command::new("pg_basebackup")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped: pg_basebackup is not installed, so no replica can be started");
+            return Ok(None);
+        }
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let root = std::env::temp_dir().join(format!(
+            "conc-pg-replica-{}-{port}-{}",
+            std::process::id(),
+            crate::util::random::next_u64()
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let temp = TempDir(root.clone());
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:", &root.display().to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("cannot give the folder to postgres".into());
+            }
+        }
+        let data = root.join("data");
+        let data_arg = data.display().to_string();
+        let primary_port = primary.port.to_string();
+        pg_tool(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-D",
+                &data_arg,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            root.display()
+        );
+        let path = data.join("postgresql.conf");
+        let old = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        std::fs::write(&path, format!("{old}{conf}")).map_err(|e| e.to_string())?;
+        let log = root.join("log").display().to_string();
+        pg_tool(
+            "pg_ctl",
+            &["-D", &data_arg, "-l", &log, "-w", "-t", "30", "start"],
+        )?;
+        Ok(Some(Self {
+            port,
+            dir: data,
+            _temp: temp,
+        }))
+    }
+
+    /// Promotes this replica to a primary (`pg_ctl promote`, waiting until it accepts
+    /// writes).
+    pub fn promote(&self) -> Result<(), String> {
+        let data = self.dir.display().to_string();
+        pg_tool("pg_ctl", &["-D", &data, "-w", "-t", "30", "promote"]).map(drop)
+    }
+}
+
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         // Immediate shutdown, by PID; then wait for it to go.
