@@ -30,6 +30,36 @@ impl Drop for TempDir {
     }
 }
 
+impl TempDir {
+    /// A fresh folder `conc-<what>-<pid>-<port>-<random>` in the system's temporary folder,
+    /// given to the `postgres` user when this process is root (PostgreSQL and PgBouncer
+    /// refuse to run as root, so they run as `postgres` and must own their files).
+    pub(super) fn for_postgres(what: &str, port: u16) -> Result<Self, String> {
+        let root = std::env::temp_dir().join(format!(
+            "conc-{what}-{}-{port}-{}",
+            std::process::id(),
+            crate::util::random::next_u64()
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let dir = Self(root);
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:", &dir.0.display().to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("cannot give the folder to postgres".into());
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Its path.
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
 pub(super) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

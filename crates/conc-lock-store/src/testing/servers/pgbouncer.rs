@@ -51,13 +51,8 @@ impl PrivatePgBouncer {
             return Ok(None);
         }
         let listen = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let root = std::env::temp_dir().join(format!(
-            "conc-pgbouncer-{}-{listen}-{}",
-            std::process::id(),
-            crate::util::random::next_u64()
-        ));
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        let temp = TempDir(root.clone());
+        let temp = TempDir::for_postgres("pgbouncer", listen)?;
+        let root = temp.path().to_path_buf();
         let dir = root.display().to_string();
         std::fs::write(root.join("userlist.txt"), "\"postgres\" \"\"\n")
             .map_err(|e| e.to_string())?;
@@ -68,6 +63,7 @@ impl PrivatePgBouncer {
         let ini_path = root.join("pgbouncer.ini");
         std::fs::write(&ini_path, ini).map_err(|e| e.to_string())?;
         let mut command = if is_root() {
+            // The files written after the folder was made are given over too.
             let status = Command::new("chown")
                 .args(["-R", "postgres:", &dir])
                 .status()

@@ -51,23 +51,9 @@ impl PrivatePostgres {
             return Ok(None);
         }
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let root = std::env::temp_dir().join(format!(
-            "conc-pg-{}-{port}-{}",
-            std::process::id(),
-            crate::util::random::next_u64()
-        ));
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        let temp = TempDir(root.clone());
+        let temp = TempDir::for_postgres("pg", port)?;
+        let root = temp.path().to_path_buf();
         let data = root.join("data");
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["postgres:", &root.display().to_string()])
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !status.success() {
-                return Err("cannot give the folder to postgres".into());
-            }
-        }
         let data_arg = data.display().to_string();
         pg_tool(
             "initdb",
@@ -169,22 +155,8 @@ impl PrivatePostgres {
             return Ok(None);
         }
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let root = std::env::temp_dir().join(format!(
-            "conc-pg-replica-{}-{port}-{}",
-            std::process::id(),
-            crate::util::random::next_u64()
-        ));
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        let temp = TempDir(root.clone());
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["postgres:", &root.display().to_string()])
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !status.success() {
-                return Err("cannot give the folder to postgres".into());
-            }
-        }
+        let temp = TempDir::for_postgres("pg-replica", port)?;
+        let root = temp.path().to_path_buf();
         let data = root.join("data");
         let data_arg = data.display().to_string();
         let primary_port = primary.port.to_string();
