@@ -35,18 +35,6 @@ fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> Result<
     })
 }
 
-/// What a transaction pooler does to named statements (see the lock store's check): a
-/// statement unknown or already known to the server connection, or an answer out of turn.
-fn pooler_symptom(error: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    error.code().is_some_and(|c| {
-        *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT
-    }) || {
-        let text = error.to_string();
-        text.contains("unexpected message") || text.contains("prepared statement")
-    }
-}
-
 /// Sessions in PostgreSQL (a pooled client, a timeout on every call), shared by every
 /// machine of a service.
 #[derive(Debug, Clone)]
@@ -303,10 +291,10 @@ impl PostgresSessionStore {
                 match outcome {
                     Ok(rows) => Ok(Ok(rows)),
                     Err(e) if conc_lock_store::is_connection_lost(&e) => Ok(Err(e)),
-                    Err(e) if pooler_symptom(&e) => Err(store_error(format!(
-                        "{e}: the server lost or mixed up a prepared statement, which a pooler in transaction mode (such as PgBouncer's pool_mode = transaction) does; add `pool_mode=transaction` to the URL"
-                    ))),
-                    Err(e) => Err(super::driver_error(BACKEND, e)),
+                    Err(e) => Err(match conc_lock_store::postgres_pooler_symptom(&e) {
+                        Some(advice) => store_error(advice),
+                        None => super::driver_error(BACKEND, e),
+                    }),
                 }
             };
             let outcome = tokio::time::timeout(self.op_timeout, attempt).await;

@@ -56,8 +56,19 @@ pub(super) fn connection_lost(error: &tokio_postgres::Error) -> bool {
 /// What a transaction pooler does to a client that prepares named statements (each
 /// transaction may run on another server connection): a statement the server does not
 /// know (`26000`), one it already has under that name (`42P05`), or a message out of
-/// turn. Returns what to tell the user, naming the option that fixes it.
-pub(super) fn pooler_symptom(error: &tokio_postgres::Error) -> Option<String> {
+/// turn. Returns what to tell the user, naming the option that fixes it (`None` for any
+/// other error). The session store uses it too.
+///
+/// ```no_run
+/// # async fn example(client: &tokio_postgres::Client) {
+/// if let Err(error) = client.query("SELECT 1", &[]).await {
+///     if let Some(advice) = conc_lock_store::postgres_pooler_symptom(&error) {
+///         eprintln!("{advice}");
+///     }
+/// }
+/// # }
+/// ```
+pub fn pooler_symptom(error: &tokio_postgres::Error) -> Option<String> {
     use tokio_postgres::error::SqlState;
     let code = error.code();
     let pooled = code.is_some_and(|c| {

@@ -45,7 +45,7 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
-pub use connection::{is_connection_lost, pool_error, postgres_pool};
+pub use connection::{is_connection_lost, pool_error, pooler_symptom, postgres_pool};
 use statements::Sql;
 
 const BACKEND: &str = "postgres";

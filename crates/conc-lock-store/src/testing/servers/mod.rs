@@ -60,6 +60,20 @@ impl TempDir {
     }
 }
 
+/// Sends `signal` (such as `-QUIT`) to `pid` and waits up to 10 s for the process to go;
+/// returns whether it went.
+pub(super) fn stop_by_pid(pid: u32, signal: &str) -> bool {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while proc.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    !proc.exists()
+}
+
 pub(super) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{TempDir, free_port, is_root};
+use super::{TempDir, free_port, is_root, stop_by_pid};
 
 /// How a PgBouncer lends its server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,20 +137,10 @@ impl PrivatePgBouncer {
 
 impl Drop for PrivatePgBouncer {
     fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status();
-            let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while proc.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if proc.exists() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
+        if let Some(pid) = self.pid()
+            && !stop_by_pid(pid, "-INT")
+        {
+            stop_by_pid(pid, "-KILL");
         }
     }
 }

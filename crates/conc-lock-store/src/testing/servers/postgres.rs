@@ -2,10 +2,9 @@
 //! temporary folder).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use super::free_port;
-use super::{TempDir, is_root};
+use super::{TempDir, is_root, stop_by_pid};
 
 /// A PostgreSQL cluster of the test's own: `initdb` in a temporary folder (as the
 /// `postgres` user when run as root), on a free port, optionally with TLS. Stopped by its
@@ -208,14 +207,7 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         // Immediate shutdown, by PID; then wait for it to go.
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &pid.to_string()])
-                .status();
-            let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while proc.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            stop_by_pid(pid, "-QUIT");
         }
     }
 }
