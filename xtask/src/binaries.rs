@@ -27,16 +27,18 @@ enum Kind {
     Postgres,
     Redis,
     RedisTls,
+    RedisSentinel,
 }
 
 impl Kind {
     /// Every kind, with the words a help text names it by.
-    const ALL: [(Kind, &'static str); 5] = [
+    const ALL: [(Kind, &'static str); 6] = [
         (Kind::Memory, "memory"),
         (Kind::Sqlite, "sqlite:"),
         (Kind::Postgres, "postgres://"),
         (Kind::Redis, "redis://"),
         (Kind::RedisTls, "rediss://"),
+        (Kind::RedisSentinel, "redis+sentinel://"),
     ];
 
     fn name(self) -> &'static str {
@@ -60,13 +62,18 @@ impl Kind {
             // No TLS server runs here: a port nobody listens on. The binary must get as far
             // as connecting (and fail there), not refuse the URL for want of a backend.
             Kind::RedisTls => Ok(format!("rediss://127.0.0.1:{}", closed_port()?)),
+            // Nor any Sentinel: the binary must get as far as asking one.
+            Kind::RedisSentinel => Ok(format!(
+                "redis+sentinel://127.0.0.1:{}/conc-check",
+                closed_port()?
+            )),
         }
     }
 
     /// Whether a run with this kind is expected to succeed (else: to fail while
     /// connecting).
     fn reachable(self) -> bool {
-        self != Kind::RedisTls
+        !matches!(self, Kind::RedisTls | Kind::RedisSentinel)
     }
 }
 

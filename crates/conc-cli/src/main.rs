@@ -33,8 +33,9 @@ struct Cli {
 enum Command {
     /// Simulate a chat backend under load and check its invariants (about 10 s).
     Demo {
-        /// Lock store: memory, sqlite:PATH, postgres://…, redis://… (default: a SQLite file
-        /// in a temporary folder, shared with the sessions).
+        /// Lock store: memory, sqlite:PATH, postgres://…, redis://… (also rediss://,
+        /// redis+cluster://, redis+sentinel://HOST:PORT/MASTER) (default: a SQLite file in a
+        /// temporary folder, shared with the sessions).
         #[arg(long)]
         locks: Option<String>,
         /// Session store: memory, sqlite:PATH, postgres://… (default: as for --locks).
@@ -70,7 +71,8 @@ enum Command {
     },
     /// Inspect and operate locks.
     Locks {
-        /// The lock store: memory, sqlite:PATH, postgres://…, redis://….
+        /// The lock store: memory, sqlite:PATH, postgres://…, redis://… (also rediss://,
+        /// redis+cluster://, redis+sentinel://HOST:PORT/MASTER).
         #[arg(long, global = true)]
         locks: Option<String>,
         /// Print JSON instead of a table.

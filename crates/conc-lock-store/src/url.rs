@@ -29,7 +29,8 @@ pub enum StoreKind {
     /// `postgres://…` or `postgresql://…`.
     Postgres,
     /// `redis://…` or `rediss://…` (TLS); a Redis Cluster: `redis+cluster://HOST:PORT,HOST:PORT`
-    /// (`rediss+cluster://` for TLS).
+    /// (`rediss+cluster://` for TLS); a primary that Sentinels watch:
+    /// `redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME` (`rediss+sentinel://` for TLS).
     Redis,
 }
 
@@ -48,7 +49,9 @@ const OWN: &[&str] = &[
 ];
 
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
-/// or `rediss://`, `redis+cluster://` or `rediss+cluster://` (any nodes, comma-separated), with options in the query string. Bad input is a typed error saying
+/// or `rediss://`, `redis+cluster://` or `rediss+cluster://` (any nodes, comma-separated),
+/// `redis+sentinel://` or `rediss+sentinel://` (the Sentinels, comma-separated, then
+/// `/MASTER_NAME`), with options in the query string. Bad input is a typed error saying
 /// what would be right.
 pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
     let bad = |reason: String| LockError::InvalidUrl { reason };
@@ -95,6 +98,8 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
         "rediss://",
         "redis+cluster://",
         "rediss+cluster://",
+        "redis+sentinel://",
+        "rediss+sentinel://",
     ]
     .iter()
     .any(|scheme| base.starts_with(scheme))
@@ -102,7 +107,7 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
         (StoreKind::Redis, rebuilt(base))
     } else {
         return Err(bad(format!(
-            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB, redis://HOST:PORT (rediss:// for TLS) or redis+cluster://HOST:PORT,HOST:PORT"
+            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB, redis://HOST:PORT (rediss:// for TLS), redis+cluster://HOST:PORT,HOST:PORT or redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME"
         )));
     };
     Ok(StoreUrl {
@@ -110,29 +115,6 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
         target,
         options,
     })
-}
-
-#[cfg(feature = "postgres")]
-/// Decodes `%XX` escapes (a URL given as an option's value escapes its `&`, `?`, `=` and
-/// `%`); anything else is kept as written.
-pub(crate) fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((high * 16 + low) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl StoreUrl {
@@ -193,7 +175,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
                 config.pool_mode = crate::backend::postgres::PostgresPoolMode::parse(mode)?;
             }
             if let Some(direct) = parsed.option("listen_url") {
-                config.listen_url = Some(percent_decode(direct));
+                config.listen_url = Some(crate::util::percent::decode(direct));
             }
             if let Some(ms) = parsed.option("watch_interval") {
                 let ms: u64 = ms.parse().map_err(|_| LockError::InvalidUrl {
@@ -247,11 +229,11 @@ mod tests {
     #[test]
     fn percent_escapes_are_decoded() {
         assert_eq!(
-            percent_decode("postgres://u@h:5432/db%3Fsslmode%3Drequire%26x%3D1"),
+            crate::util::percent::decode("postgres://u@h:5432/db%3Fsslmode%3Drequire%26x%3D1"),
             "postgres://u@h:5432/db?sslmode=require&x=1"
         );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(crate::util::percent::decode("100%"), "100%");
+        assert_eq!(crate::util::percent::decode("%zz"), "%zz");
         let parsed = parse_url(
             "postgres://u@h:6432/db?pool_mode=transaction&listen_url=postgres://u@h:5432/db&sslmode=require",
         )
@@ -274,6 +256,10 @@ mod tests {
         assert_eq!(url.kind, StoreKind::Redis);
         assert_eq!(url.target, "redis+cluster://h1:7000,h2:7000");
         assert_eq!(url.option("prefix"), Some("app:"));
+        let url = parse_url("redis+sentinel://s1:26379,s2:26379/main?min_replicas=1").unwrap();
+        assert_eq!(url.kind, StoreKind::Redis);
+        assert_eq!(url.target, "redis+sentinel://s1:26379,s2:26379/main");
+        assert_eq!(url.option("min_replicas"), Some("1"));
         assert_eq!(parse_url("sqlite:/tmp/x.db").unwrap().target, "/tmp/x.db");
         assert_eq!(parse_url("memory").unwrap().kind, StoreKind::Memory);
         for bad in ["sqlite:", "mysql://x", "", "postgres://h/db?schema="] {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run -p chat-server -- [--addr 127.0.0.1:3000] [--store sqlite:PATH|postgres://…]
-//!                             [--locks redis://…|rediss://…|postgres://…|sqlite:PATH]
+//!                             [--locks redis://…|rediss://…|redis+sentinel://…|postgres://…|sqlite:PATH]
 //!                             [--queue-wait-ms N] [--token-delay-ms N] [--failure-rate R]
 //! ```
 
@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "sqlite:chat.db")]
     store: String,
     /// Where the generation locks live, if not with the conversations: any lock store URL,
-    /// Redis (`redis://`, `rediss://`) included.
+    /// Redis (`redis://`, `rediss://`, `redis+sentinel://HOST:PORT/MASTER`) included.
     #[arg(long)]
     locks: Option<String>,
     /// Queue a second send for up to this long instead of answering 409.

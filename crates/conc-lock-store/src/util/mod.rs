@@ -1,6 +1,8 @@
 //! Helpers below the vocabulary, shared by every room: clock arithmetic (fences drawn
-//! from the clock, Unix times, the time format of messages) and randomness (tokens,
-//! jitter).
+//! from the clock, Unix times, the time format of messages), randomness (tokens, jitter)
+//! and URL escapes.
 
 pub(crate) mod clock;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) mod percent;
 pub(crate) mod random;

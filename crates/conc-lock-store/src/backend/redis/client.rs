@@ -17,9 +17,10 @@ use super::connection::{
     Connection, client_for, cluster_nodes, connect_error, connect_timed_out, parse_error,
     redis_error, timed_out,
 };
-use super::pubsub::subscribe;
+use super::pubsub::{Subscribers, subscribe};
 use super::replies::{AcquireReply, GuardReply, InfoFields, ms};
 use super::scripts::Scripts;
+use super::sentinel::{SentinelConnection, sentinel_target};
 use super::slots;
 use super::{BACKEND, BATCH, RedisConfig, RedisLockStore};
 
@@ -32,6 +33,18 @@ impl RedisLockStore {
     ///   reconnects on its own.
     /// - A Redis Cluster: `redis+cluster://host:port,host:port` (or `rediss+cluster://`),
     ///   naming any of its nodes; see [`connect_cluster`](Self::connect_cluster).
+    /// - A primary with replicas that Redis Sentinels watch:
+    ///   `redis+sentinel://[user:password@]host:port[,host:port…]/master-name[/db]`
+    ///   (`rediss+sentinel://` for TLS to the Sentinels and the primary), naming the
+    ///   Sentinels (port 26379 when none is written) and the name they monitor the primary
+    ///   by; `sentinel_username=` and `sentinel_password=` when the Sentinels ask for their
+    ///   own credentials. The store asks the Sentinels for the primary, checks with the
+    ///   primary itself that it is one (`ROLE`), and asks again after any sign that it is
+    ///   no longer (a lost or stalled connection, a `READONLY` answer from a demoted node),
+    ///   so after a failover the store, its subscription included, reaches the new primary
+    ///   by itself. Leases the old primary granted but had not yet passed to a replica are
+    ///   lost in a failover: set [`RedisConfig::with_replica_ack`] to refuse a lock until a
+    ///   replica has it.
     ///
     /// # Cancel safety
     ///
@@ -39,6 +52,16 @@ impl RedisLockStore {
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, LockError> {
         if let Some(nodes) = cluster_nodes(url) {
             return Self::connect_cluster(&nodes?, config).await;
+        }
+        if let Some(target) = sentinel_target(url) {
+            let connection = SentinelConnection::connect(
+                &target?,
+                config.connect_timeout,
+                config.response_timeout(),
+            )
+            .await?;
+            let subscribers = Subscribers::Sentinel(connection.clone());
+            return Self::assemble(Connection::Sentinel(connection), subscribers, config).await;
         }
         Self::from_client(client_for(url)?, config).await
     }
@@ -92,7 +115,12 @@ impl RedisLockStore {
             .iter()
             .map(|node| client_for(node.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::assemble(Connection::Cluster(connection), subscribers, config).await
+        Self::assemble(
+            Connection::Cluster(connection),
+            Subscribers::Nodes(subscribers),
+            config,
+        )
+        .await
     }
 
     /// A store on a [`redis::Client`] the service already has (its URL, TLS and
@@ -110,20 +138,25 @@ impl RedisLockStore {
     ) -> Result<Self, LockError> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.response_timeout()))
             .set_number_of_retries(3);
         let connect = client.get_connection_manager_with_config(manager_config);
         let connection = tokio::time::timeout(config.connect_timeout, connect)
             .await
             .map_err(|_| connect_timed_out(config.connect_timeout))?
             .map_err(connect_error)?;
-        Self::assemble(Connection::Single(connection), vec![client], config).await
+        Self::assemble(
+            Connection::Single(connection),
+            Subscribers::Nodes(vec![client]),
+            config,
+        )
+        .await
     }
 
     /// The checks and the subscription common to one server and a cluster.
     pub(super) async fn assemble(
         connection: Connection,
-        subscribers: Vec<redis::Client>,
+        subscribers: Subscribers,
         config: RedisConfig,
     ) -> Result<Self, LockError> {
         if config.prefix.contains(['{', '}']) {
@@ -426,7 +459,8 @@ impl RedisLockStore {
             invocation.arg(name).arg(value);
         }
         let sent = tokio::time::Instant::now();
-        let reply: Vec<redis::Value> = self.run("acquire", &invocation).await?;
+        let (reply, acks): (Vec<redis::Value>, Acks) =
+            self.run_write("acquire", &invocation, &invocation).await?;
         let parse = || -> Result<AcquireReply, redis::ParsingError> {
             let field = |n: usize| reply.get(n).cloned().unwrap_or(redis::Value::Nil);
             let status: i64 = redis::from_redis_value(field(0))?;
@@ -461,7 +495,7 @@ impl RedisLockStore {
         if granted.is_some() {
             let operation = if force { "take-over" } else { "acquire" };
             if let Err(error) = self
-                .replicated(operation, &self.lock_key(&request.key))
+                .replicated(operation, &self.lock_key(&request.key), acks)
                 .await
             {
                 // Not on enough replicas: a failover could forget it and admit a second
@@ -497,23 +531,90 @@ impl RedisLockStore {
         }))
     }
 
-    /// With [`min_replicas`](RedisConfig::min_replicas) set: waits (`WAIT`, on the
-    /// connection that wrote, so it counts that write) until that many replicas have
-    /// acknowledged, up to `replica_timeout`; [`LockError::NotReplicated`] when fewer did.
+    /// Runs a lock write (`first`, or `retry` on a retry after a lost connection, when the
+    /// first try may have run) and, with [`min_replicas`](RedisConfig::min_replicas) set,
+    /// counts the replicas that acknowledged it. On one server (or the Sentinels' primary)
+    /// the `WAIT` goes out in one pipeline with the script, so it runs on the connection
+    /// that wrote and counts that very write, even if the connection is replaced (as in a
+    /// failover) right after; on a cluster it is left to [`replicated`](Self::replicated).
+    pub(super) async fn run_write<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        first: &redis::ScriptInvocation<'_>,
+        retry: &redis::ScriptInvocation<'_>,
+    ) -> Result<(T, Acks), LockError> {
+        let required = self.config.min_replicas;
+        if required == 0 {
+            return Ok((self.run_retrying(what, first, retry).await?, Acks::NotAsked));
+        }
+        if self.is_cluster() {
+            return Ok((self.run_retrying(what, first, retry).await?, Acks::Ask));
+        }
+        let limit = self.config.response_timeout();
+        let mut tries = 0;
+        let mut loaded = false;
+        loop {
+            tries += 1;
+            let invocation = if tries == 1 { first } else { retry };
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(invocation)
+                .cmd("WAIT")
+                .arg(required)
+                .arg(ms(self.config.replica_timeout));
+            let mut connection = self.connection.clone();
+            let call = pipe.query_async::<(T, i64)>(&mut connection);
+            match tokio::time::timeout(limit, call).await {
+                Ok(Ok((value, acknowledged))) => {
+                    let acknowledged = u32::try_from(acknowledged.max(0)).unwrap_or(u32::MAX);
+                    return Ok((value, Acks::Counted(acknowledged)));
+                }
+                Ok(Err(e))
+                    if !loaded
+                        && e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // A new primary (or a restarted server) does not have the script yet;
+                    // nothing ran. Load it and send the same try again.
+                    loaded = true;
+                    tries -= 1;
+                    let load = invocation.load_async(&mut connection);
+                    match tokio::time::timeout(self.config.op_timeout, load).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(redis_error(what)(e)),
+                        Err(_) => return Err(timed_out(what, self.config.op_timeout)),
+                    }
+                }
+                Ok(Err(e)) if tries < 3 && retriable(&e) => {
+                    tracing::debug!(error = %e, tries, "redis connection trouble; retrying");
+                }
+                Ok(Err(e)) => return Err(redis_error(what)(e)),
+                Err(_) => return Err(timed_out(what, limit)),
+            }
+        }
+    }
+
+    /// Whether enough replicas acknowledged a write, as [`run_write`](Self::run_write)
+    /// counted them; on a cluster, waits (`WAIT`, on the slot's master) until that many
+    /// replicas have acknowledged, up to `replica_timeout`. [`LockError::NotReplicated`]
+    /// when fewer did.
     pub(super) async fn replicated(
         &self,
         operation: &'static str,
         lock_key: &str,
+        acks: Acks,
     ) -> Result<(), LockError> {
         let required = self.config.min_replicas;
-        if required == 0 {
-            return Ok(());
-        }
-        let mut command = redis::cmd("WAIT");
-        command.arg(required).arg(ms(self.config.replica_timeout));
-        let node = self.is_cluster().then(|| slots::of(lock_key.as_bytes()));
-        let acknowledged: i64 = self.query(operation, command, node).await?;
-        let acknowledged = u32::try_from(acknowledged.max(0)).unwrap_or(u32::MAX);
+        let acknowledged = match acks {
+            Acks::NotAsked => return Ok(()),
+            Acks::Counted(acknowledged) => acknowledged,
+            Acks::Ask => {
+                let mut command = redis::cmd("WAIT");
+                command.arg(required).arg(ms(self.config.replica_timeout));
+                let node = Some(slots::of(lock_key.as_bytes()));
+                let acknowledged: i64 = self.query(operation, command, node).await?;
+                u32::try_from(acknowledged.max(0)).unwrap_or(u32::MAX)
+            }
+        };
         if acknowledged >= required {
             Ok(())
         } else {
@@ -581,10 +682,7 @@ impl RedisLockStore {
             let call = invocation.invoke_async::<T>(&mut connection);
             match tokio::time::timeout(self.config.op_timeout, call).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e))
-                    if tries < 3
-                        && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) =>
-                {
+                Ok(Err(e)) if tries < 3 && retriable(&e) => {
                     tracing::debug!(error = %e, tries, "redis connection trouble; retrying");
                 }
                 Ok(Err(e)) => return Err(redis_error(what)(e)),
@@ -592,4 +690,33 @@ impl RedisLockStore {
             }
         }
     }
+}
+
+/// How many replicas acknowledged a lock write.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Acks {
+    /// None were asked for.
+    NotAsked,
+    /// This many, counted by a `WAIT` sent with the write.
+    Counted(u32),
+    /// Not counted yet: [`RedisLockStore::replicated`] sends the `WAIT` (on a cluster).
+    Ask,
+}
+
+/// Whether a failed try is worth another: the connection broke or stalled (the connection
+/// manager reconnects), or the node answered as a demoted primary or while loading (the
+/// Sentinels' primary is looked up again).
+fn retriable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+            )
+        )
 }

@@ -1,6 +1,6 @@
-//! Reaching Redis: one server through a connection manager or a cluster through the
-//! cluster client, the URLs that name them (`redis+cluster://` node lists, `sslrootcert=`),
-//! and the errors of a connection, named by cause.
+//! Reaching Redis: one server through a connection manager, a cluster through the cluster
+//! client, or the primary Redis Sentinels name; the URLs that name them (`redis+cluster://`
+//! node lists, `sslrootcert=`), and the errors of a connection, named by cause.
 
 use std::time::Duration;
 
@@ -10,13 +10,16 @@ use redis::cluster_async::ClusterConnection;
 use crate::error::LockError;
 
 use super::BACKEND;
+use super::sentinel::SentinelConnection;
 
-/// One server through a connection manager, or a cluster through the redis crate's
-/// cluster connection (which follows `MOVED`/`ASK` and the cluster's topology).
+/// One server through a connection manager, a cluster through the redis crate's cluster
+/// connection (which follows `MOVED`/`ASK` and the cluster's topology), or the primary the
+/// Sentinels name (which follows a failover).
 #[derive(Clone)]
 pub(super) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConnection),
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -27,6 +30,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -39,6 +43,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -46,6 +51,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
         }
     }
 }

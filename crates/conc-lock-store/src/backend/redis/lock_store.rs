@@ -9,7 +9,8 @@ use crate::request::{LockRequest, validate_key, validate_ttl};
 use crate::store::LockStore;
 use crate::util::clock::from_unix_millis;
 
-use super::connection::{glob_escape, redis_error, timed_out};
+use super::client::Acks;
+use super::connection::{glob_escape, parse_error, redis_error, timed_out};
 use super::replies::{info, ms};
 use super::{BACKEND, BATCH, RedisLockStore};
 
@@ -35,14 +36,17 @@ impl LockStore for RedisLockStore {
                 .arg(retry);
             invocation
         };
-        let released: i64 = self
-            .run_retrying("release", &invocation("0"), &invocation("1"))
+        let (released, acks): (i64, Acks) = self
+            .run_write("release", &invocation("0"), &invocation("1"))
             .await?;
         if released == 1 {
             self.watchers.notify(&lease.key);
             // A release too few replicas saw can come back after a failover, until its
             // TTL: a wait, not a second holder. Say so, and report the release.
-            if let Err(error) = self.replicated("release", &self.lock_key(&lease.key)).await {
+            if let Err(error) = self
+                .replicated("release", &self.lock_key(&lease.key), acks)
+                .await
+            {
                 tracing::debug!(%error, key = %lease.key, "a release was not acknowledged by enough replicas");
             }
         }
@@ -73,11 +77,12 @@ impl LockStore for RedisLockStore {
             .arg(ms(self.config.grace))
             .arg(self.events_channel());
         let sent = tokio::time::Instant::now();
-        let (id, after, longest, wiped, renewed): (String, i64, u64, i64, Option<i64>) =
-            self.run("renew", &invocation).await?;
+        type RenewReply = (String, i64, u64, i64, Option<i64>);
+        let ((id, after, longest, wiped, renewed), acks): (RenewReply, Acks) =
+            self.run_write("renew", &invocation, &invocation).await?;
         self.learn(slot, &(id, after, longest, wiped));
         let renewed = lease.renewed(renewed.map(from_unix_millis), ttl, sent)?;
-        self.replicated("renewal", &self.lock_key(&lease.key))
+        self.replicated("renewal", &self.lock_key(&lease.key), acks)
             .await?;
         Ok(renewed)
     }
@@ -115,21 +120,30 @@ impl LockStore for RedisLockStore {
             pipe.add_command(command);
             out.push(None);
         }
+        let asked = self.config.min_replicas > 0;
+        if asked {
+            // One `WAIT` after the batch, on the same connection, covers every write in it.
+            pipe.cmd("WAIT")
+                .arg(self.config.min_replicas)
+                .arg(ms(self.config.replica_timeout));
+        }
         type RenewReply = (String, i64, u64, i64, Option<i64>);
         let sent = tokio::time::Instant::now();
-        let mut replies: Result<Vec<redis::RedisResult<RenewReply>>, LockError> =
-            Err(timed_out("renew", self.config.op_timeout));
+        let limit = self.config.response_timeout();
+        let mut replies: Result<Vec<redis::RedisResult<redis::Value>>, LockError> =
+            Err(timed_out("renew", limit));
         for attempt in 0..2 {
             let mut connection = self.connection.clone();
-            let call = pipe.query_async::<Vec<redis::RedisResult<RenewReply>>>(&mut connection);
-            replies = match tokio::time::timeout(self.config.op_timeout, call).await {
+            let call = pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection);
+            replies = match tokio::time::timeout(limit, call).await {
                 Ok(Ok(replies)) => Ok(replies),
                 Ok(Err(e)) => Err(redis_error("renew")(e)),
-                Err(_) => Err(timed_out("renew", self.config.op_timeout)),
+                Err(_) => Err(timed_out("renew", limit)),
             };
             let missing_script = matches!(&replies, Ok(r) if r.iter().any(|reply| matches!(reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))));
             if attempt == 0 && missing_script {
-                // A restarted server forgot the script: load it and send the batch again.
+                // A restarted server (or a new primary) lacks the script: load it and send
+                // the batch again.
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(&self.scripts.renew_source);
                 if let Err(e) = self
@@ -144,18 +158,35 @@ impl LockStore for RedisLockStore {
             break;
         }
         match replies {
-            Ok(replies) => {
+            Ok(mut replies) => {
+                let acks = if asked {
+                    match replies.pop() {
+                        Some(Ok(value)) => {
+                            let acknowledged: i64 = redis::from_redis_value(value).unwrap_or(0);
+                            Acks::Counted(u32::try_from(acknowledged.max(0)).unwrap_or(u32::MAX))
+                        }
+                        _ => Acks::Counted(0),
+                    }
+                } else {
+                    Acks::NotAsked
+                };
                 let mut replies = replies.into_iter();
                 for (slot, lease) in out.iter_mut().zip(leases) {
                     if slot.is_some() {
                         continue;
                     }
-                    *slot = Some(match replies.next() {
+                    let reply = replies.next().map(|reply| {
+                        reply.map_err(redis_error("renew")).and_then(|value| {
+                            redis::from_redis_value::<RenewReply>(value)
+                                .map_err(parse_error("renew"))
+                        })
+                    });
+                    *slot = Some(match reply {
                         Some(Ok((id, after, longest, wiped, renewed))) => {
                             self.learn(0, &(id, after, longest, wiped));
                             lease.renewed(renewed.map(from_unix_millis), lease.ttl, sent)
                         }
-                        Some(Err(e)) => Err(redis_error("renew")(e)),
+                        Some(Err(e)) => Err(e),
                         None => Err(LockError::Backend {
                             backend: BACKEND,
                             message: "renew: a batched reply is missing".into(),
@@ -163,9 +194,10 @@ impl LockStore for RedisLockStore {
                         }),
                     });
                 }
-                // The batch went out on one connection: one `WAIT` covers every write in it.
                 if let Some(lease) = leases.first()
-                    && let Err(error) = self.replicated("renewal", &self.lock_key(&lease.key)).await
+                    && let Err(error) = self
+                        .replicated("renewal", &self.lock_key(&lease.key), acks)
+                        .await
                 {
                     for slot in out.iter_mut() {
                         if matches!(slot, Some(Ok(_))) {

@@ -57,6 +57,7 @@ mod lock_store;
 mod pubsub;
 mod replies;
 mod scripts;
+mod sentinel;
 mod slots;
 #[cfg(all(test, feature = "conformance"))]
 mod tests;
@@ -128,6 +129,16 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// How long a connection waits for one answer: the operation timeout, plus the
+    /// replicas' when a write waits for them.
+    pub(super) fn response_timeout(&self) -> Duration {
+        if self.min_replicas > 0 {
+            self.op_timeout + self.replica_timeout
+        } else {
+            self.op_timeout
+        }
+    }
+
     /// Sets [`min_replicas`](Self::min_replicas) and
     /// [`replica_timeout`](Self::replica_timeout).
     #[must_use]

@@ -7,13 +7,48 @@ use std::time::Duration;
 use crate::notify::Watchers;
 
 use super::Epoch;
+use super::sentinel::SentinelConnection;
+
+/// Where the subscription connects.
+pub(super) enum Subscribers {
+    /// One server, or the nodes of a cluster, taken in turn (a publication reaches every
+    /// node of a cluster).
+    Nodes(Vec<redis::Client>),
+    /// The primary the Sentinels name at the time; the subscription moves when the store's
+    /// connection finds a new primary.
+    Sentinel(SentinelConnection),
+}
+
+impl Subscribers {
+    /// The client to subscribe through on the `turn`-th try.
+    async fn client(&self, turn: usize) -> Result<redis::Client, String> {
+        match self {
+            Self::Nodes(clients) if clients.is_empty() => Err("no node to subscribe to".into()),
+            Self::Nodes(clients) => Ok(clients[turn % clients.len()].clone()),
+            Self::Sentinel(connection) => connection.primary_client().await,
+        }
+    }
+
+    /// Resolves when the subscription should move to another server: never, but for a
+    /// Sentinel connection that reached a new primary.
+    async fn moved(changes: &mut Option<tokio::sync::watch::Receiver<Option<String>>>) {
+        match changes {
+            Some(changes) => {
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
 
 /// Subscribes to the store's events and wakes the watchers of each key named; after a
 /// lost connection it wakes every watcher (it cannot tell what it missed) and subscribes
-/// again, through the next of `clients` (the nodes of a cluster). Ends when the store is
-/// dropped.
+/// again, through the next of the nodes of a cluster, or on the primary the Sentinels name
+/// now. Ends when the store is dropped.
 pub(super) async fn subscribe(
-    clients: Vec<redis::Client>,
+    subscribers: Subscribers,
     channel: String,
     connect_timeout: Duration,
     watchers: Weak<Watchers>,
@@ -25,10 +60,19 @@ pub(super) async fn subscribe(
     use futures_util::StreamExt as _;
     let mut pause = Duration::from_millis(100);
     let mut turn = 0usize;
+    let mut changes = match &subscribers {
+        Subscribers::Sentinel(connection) => Some(connection.primary_changes()),
+        Subscribers::Nodes(_) => None,
+    };
     loop {
-        let client = &clients[turn % clients.len().max(1)];
+        let this_turn = turn;
         turn = turn.wrapping_add(1);
+        if let Some(changes) = &mut changes {
+            changes.mark_unchanged();
+        }
+        let subscribed = std::sync::atomic::AtomicBool::new(false);
         let session = async {
+            let client = subscribers.client(this_turn).await?;
             let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
                 .await
                 .map_err(|_| "connecting timed out".to_owned())?
@@ -37,6 +81,8 @@ pub(super) async fn subscribe(
                 .await
                 .map_err(|_| "subscribing timed out".to_owned())?
                 .map_err(|e| e.to_string())?;
+            subscribed.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(channel = %channel, "subscribed to the redis lock events");
             if let Some(ready) = ready.take() {
                 let _ = ready.send(());
             } else if let Some(watchers) = watchers.upgrade() {
@@ -65,13 +111,25 @@ pub(super) async fn subscribe(
         };
         tokio::select! {
             _ = &mut stopped => return,
+            () = Subscribers::moved(&mut changes) => {
+                tracing::debug!("the Redis primary changed; subscribing to the lock events there");
+            }
             outcome = session => {
                 if let Err(error) = outcome {
                     tracing::debug!(%error, "redis lock events interrupted; subscribing again");
                 }
             }
         }
-        if !crate::notify::after_disconnect(&watchers, &mut stopped, &mut pause).await {
+        if subscribed.into_inner() {
+            // It had been working: the next try comes soon.
+            pause = Duration::from_millis(100);
+        }
+        let go_on = tokio::select! {
+            go_on = crate::notify::after_disconnect(&watchers, &mut stopped, &mut pause) => go_on,
+            // A new primary found while pausing: subscribe there at once.
+            () = Subscribers::moved(&mut changes) => true,
+        };
+        if !go_on {
             return;
         }
     }

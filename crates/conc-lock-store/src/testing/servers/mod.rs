@@ -1,5 +1,6 @@
 //! Private servers for fault and TLS tests: a `redis-server` on a free port that a test
-//! may restart, flush or reconfigure, a Redis Cluster of such servers, a PostgreSQL
+//! may restart, flush or reconfigure, a Redis Cluster of such servers, a primary with
+//! replicas and Sentinels, a PostgreSQL
 //! cluster of its own (`initdb` and `pg_ctl` in a temporary folder) and a PgBouncer in
 //! front of a PostgreSQL, never the shared servers other tests use. Built with the
 //! `conformance` feature.
@@ -10,7 +11,7 @@ mod redis;
 
 pub use pgbouncer::{BouncerMode, PrivatePgBouncer};
 pub use postgres::PrivatePostgres;
-pub use redis::{PrivateRedis, PrivateRedisCluster};
+pub use redis::{PrivateRedis, PrivateRedisCluster, PrivateRedisSentinel};
 
 use std::net::TcpListener;
 use std::process::Command;
