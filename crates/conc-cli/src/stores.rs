@@ -43,6 +43,7 @@ fn what(spec: &str, role: &str) -> Result<String, StoreError> {
         StoreKind::Sqlite => "SQLite",
         StoreKind::Postgres => "PostgreSQL",
         StoreKind::Redis => "Redis",
+        StoreKind::Etcd => "etcd",
         _ => "",
     };
     Ok(format!("the {backend} {role} store"))

@@ -109,6 +109,25 @@ fn two_processes_on_a_redis_cluster_keep_the_invariants() {
     }
 }
 
+/// Two processes with their locks on a private three-member etcd cluster (`etcd://`, the
+/// `etcd` feature) and their sessions in one SQLite file.
+#[cfg(feature = "etcd")]
+#[test]
+fn two_processes_on_an_etcd_cluster_keep_the_invariants() {
+    let Some(cluster) = conc_lock_store::servers::PrivateEtcdCluster::start(3).unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = format!("sqlite:{}", dir.path().join("shared.db").display());
+    for output in run_pair(&cluster.url(), &sessions, &[]) {
+        let (stdout, stderr) = text(&output);
+        assert!(
+            output.status.success(),
+            "stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}
+
 /// With per-process (memory) locks over shared sessions, two processes do generate at
 /// once, but the session store's fence refuses the superseded generation's reply: the
 /// invariants hold.

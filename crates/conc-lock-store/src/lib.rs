@@ -14,7 +14,9 @@
 //!   moment the lease is known to be gone.
 //!
 //! Backends: [`MemoryLockStore`] (one process), [`SqliteLockStore`] (feature `sqlite`, the
-//! default: one machine, several processes), and PostgreSQL and Redis (one server or a Redis Cluster) for many machines.
+//! default: one machine, several processes), and PostgreSQL, Redis (one server, a Redis
+//! Cluster, or a primary that Sentinels watch) and etcd (feature `etcd`: a consensus store,
+//! whose locks survive a leader failover) for many machines.
 //! Each one passes the same `conformance` suite (feature `conformance`).
 //!
 //! # Example
@@ -63,6 +65,8 @@ mod url;
 #[cfg(feature = "conformance")]
 mod testing;
 
+#[cfg(feature = "etcd")]
+pub use backend::etcd::{EtcdConfig, EtcdLockStore};
 pub use backend::memory::MemoryLockStore;
 #[cfg(feature = "postgres")]
 pub use backend::postgres::{

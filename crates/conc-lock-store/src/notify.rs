@@ -81,7 +81,12 @@ impl Watchers {
         }
     }
 
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+    #[cfg(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis",
+        feature = "etcd"
+    ))]
     /// Wakes every watcher (the store cannot tell which keys changed).
     pub(crate) fn notify_all(&self) {
         if let Some(sender) = self.all.lock().as_ref() {
@@ -118,7 +123,7 @@ impl Watchers {
     }
 }
 
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
 /// After a notification connection was lost: wakes every watcher (nobody can tell what
 /// was missed), waits `pause` (doubled for next time, up to 5 s), and says whether to
 /// connect again: `false` once the store is gone or `stopped` fired.

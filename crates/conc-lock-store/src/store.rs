@@ -68,6 +68,23 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     fn batches_renewals(&self) -> bool {
         false
     }
+
+    /// The step in which this store counts a lease's time: a lease holds its key for at
+    /// least its TTL rounded up to a whole number of steps, and may hold it up to one more
+    /// step before it frees. 1 ms by default; 1 s on etcd, whose leases count whole
+    /// seconds. The holder stops at its own TTL either way ([`LockGuard`](crate::LockGuard)
+    /// measures it locally): a coarse step only makes others wait longer for a holder that
+    /// died.
+    fn lease_resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    /// Whether the store deletes a lease by itself when it expires (etcd), so that
+    /// [`cleanup_expired`](Self::cleanup_expired) never finds one to remove. `false` by
+    /// default.
+    fn removes_expired_leases(&self) -> bool {
+        false
+    }
     /// The live lease on `key`, if any.
     ///
     /// # Cancel safety

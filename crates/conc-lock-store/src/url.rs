@@ -32,6 +32,8 @@ pub enum StoreKind {
     /// (`rediss+cluster://` for TLS); a primary that Sentinels watch:
     /// `redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME` (`rediss+sentinel://` for TLS).
     Redis,
+    /// `etcd://HOST:PORT[,HOST:PORT…]` (`etcds://` for TLS).
+    Etcd,
 }
 
 /// The query options conc reads itself; every other one is the driver's.
@@ -51,7 +53,8 @@ const OWN: &[&str] = &[
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
 /// or `rediss://`, `redis+cluster://` or `rediss+cluster://` (any nodes, comma-separated),
 /// `redis+sentinel://` or `rediss+sentinel://` (the Sentinels, comma-separated, then
-/// `/MASTER_NAME`), with options in the query string. Bad input is a typed error saying
+/// `/MASTER_NAME`), `etcd://` or `etcds://` (any members, comma-separated), with options in
+/// the query string. Bad input is a typed error saying
 /// what would be right.
 pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
     let bad = |reason: String| LockError::InvalidUrl { reason };
@@ -105,9 +108,11 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
     .any(|scheme| base.starts_with(scheme))
     {
         (StoreKind::Redis, rebuilt(base))
+    } else if base.starts_with("etcd://") || base.starts_with("etcds://") {
+        (StoreKind::Etcd, rebuilt(base))
     } else {
         return Err(bad(format!(
-            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB, redis://HOST:PORT (rediss:// for TLS), redis+cluster://HOST:PORT,HOST:PORT or redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME"
+            "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB, redis://HOST:PORT (rediss:// for TLS), redis+cluster://HOST:PORT,HOST:PORT, redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME or etcd://HOST:PORT,HOST:PORT"
         )));
     };
     Ok(StoreUrl {
@@ -134,7 +139,7 @@ impl StoreUrl {
 /// (a direct URL for the one `LISTEN` connection, percent-encoded) and `watch_interval=`
 /// (ms, for polling without `LISTEN`) for PostgreSQL, `prefix=`, `min_replicas=` and
 /// `replica_timeout=` (ms: every lock write waits for that many replicas)
-/// and `allow_eviction=true` for Redis, and TLS from `sslmode=` and `sslrootcert=`
+/// and `allow_eviction=true` for Redis, `prefix=` for etcd, and TLS from `sslmode=` and `sslrootcert=`
 /// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
 ///
 /// ```
@@ -212,6 +217,16 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
                 crate::backend::redis::RedisLockStore::connect(&parsed.target, config).await?,
             ))
         }
+        #[cfg(feature = "etcd")]
+        StoreKind::Etcd => {
+            let mut config = crate::backend::etcd::EtcdConfig::default();
+            if let Some(prefix) = parsed.option("prefix") {
+                config.prefix = prefix.to_owned();
+            }
+            Ok(Arc::new(
+                crate::backend::etcd::EtcdLockStore::connect(&parsed.target, config).await?,
+            ))
+        }
         #[allow(unreachable_patterns)]
         kind => Err(LockError::InvalidUrl {
             reason: format!(
@@ -260,6 +275,10 @@ mod tests {
         assert_eq!(url.kind, StoreKind::Redis);
         assert_eq!(url.target, "redis+sentinel://s1:26379,s2:26379/main");
         assert_eq!(url.option("min_replicas"), Some("1"));
+        let url = parse_url("etcd://e1:2379,e2:2379?prefix=app/").unwrap();
+        assert_eq!(url.kind, StoreKind::Etcd);
+        assert_eq!(url.target, "etcd://e1:2379,e2:2379");
+        assert_eq!(url.option("prefix"), Some("app/"));
         assert_eq!(parse_url("sqlite:/tmp/x.db").unwrap().target, "/tmp/x.db");
         assert_eq!(parse_url("memory").unwrap().kind, StoreKind::Memory);
         for bad in ["sqlite:", "mysql://x", "", "postgres://h/db?schema="] {

@@ -4,7 +4,8 @@
 //! with SIGSTOP past its TTL while another process takes the lock and writes; on SIGCONT
 //! its `lost()` has fired before it can write again. Run on a SQLite file, and on
 //! PostgreSQL (straight, and through a private PgBouncer in transaction mode) and Redis
-//! when their test URLs are set.
+//! when their test URLs are set, on a private Redis Cluster, and on a private etcd cluster
+//! with the `etcd` feature.
 //!
 //! A `harness = false` test: the same binary is the parent and, with `CONC_LOCK_CHILD`
 //! set, each child.
@@ -47,6 +48,8 @@ fn log(path: &Path, line: String) {
 
 /// The URL of the private Redis Cluster the parent started (`redis-cluster` runs).
 static CLUSTER_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The URL of the private etcd cluster the parent started (`etcd` runs).
+static ETCD_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// The URL of the private PgBouncer (transaction mode) in front of the test database.
 static BOUNCER_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -99,6 +102,20 @@ async fn open(backend: &str, dir: &Path, scope: &str) -> Arc<dyn LockStore> {
             let config = conc_lock_store::RedisConfig::default().with_prefix(format!("{scope}:"));
             Arc::new(
                 conc_lock_store::RedisLockStore::connect(&url, config)
+                    .await
+                    .expect("connect"),
+            )
+        }
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            let url = ETCD_URL
+                .get()
+                .cloned()
+                .or_else(|| std::env::var("CONC_LOCK_ETCD_URL").ok())
+                .expect("the etcd cluster's URL");
+            let config = conc_lock_store::EtcdConfig::default().with_prefix(format!("{scope}/"));
+            Arc::new(
+                conc_lock_store::EtcdLockStore::connect(&url, config)
                     .await
                     .expect("connect"),
             )
@@ -235,6 +252,10 @@ fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
             "CONC_LOCK_BOUNCER_URL",
             BOUNCER_URL.get().map_or("", String::as_str),
         )
+        .env(
+            "CONC_LOCK_ETCD_URL",
+            ETCD_URL.get().map_or("", String::as_str),
+        )
         .env("CONC_LOCK_BACKEND", backend)
         .env("CONC_LOCK_SCOPE", scope)
         .spawn()
@@ -360,6 +381,10 @@ fn contend(backend: &str, scope: &str) -> Result<(), String> {
                 .env(
                     "CONC_LOCK_BOUNCER_URL",
                     BOUNCER_URL.get().map_or("", String::as_str),
+                )
+                .env(
+                    "CONC_LOCK_ETCD_URL",
+                    ETCD_URL.get().map_or("", String::as_str),
                 )
                 .env("CONC_LOCK_SCOPE", &scope)
                 .env("CONC_LOCK_VICTIM", if i == 0 { "1" } else { "0" })
@@ -591,6 +616,20 @@ fn main() -> ExitCode {
         Ok(None) => None,
         Err(e) => {
             eprintln!("several processes on redis-cluster FAILED: cannot start the cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // An etcd cluster of the test's own (three members), when etcd is built in.
+    #[cfg(feature = "etcd")]
+    let _etcd = match conc_lock_store::servers::PrivateEtcdCluster::start(3) {
+        Ok(Some(cluster)) => {
+            let _ = ETCD_URL.set(cluster.url());
+            backends.push("etcd");
+            Some(cluster)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("several processes on etcd FAILED: cannot start the cluster: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -1,6 +1,7 @@
 //! A stop sent from another process right after a generation starts (0, 5 and 10 ms
 //! after) reaches the generator at once, on every shared lock store: SQLite (two stores on
-//! one file), PostgreSQL and Redis (two connections each, as two processes have). The
+//! one file), PostgreSQL, Redis (two connections each, as two processes have) and etcd (a
+//! private three-member cluster, with the `etcd` feature). The
 //! generator's renewals come every 10 s here (a 30 s TTL), so only the store's watch can
 //! tell it within the second.
 
@@ -96,4 +97,15 @@ async fn a_stop_right_after_the_start_reaches_the_generator_on_redis() {
     let prefix = unique("redis");
     let separator = if url.contains('?') { '&' } else { '?' };
     stops_reach_the_generator(&format!("{url}{separator}prefix={prefix}:"), "redis").await;
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_the_start_reaches_the_generator_on_etcd() {
+    let Some(cluster) = conc_lock_store::servers::PrivateEtcdCluster::start(3).expect("etcd")
+    else {
+        return;
+    };
+    let prefix = unique("etcd");
+    stops_reach_the_generator(&format!("{}?prefix={prefix}/", cluster.url()), "etcd").await;
 }

@@ -1,11 +1,14 @@
 //! URL options of conc's own (`sslrootcert`), and the rustls client configuration the
 //! PostgreSQL and Redis backends share.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+use std::path::PathBuf;
 
 use crate::error::{ConnectFailure, LockError};
 
 /// A URL with conc's own query options taken out.
+#[cfg(any(feature = "postgres", feature = "redis"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SplitUrl {
     /// The URL the driver gets.
@@ -18,6 +21,7 @@ pub(crate) struct SplitUrl {
 
 /// Takes `sslrootcert` out of `url`'s query, and maps `sslmode=verify-ca|verify-full` to
 /// `require` (rustls always verifies the certificate and the host name).
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) fn split(url: &str) -> SplitUrl {
     let Some((base, query)) = url.split_once('?') else {
         return SplitUrl {
@@ -111,7 +115,7 @@ pub(crate) fn client_config(
         .with_no_client_auth())
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
 mod tests {
     use super::*;
 

@@ -46,7 +46,7 @@ pub(crate) fn unix_millis(time: std::time::SystemTime) -> i64 {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "redis", feature = "etcd"))]
 /// The inverse of [`unix_millis`].
 pub(crate) fn from_unix_millis(millis: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0))

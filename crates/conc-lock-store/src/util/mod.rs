@@ -3,6 +3,6 @@
 //! and URL escapes.
 
 pub(crate) mod clock;
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
 pub(crate) mod percent;
 pub(crate) mod random;

@@ -115,11 +115,12 @@ mod tests {
     fn tokens_are_unique_hex() {
         let tokens: std::collections::HashSet<_> = (0..10_000)
             .map(|i| {
-                if i % 2 == 0 {
-                    token().as_str().to_owned()
-                } else {
-                    shared_token()
+                #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+                if i % 2 == 1 {
+                    return shared_token();
                 }
+                let _ = i;
+                token().as_str().to_owned()
             })
             .collect();
         assert_eq!(tokens.len(), 10_000);

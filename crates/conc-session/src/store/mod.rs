@@ -249,6 +249,9 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn SessionStore>, Sess
         StoreKind::Redis => Err(invalid(
             "sessions cannot live in Redis: use memory, sqlite:PATH or postgres://…".into(),
         )),
+        StoreKind::Etcd => Err(invalid(
+            "sessions cannot live in etcd (it is for locks): use memory, sqlite:PATH or postgres://…".into(),
+        )),
         #[allow(unreachable_patterns)]
         kind => Err(invalid(format!(
             "this build of conc-session has no {kind:?} session store: enable its cargo feature"

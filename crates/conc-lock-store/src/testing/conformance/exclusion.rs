@@ -10,7 +10,7 @@ use crate::error::LockError;
 use crate::request::LockRequest;
 use crate::store::LockStore;
 
-use super::key;
+use super::{coarse_extra, key};
 
 /// Many concurrent acquirers: a shared counter never sees two holders.
 ///
@@ -76,7 +76,10 @@ pub async fn takeover_after_ttl(store: &Arc<dyn LockStore>, prefix: &str) {
             .is_none(),
         "held"
     );
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(
+        Duration::from_millis(900) + coarse_extra(&**store, Duration::from_millis(600)),
+    )
+    .await;
     let taken = store
         .try_acquire(&second)
         .await
@@ -158,7 +161,10 @@ pub async fn renew_after_expiry_fails(store: &Arc<dyn LockStore>, prefix: &str) 
         .await
         .expect("renew while held");
     assert!(renewed.expires_at >= lease.expires_at);
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(
+        Duration::from_millis(900) + coarse_extra(&**store, Duration::from_millis(500)),
+    )
+    .await;
     let error = store
         .renew(&renewed, Duration::from_secs(5))
         .await
@@ -200,7 +206,10 @@ pub async fn renew_many_answers_per_lease(store: &Arc<dyn LockStore>, prefix: &s
         .expect("take_over");
     let mut too_long = other.clone();
     too_long.ttl = store.max_ttl() + Duration::from_secs(1);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(
+        Duration::from_millis(150) + coarse_extra(&**store, Duration::from_millis(50)),
+    )
+    .await;
     let batch = [
         live.clone(),
         released.clone(),
@@ -249,7 +258,7 @@ pub async fn dropped_acquire_never_outlives_ttl(store: &Arc<dyn LockStore>, pref
             store.acquire(&request, Duration::from_secs(1)),
         )
         .await;
-        tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+        tokio::time::sleep(ttl + Duration::from_millis(150) + coarse_extra(&**store, ttl)).await;
         let next = store
             .try_acquire(&LockRequest::new(&key, "next", Duration::from_secs(5)))
             .await

@@ -67,6 +67,20 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     fair_lock_serves_in_arrival_order(&store, prefix).await;
 }
 
+/// How much longer than its TTL a lease may hold its key on `store`, beyond what a
+/// millisecond store allows: the TTL rounded up to the store's
+/// [`lease_resolution`](LockStore::lease_resolution), plus one step (nothing on a
+/// millisecond store).
+pub(super) fn coarse_extra(store: &dyn LockStore, ttl: std::time::Duration) -> std::time::Duration {
+    let step = store.lease_resolution();
+    if step <= std::time::Duration::from_millis(1) {
+        return std::time::Duration::ZERO;
+    }
+    let steps = ttl.as_nanos().div_ceil(step.as_nanos());
+    let rounded = step * u32::try_from(steps).unwrap_or(u32::MAX);
+    rounded.saturating_sub(ttl) + step
+}
+
 pub(super) fn key(prefix: &str, name: &str) -> String {
     format!("{prefix}:{name}")
 }

@@ -1,14 +1,18 @@
 //! Private servers for fault and TLS tests: a `redis-server` on a free port that a test
 //! may restart, flush or reconfigure, a Redis Cluster of such servers, a primary with
-//! replicas and Sentinels, a PostgreSQL
+//! replicas and Sentinels, an etcd cluster (feature `etcd`), a PostgreSQL
 //! cluster of its own (`initdb` and `pg_ctl` in a temporary folder) and a PgBouncer in
 //! front of a PostgreSQL, never the shared servers other tests use. Built with the
 //! `conformance` feature.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod pgbouncer;
 mod postgres;
 mod redis;
 
+#[cfg(feature = "etcd")]
+pub use etcd::PrivateEtcdCluster;
 pub use pgbouncer::{BouncerMode, PrivatePgBouncer};
 pub use postgres::PrivatePostgres;
 pub use redis::{PrivateRedis, PrivateRedisCluster, PrivateRedisSentinel};
