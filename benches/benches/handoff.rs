@@ -9,7 +9,8 @@
 //! and writes them to `target/conc-bench/handoff.md`.
 //!
 //! `cargo bench -p conc-benches --bench handoff` (`-- --quick` for 30 rounds). PostgreSQL
-//! and Redis run when `CONC_TEST_POSTGRES_URL` / `CONC_TEST_REDIS_URL` are set.
+//! and Redis run when `CONC_TEST_POSTGRES_URL` / `CONC_TEST_REDIS_URL` are set; etcd, on a
+//! private cluster, with `--features etcd`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ fn ms(d: Duration) -> String {
 
 type Opened = (Arc<dyn LockStore>, Arc<dyn LockStore>);
 
-async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Opened)> {
+async fn backends(dir: &std::path::Path, etcd: Option<&str>) -> Vec<(&'static str, Opened)> {
     let mut out: Vec<(&'static str, Opened)> = Vec::new();
     let memory: Arc<dyn LockStore> = Arc::new(MemoryLockStore::new());
     out.push(("memory", (memory.clone(), memory)));
@@ -167,7 +168,44 @@ async fn backends(dir: &std::path::Path) -> Vec<(&'static str, Opened)> {
             "skipped: CONC_TEST_REDIS_URL is not set, so the Redis hand-off is not measured"
         ),
     }
+    #[cfg(feature = "etcd")]
+    if let Some(url) = etcd {
+        let config = || {
+            conc_lock_store::EtcdConfig::default()
+                .with_prefix(format!("conc-bench-handoff/{}/", std::process::id()))
+        };
+        out.push((
+            "etcd",
+            (
+                Arc::new(
+                    conc_lock_store::EtcdLockStore::connect(url, config())
+                        .await
+                        .expect("connect"),
+                ),
+                Arc::new(
+                    conc_lock_store::EtcdLockStore::connect(url, config())
+                        .await
+                        .expect("connect"),
+                ),
+            ),
+        ));
+    }
+    let _ = etcd;
     out
+}
+
+/// A private etcd cluster for the etcd row, with the `etcd` feature.
+#[cfg(feature = "etcd")]
+fn etcd_cluster() -> Option<conc_lock_store::servers::PrivateEtcdCluster> {
+    match conc_lock_store::servers::PrivateEtcdCluster::start(3) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            println!(
+                "skipped: the private etcd cluster did not start ({e}), so the etcd hand-off is not measured"
+            );
+            None
+        }
+    }
 }
 
 fn main() {
@@ -182,11 +220,20 @@ fn main() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
+    #[cfg(feature = "etcd")]
+    let cluster = etcd_cluster();
+    #[cfg(feature = "etcd")]
+    let etcd = cluster.as_ref().map(|c| c.url());
+    #[cfg(not(feature = "etcd"))]
+    let etcd: Option<String> = {
+        println!("skipped: the `etcd` feature is off, so the etcd hand-off is not measured");
+        None
+    };
     let mut table = String::from(
         "| backend | wake-ups p50 (ms) | wake-ups p99 (ms) | wake-ups max (ms) | polling p50 (ms) | polling p99 (ms) | goal p50 ≤ 2 ms, p99 ≤ 10 ms |\n| --- | --- | --- | --- | --- | --- | --- |\n",
     );
     runtime.block_on(async {
-        for (name, (a, b)) in backends(dir.path()).await {
+        for (name, (a, b)) in backends(dir.path(), etcd.as_deref()).await {
             let key = format!("handoff:{}", std::process::id());
             let woken = measure(a.clone(), b.clone(), &key, rounds).await;
             let polled = measure(a.clone(), Arc::new(Polling(b.clone())), &key, rounds).await;

@@ -369,7 +369,65 @@ fn servers(c: &mut Criterion) {
             });
         }
     }
+    #[cfg(feature = "etcd")]
+    etcd_pairs(&rt, &request, &mut group);
+    #[cfg(not(feature = "etcd"))]
+    println!("skipped: the `etcd` feature is off, so the etcd lock bench does not run");
     group.finish();
+}
+
+/// On a private three-member etcd cluster: conc's pair (a lease grant, the put-if-free
+/// transaction, the guarded delete; the lease is revoked in the background) against the
+/// same done by hand with `etcd-client` (grant, put-if-free, delete, revoke, each awaited).
+#[cfg(feature = "etcd")]
+fn etcd_pairs(
+    rt: &tokio::runtime::Runtime,
+    request: &LockRequest,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+) {
+    use conc_lock_store::servers::PrivateEtcdCluster;
+    use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+    let cluster = match PrivateEtcdCluster::start(3) {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => return,
+        Err(e) => {
+            println!(
+                "skipped: the private etcd cluster did not start ({e}), so the etcd lock bench does not run"
+            );
+            return;
+        }
+    };
+    let store: Arc<dyn LockStore> = Arc::new(
+        rt.block_on(conc_lock_store::EtcdLockStore::connect(
+            &cluster.url(),
+            conc_lock_store::EtcdConfig::default().with_prefix("conc-bench/"),
+        ))
+        .expect("connect"),
+    );
+    group.bench_function(BenchmarkId::new("conc", "etcd"), |b| {
+        b.iter(|| pair(rt, &store, request))
+    });
+    let mut client = rt
+        .block_on(etcd_client::Client::connect(cluster.endpoints(), None))
+        .expect("raw");
+    group.bench_function(BenchmarkId::new("raw-etcd-client", "etcd"), |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let key = "conc-bench/raw";
+                let lease = client.lease_grant(30, None).await.expect("grant").id();
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key,
+                        "t",
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                assert!(client.txn(txn).await.expect("txn").succeeded());
+                client.delete(key, None).await.expect("delete");
+                client.lease_revoke(lease).await.expect("revoke");
+            })
+        })
+    });
 }
 
 criterion_group!(benches, acquire_release, live_keys, servers);

@@ -419,11 +419,31 @@ fn bench_report(args: &[String]) -> Result {
     Ok(())
 }
 
+/// `--features etcd` when this machine can build and run the etcd rows (`protoc` to build
+/// the client, `etcd` for the private cluster); otherwise nothing, and a `skipped:` line.
+fn bench_features() -> Vec<&'static str> {
+    let works = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works("protoc") && works("etcd") {
+        vec!["--features", "etcd"]
+    } else {
+        println!("skipped: protoc or etcd is not installed, so the etcd rows are not measured");
+        Vec::new()
+    }
+}
+
 fn bench(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let features = bench_features();
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "conc-benches"]);
+    cmd.args(["bench", "-p", "conc-benches"]).args(&features);
     for bench in ["core", "async", "retry", "lock_store", "session"] {
         cmd.args(["--bench", bench]);
     }
@@ -453,7 +473,10 @@ fn bench(args: &[String]) -> Result {
         .collect();
     for bench in &tables {
         let mut table = cargo();
-        table.args(["bench", "-p", "conc-benches", "--bench", bench, "--"]);
+        table
+            .args(["bench", "-p", "conc-benches"])
+            .args(&features)
+            .args(["--bench", bench, "--"]);
         if quick {
             table.arg("--quick");
         }

@@ -159,6 +159,12 @@ pub const GOALS: &[Goal] = &[
         "within 1.2x of raw commands",
     ),
     ratio(
+        "lock_server_acquire_release",
+        "raw-etcd-client",
+        1.0,
+        "at most a hand-written etcd-client lock pair",
+    ),
+    ratio(
         GROWTH_GROUP,
         GROWTH_FROM,
         1.5,

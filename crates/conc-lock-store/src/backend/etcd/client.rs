@@ -121,7 +121,10 @@ impl EtcdLockStore {
             .clone()
             .or_else(|| config.credentials.clone())
         {
-            options = options.with_user(user, password);
+            // Tokens expire; a long-lived store gets a new one when etcd says so.
+            options = options
+                .with_user(user, password)
+                .with_auto_token_refresh(true);
         }
         if endpoints.urls.iter().any(|u| u.starts_with("https://")) {
             let mut tls = etcd_client::TlsOptions::new().with_enabled_roots();

@@ -118,6 +118,14 @@ impl PrivateEtcdCluster {
         format!("etcd://{}", members.join(","))
     }
 
+    /// Each member's client URL (`http://127.0.0.1:PORT`), for `etcd_client::Client`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
     /// The `etcd://` URL of member `index` alone.
     pub fn member_url(&self, index: usize) -> String {
         format!(
