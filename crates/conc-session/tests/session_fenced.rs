@@ -231,6 +231,31 @@ async fn sqlite_sessions_are_fenced() {
     a_paused_generation_cannot_write(sessions, locks, "paused").await;
 }
 
+/// The generation lock on a private three-member etcd cluster, the sessions on SQLite.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn sqlite_sessions_with_etcd_locks_are_fenced() {
+    let Some(cluster) = conc_lock_store::servers::PrivateEtcdCluster::start(3).unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sessions: Arc<dyn SessionStore> = Arc::new(
+        SqliteSessionStore::open(dir.path().join("sessions.db"))
+            .await
+            .unwrap(),
+    );
+    let locks: Arc<dyn LockStore> = Arc::new(
+        conc_lock_store::EtcdLockStore::connect(
+            &cluster.url(),
+            conc_lock_store::EtcdConfig::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    generations_are_fenced(sessions.clone(), locks.clone(), "conv").await;
+    a_paused_generation_cannot_write(sessions, locks, "paused").await;
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres_sessions_are_fenced() {
