@@ -71,6 +71,12 @@ pub enum LockError {
         /// The most a semaphore may have.
         max: u32,
     },
+    /// An election's timing does not hold together (see `ElectionConfig::validate`).
+    #[error("invalid election configuration: {reason}")]
+    InvalidElection {
+        /// What is wrong, and what would be right.
+        reason: String,
+    },
     /// The owner is empty.
     #[error(
         "invalid lock owner: the owner must not be empty, only whitespace or hold a NUL byte (use a worker, user or process id)"

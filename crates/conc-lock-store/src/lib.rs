@@ -82,7 +82,10 @@ pub use backend::sqlite::{SqliteWorker, SqliteWorkerError};
 pub use error::{ConnectFailure, LockError};
 pub use lease::{Lease, LockInfo, Metadata, default_drift_margin};
 pub use notify::LockWatch;
-pub use recipe::{FairLock, LockGuard, MAX_PERMITS, Semaphore, permit_key};
+pub use recipe::{
+    Election, ElectionConfig, FairLock, Leader, Leadership, LockGuard, MAX_PERMITS, MultiLease,
+    MultiLock, Observer, RwLock, Semaphore, permit_key, writer_key,
+};
 pub use request::{LockRequest, MAX_KEY_BYTES, MIN_TTL, TTL_LIMIT, validate_key};
 pub use store::LockStore;
 #[cfg(feature = "conformance")]

@@ -59,6 +59,12 @@ impl LockRequest {
     /// Checks the key, the owner, the metadata and the TTL against `max_ttl`.
     pub fn validate(&self, max_ttl: Duration) -> Result<(), LockError> {
         validate_key(&self.key)?;
+        self.validate_without_key(max_ttl)
+    }
+
+    /// Checks the owner, the metadata and the TTL, not the key (a template for several
+    /// keys).
+    pub(crate) fn validate_without_key(&self, max_ttl: Duration) -> Result<(), LockError> {
         if self.owner.trim().is_empty() || self.owner.contains('\0') {
             return Err(LockError::InvalidOwner);
         }

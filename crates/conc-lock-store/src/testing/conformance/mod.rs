@@ -16,12 +16,17 @@
 //! # }
 //! ```
 
+mod coordination;
 mod exclusion;
 mod holders;
 mod inspection;
 mod notification;
 mod recipes;
 
+pub use coordination::{
+    election_has_one_leader, multi_lock_takes_all_or_none,
+    rw_lock_shares_reads_and_serves_writers_first,
+};
 pub use exclusion::{
     dropped_acquire_never_outlives_ttl, foreign_release_refused, monotonic_fence, mutual_exclusion,
     renew_after_expiry_fails, renew_many_answers_per_lease, takeover_after_ttl,
@@ -65,6 +70,9 @@ pub async fn run_all(store: Arc<dyn LockStore>, prefix: &str) {
     watch_reports_changes_made_right_after_it(&store, &store, prefix).await;
     semaphore_admits_n_holders(&store, prefix).await;
     fair_lock_serves_in_arrival_order(&store, prefix).await;
+    election_has_one_leader(&store, prefix).await;
+    rw_lock_shares_reads_and_serves_writers_first(&store, prefix).await;
+    multi_lock_takes_all_or_none(&store, prefix).await;
 }
 
 /// How much longer than its TTL a lease may hold its key on `store`, beyond what a
