@@ -9,13 +9,17 @@
 //! A reply is written with the generation's fence, so a stopped or superseded generation
 //! never writes; its partial reply is discarded, and the page says so.
 //!
+//! Once-per-cluster housekeeping (removing expired leases from the lock store) runs on one
+//! server at a time: the servers sharing the lock store elect a leader
+//! ([`conc_lock_store::Election`]), and `GET /api/housekeeping` tells which one this is.
+//!
 //! The binary (`src/main.rs`) serves [`router`] on an address; the tests drive the same
 //! router.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +31,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use conc_async::Supervisor;
+use conc_lock_store::{Election, ElectionConfig};
 use conc_session::{GenerationError, GenerationMode, Message, Role, SessionError, SessionManager};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -70,6 +75,41 @@ pub struct AppState {
     channels: Arc<parking_lot::Mutex<HashMap<String, broadcast::Sender<Value>>>>,
     supervisor: Supervisor,
     sequence: Arc<AtomicU64>,
+    housekeeping: Arc<Housekeeping>,
+}
+
+/// This server's part in the cluster's housekeeping (see
+/// [`AppState::start_housekeeping`]), as `GET /api/housekeeping` reports it.
+#[derive(Debug, Default)]
+pub struct Housekeeping {
+    identity: parking_lot::Mutex<String>,
+    leading: AtomicBool,
+    fence: AtomicU64,
+    rounds: AtomicU64,
+    removed: AtomicU64,
+}
+
+impl Housekeeping {
+    /// What it reports: identity, whether it leads, its leadership's fence, how many
+    /// rounds it ran and how many expired leases they removed.
+    pub fn report(&self) -> Value {
+        json!({
+            "identity": *self.identity.lock(),
+            "leading": self.leading.load(Ordering::SeqCst),
+            "fence": self.fence.load(Ordering::SeqCst),
+            "rounds": self.rounds.load(Ordering::SeqCst),
+            "removed": self.removed.load(Ordering::SeqCst),
+        })
+    }
+}
+
+/// Marks the housekeeping as led by this server while it lives.
+struct Leading(Arc<Housekeeping>);
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.leading.store(false, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,7 +130,66 @@ impl AppState {
             channels: Arc::default(),
             supervisor: Supervisor::new("chat-server").with_max_tasks(256),
             sequence: Arc::default(),
+            housekeeping: Arc::default(),
         }
+    }
+
+    /// Starts the cluster's housekeeping under the supervisor: every server on the same
+    /// lock store campaigns in the election `chat-server-housekeeping` as `identity`, and
+    /// only the leader removes expired leases from the lock store, every `interval`. A
+    /// leader that loses its lease stops at once (its round is dropped) and campaigns
+    /// again; at shutdown (the supervisor's) it resigns, so another server takes over
+    /// without waiting out the lease.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future while it waits for a task slot starts nothing.
+    pub async fn start_housekeeping(
+        &self,
+        identity: String,
+        config: ElectionConfig,
+        interval: Duration,
+    ) -> Result<(), String> {
+        let locks = self.manager.context().locks.clone();
+        let election = Election::new(locks.clone(), "chat-server-housekeeping", config)
+            .map_err(|e| e.to_string())?;
+        let status = self.housekeeping.clone();
+        *status.identity.lock() = identity.clone();
+        self.supervisor
+            .spawn("housekeeping", move |shutdown| async move {
+                election
+                    .run(&identity, &shutdown, |fence, lost| {
+                        let (status, locks) = (status.clone(), locks.clone());
+                        async move {
+                            status.fence.store(fence, Ordering::SeqCst);
+                            status.leading.store(true, Ordering::SeqCst);
+                            let _leading = Leading(status.clone());
+                            loop {
+                                match locks.cleanup_expired().await {
+                                    Ok(removed) => {
+                                        status.removed.fetch_add(removed, Ordering::SeqCst);
+                                        status.rounds.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    Err(error) => {
+                                        tracing::warn!(%error, "housekeeping: removing expired leases failed");
+                                    }
+                                }
+                                tokio::select! {
+                                    _ = lost.aborted() => return,
+                                    () = tokio::time::sleep(interval) => {}
+                                }
+                            }
+                        }
+                    })
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// This server's part in the housekeeping.
+    pub fn housekeeping(&self) -> &Arc<Housekeeping> {
+        &self.housekeeping
     }
 
     /// The supervisor running the generations (shut it down on exit).
@@ -200,6 +299,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/conversations/{id}/messages", post(send_message))
         .route("/api/conversations/{id}/stop", post(stop))
         .route("/api/conversations/{id}/events", get(events))
+        .route(
+            "/api/housekeeping",
+            get(|State(state): State<AppState>| async move {
+                axum::Json(state.housekeeping.report())
+            }),
+        )
         .route(
             "/metrics",
             get(move || async move {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chat_server::{AppState, ModelConfig, router};
 use clap::Parser;
-use conc_lock_store::LockStore;
+use conc_lock_store::{ElectionConfig, LockStore};
 use conc_session::{SessionConfig, SessionContext, SessionManager, SessionStore};
 
 /// The chat server.
@@ -95,6 +95,14 @@ async fn main() -> std::process::ExitCode {
         model,
         args.queue_wait_ms.map(Duration::from_millis),
     );
+    let identity = format!("{}#{}", args.addr, std::process::id());
+    if let Err(e) = state
+        .start_housekeeping(identity, ElectionConfig::default(), Duration::from_secs(30))
+        .await
+    {
+        eprintln!("chat-server: cannot start the housekeeping: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let listener = match tokio::net::TcpListener::bind(&args.addr).await {
         Ok(listener) => listener,
         Err(e) => {

@@ -454,3 +454,86 @@ async fn metrics_are_exported_and_wrong_methods_get_json_errors() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["error"].as_str().is_some(), "{body}");
 }
+
+/// A server on `path` with its housekeeping started as `identity` (a 3 s lease, a 50 ms
+/// round), as a separate process would have.
+async fn housekeeping_server(path: &std::path::Path, identity: &str) -> (axum::Router, AppState) {
+    let manager = SessionManager::new(SessionContext {
+        sessions: Arc::new(conc_session::SqliteSessionStore::open(path).await.unwrap()),
+        locks: Arc::new(conc_lock_store::SqliteLockStore::open(path).await.unwrap()),
+        config: SessionConfig::default(),
+    });
+    let model = ModelConfig {
+        token_delay: Duration::from_millis(20),
+        tokens: 4,
+        failure_rate: 0.0,
+    };
+    let state = AppState::new(manager, model, None);
+    state
+        .start_housekeeping(
+            identity.to_owned(),
+            conc_lock_store::ElectionConfig::new(
+                Duration::from_secs(3),
+                Duration::from_secs(2),
+                Duration::from_millis(500),
+            ),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+    (router(state.clone()), state)
+}
+
+/// The housekeeping runs on one elected server: of two servers on one store exactly one
+/// leads and works (the other runs no round); when the leader shuts down it resigns, and
+/// the other takes over at once (well before the 3 s lease could run out), with a higher
+/// fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_runs_on_one_elected_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (a, a_state) = housekeeping_server(&path, "a").await;
+    let (b, b_state) = housekeeping_server(&path, "b").await;
+    let started = std::time::Instant::now();
+    let (leader, follower) = loop {
+        let (_, ra) = call(&a, "GET", "/api/housekeeping", None).await;
+        let (_, rb) = call(&b, "GET", "/api/housekeeping", None).await;
+        let leading = |r: &Value| r["leading"].as_bool().unwrap();
+        assert!(!(leading(&ra) && leading(&rb)), "two leaders: {ra} {rb}");
+        if leading(&ra) && ra["rounds"].as_u64().unwrap() >= 3 {
+            break ((ra, &a_state), (rb, &b));
+        }
+        if leading(&rb) && rb["rounds"].as_u64().unwrap() >= 3 {
+            break ((rb, &b_state), (ra, &a));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nobody led: {ra} {rb}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (leader_report, leader_state) = leader;
+    let (follower_report, follower_router) = follower;
+    assert_eq!(
+        follower_report["rounds"], 0,
+        "the follower never ran a round"
+    );
+
+    leader_state
+        .supervisor()
+        .shutdown(Duration::from_secs(5))
+        .await;
+    let resigned = std::time::Instant::now();
+    loop {
+        let (_, report) = call(follower_router, "GET", "/api/housekeeping", None).await;
+        if report["leading"].as_bool().unwrap() && report["rounds"].as_u64().unwrap() > 0 {
+            assert!(report["fence"].as_u64().unwrap() > leader_report["fence"].as_u64().unwrap());
+            break;
+        }
+        assert!(
+            resigned.elapsed() < Duration::from_millis(2500),
+            "the follower did not take over at once: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
