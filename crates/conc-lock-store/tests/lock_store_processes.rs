@@ -2,7 +2,10 @@
 //! killed with SIGKILL while it holds the lock. Expected: no overlap, no stale write
 //! accepted, the lock recovered within the TTL plus a small margin. Then a holder is paused
 //! with SIGSTOP past its TTL while another process takes the lock and writes; on SIGCONT
-//! its `lost()` has fired before it can write again. Run on a SQLite file, and on
+//! its `lost()` has fired before it can write again. Then an election among 3 processes
+//! whose leader writes with its leadership's fence: the leader is killed (SIGKILL), the
+//! next one paused (SIGSTOP) and resumed; a new leader takes over each time, and the
+//! resource accepts no write of an older leadership after a newer one's. Run on a SQLite file, and on
 //! PostgreSQL (straight, and through a private PgBouncer in transaction mode) and Redis
 //! when their test URLs are set, on a private Redis Cluster, and on a private etcd cluster
 //! with the `etcd` feature.
@@ -354,7 +357,8 @@ fn parent(backend: &str) -> Result<(), String> {
             }
         }
         Err("three paused holders wrote before lost() fired (the fence refused them)".into())
-    });
+    })
+    .and_then(|()| election(backend, &scope));
     cleanup(backend, &scope);
     outcome
 }
@@ -542,10 +546,183 @@ fn cleanup(backend: &str, scope: &str) {
     });
 }
 
+/// The election's timing in the several-process test: a 1.5 s lease.
+fn election_config() -> conc_lock_store::ElectionConfig {
+    conc_lock_store::ElectionConfig::new(
+        Duration::from_millis(1500),
+        Duration::from_millis(1000),
+        Duration::from_millis(300),
+    )
+}
+
+/// A candidate: campaigns, and while leading writes its fence to the resource every
+/// 10 ms, logging each write accepted (`write <pid> <fence> <ms>`) or refused.
+fn election_child(dir: PathBuf) -> ExitCode {
+    let backend = std::env::var("CONC_LOCK_BACKEND").unwrap_or_default();
+    let scope = std::env::var("CONC_LOCK_SCOPE").unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = open(&backend, &dir, &scope).await;
+        let election = conc_lock_store::Election::new(store, "processes", election_config())
+            .expect("election");
+        let pid = std::process::id();
+        let never = conc_core::AbortController::new();
+        let dir = &dir;
+        let outcome = election
+            .run(
+                &format!("pid-{pid}"),
+                &never.signal(),
+                |fence, lost| async move {
+                    let fenced = FencedFile::new(dir.join("election-resource"));
+                    let events = dir.join("election.log");
+                    while !lost.is_aborted() {
+                        match fenced.write(fence) {
+                            Ok(()) => log(&events, format!("write {pid} {fence} {}", millis())),
+                            Err(_) => log(&events, format!("refused {pid} {fence} {}", millis())),
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            )
+            .await;
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("candidate {pid}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The accepted writes of the election log: (pid, fence, ms).
+fn election_writes(dir: &Path) -> Vec<(u32, u64, u128)> {
+    std::fs::read_to_string(dir.join("election.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            if parts.next()? != "write" {
+                return None;
+            }
+            Some((
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Three candidates; the leader is killed, the next leader paused and resumed. Each time a
+/// new leader writes within the lease plus a few seconds, and the accepted writes' fences
+/// never go back (each fence one leader's).
+fn election(backend: &str, scope: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new(&exe)
+                .env("CONC_LOCK_CHILD", dir.path())
+                .env("CONC_LOCK_ELECTION", "1")
+                .env(
+                    "CONC_LOCK_CLUSTER_URL",
+                    CLUSTER_URL.get().map_or("", String::as_str),
+                )
+                .env(
+                    "CONC_LOCK_BOUNCER_URL",
+                    BOUNCER_URL.get().map_or("", String::as_str),
+                )
+                .env(
+                    "CONC_LOCK_ETCD_URL",
+                    ETCD_URL.get().map_or("", String::as_str),
+                )
+                .env("CONC_LOCK_BACKEND", backend)
+                .env("CONC_LOCK_SCOPE", scope)
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let signal = |pid: u32, name: &str| {
+        Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .map_err(|e| format!("kill {name}: {e}"))
+    };
+    // Waits for a write by a leader other than `not`, after `after` (ms); its pid and fence.
+    let next_leader = |not: &[u32], after: u128| -> Result<(u32, u64, u128), String> {
+        let started = Instant::now();
+        loop {
+            if let Some(write) = election_writes(dir.path())
+                .into_iter()
+                .find(|(pid, _, at)| !not.contains(pid) && *at > after)
+            {
+                return Ok(write);
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                return Err(format!("no new leader wrote within 15 s (after {not:?})"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let outcome = (|| {
+        let (first, first_fence, _) = next_leader(&[], 0)?;
+        signal(first, "-KILL")?;
+        let killed_at = millis();
+        let (second, second_fence, second_at) = next_leader(&[first], killed_at)?;
+        signal(second, "-STOP")?;
+        let paused_at = millis();
+        let (third, third_fence, third_at) = next_leader(&[first, second], paused_at)?;
+        signal(second, "-CONT")?;
+        std::thread::sleep(Duration::from_millis(300));
+        let writes = election_writes(dir.path());
+        let mut highest = 0;
+        let mut owner: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+        for (pid, fence, at) in &writes {
+            if *fence < highest {
+                return Err(format!(
+                    "pid {pid}'s write at {at} with fence {fence} was accepted after fence {highest}"
+                ));
+            }
+            highest = *fence;
+            if owner
+                .insert(*fence, *pid)
+                .is_some_and(|other| other != *pid)
+            {
+                return Err(format!("fence {fence} wrote for two processes"));
+            }
+        }
+        if third == second || !(first_fence < second_fence && second_fence < third_fence) {
+            return Err(format!(
+                "fences {first_fence}, {second_fence}, {third_fence} do not go forward"
+            ));
+        }
+        println!(
+            "lock_store_processes ({backend}): election among 3 processes: leader killed, a new one wrote {} ms later; the next paused, a new one wrote {} ms later; {} writes accepted, fences only forward",
+            second_at.saturating_sub(killed_at),
+            third_at.saturating_sub(paused_at),
+            writes.len()
+        );
+        Ok(())
+    })();
+    for child in &mut children {
+        let _ = signal(child.id(), "-CONT");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome
+}
+
 fn main() -> ExitCode {
     if let Ok(dir) = std::env::var("CONC_LOCK_CHILD") {
         if std::env::var("CONC_LOCK_PAUSED").is_ok() {
             return paused_child(PathBuf::from(dir));
+        }
+        if std::env::var("CONC_LOCK_ELECTION").is_ok() {
+            return election_child(PathBuf::from(dir));
         }
         let victim = std::env::var("CONC_LOCK_VICTIM").as_deref() == Ok("1");
         return child(PathBuf::from(dir), victim);
