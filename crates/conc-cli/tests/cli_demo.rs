@@ -162,3 +162,53 @@ fn unfenced_replies_with_per_process_locks_break_and_the_demo_says_so() {
         assert!(stdout.contains("BROKEN"), "{stdout}");
     }
 }
+
+/// The demo's leader: with chaos, one leader is killed and the next paused past its lease;
+/// the paused one's late write is refused by the session store's fence, and the leaders'
+/// invariant holds. With `--unfenced` that late write gets through, after the successor's,
+/// and the demo says the invariant broke.
+#[test]
+fn a_paused_leader_is_fenced_off_and_without_the_fence_the_demo_says_so() {
+    for unfenced in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite:{}", dir.path().join("demo.db").display());
+        let mut args = vec![
+            "demo",
+            "--duration",
+            "4s",
+            "--locks",
+            &store,
+            "--sessions",
+            &store,
+        ];
+        if unfenced {
+            args.push("--unfenced");
+        }
+        let output = conc(&args);
+        let (stdout, stderr) = text(&output);
+        let line = |label: &str| {
+            stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap_or_else(|| panic!("no `{label}` line:\n{stdout}\n{stderr}"))
+                .to_owned()
+        };
+        assert!(line("chaos: leaders killed").ends_with(" 1"), "{stdout}");
+        assert!(
+            line("chaos: leaders paused past their lease").ends_with(" 1"),
+            "{stdout}"
+        );
+        let invariant = line("no two leaders' fenced writes interleave");
+        if unfenced {
+            assert!(invariant.contains("BROKEN"), "{stdout}");
+            assert!(!output.status.success());
+        } else {
+            assert!(invariant.contains(" ok "), "{stdout}\n{stderr}");
+            assert!(output.status.success(), "{stdout}\n{stderr}");
+            assert!(
+                !line("leader writes refused (stale fence)").ends_with(" 0"),
+                "the paused leader's late write was refused: {stdout}"
+            );
+        }
+    }
+}

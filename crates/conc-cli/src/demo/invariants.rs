@@ -56,6 +56,37 @@ pub(super) async fn read_back(
     Ok(Stored { ours, out_of_order })
 }
 
+/// The leaders' log of this run (lines written from `since_ms` on), in append order: how
+/// many lines carry a fence older than a line before them (two leaderships' writes
+/// interleaved), how many lines, and how many distinct fences.
+pub(super) async fn read_leader_log(
+    manager: &SessionManager,
+    log: &str,
+    since_ms: u64,
+) -> Result<(usize, usize, usize), String> {
+    let session = manager.session(log).await.map_err(|e| e.to_string())?;
+    let mut highest = 0u64;
+    let mut backwards = 0usize;
+    let mut lines = 0usize;
+    let mut fences = HashSet::new();
+    for message in session
+        .messages
+        .iter()
+        .filter(|m| m.created_at_ms >= since_ms)
+    {
+        let Some(fence) = message.fence else {
+            continue;
+        };
+        lines += 1;
+        fences.insert(fence);
+        if fence < highest {
+            backwards += 1;
+        }
+        highest = highest.max(fence);
+    }
+    Ok((backwards, lines, fences.len()))
+}
+
 /// The invariants, each with whether it held and the numbers behind the verdict: what the
 /// stores `held` against `saved` (the ids the demo saw saved) and the counters; a user flow
 /// that did not run to the end (`failures`) breaks one more.

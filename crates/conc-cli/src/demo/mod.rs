@@ -13,11 +13,14 @@
 //! - [`simulation`]: the users, their conversations and the simulated model provider;
 //! - [`chaos`]: the faults the demo injects (forced releases, take-overs, a paused
 //!   generator);
+//! - [`leaders`]: the demo's elected leader and its fenced job (a leader killed, another
+//!   paused);
 //! - [`invariants`]: what the stores hold after the run, checked.
 
 mod chaos;
 mod errors;
 mod invariants;
+mod leaders;
 mod simulation;
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +76,11 @@ struct Counters {
     writes_refused: AtomicU64,
     superseded_accepted: AtomicU64,
     errors: AtomicU64,
+    leader_terms: AtomicU64,
+    leaders_killed: AtomicU64,
+    leaders_paused: AtomicU64,
+    leader_writes: AtomicU64,
+    leader_writes_refused: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -95,6 +103,9 @@ struct Demo {
     latest: parking_lot::Mutex<HashMap<String, u64>>,
     /// Whether the paused-generator fault has been injected.
     paused_once: AtomicBool,
+    /// Whether a leader has been killed, and one paused.
+    leader_killed: AtomicBool,
+    leader_paused: AtomicBool,
     /// What the errors said, by place.
     errors: parking_lot::Mutex<errors::ErrorLog>,
 }
@@ -186,6 +197,11 @@ pub(crate) async fn run(
             Err(e) => return Err(format!("cannot create the demo's sessions: {e}")),
         }
     }
+    match manager.create_session(leaders::LOG).await {
+        Ok(_) | Err(SessionError::AlreadyExists(_)) => {}
+        Err(e) => return Err(format!("cannot create the leaders' log: {e}")),
+    }
+    let run_started_ms = now_ms();
     let counters = Arc::new(Counters::default());
     let openings = counters.clone();
     let breaker = CircuitBreaker::builder()
@@ -220,6 +236,8 @@ pub(crate) async fn run(
         saved_ids: parking_lot::Mutex::new(HashSet::new()),
         latest: parking_lot::Mutex::new(HashMap::new()),
         paused_once: AtomicBool::new(false),
+        leader_killed: AtomicBool::new(false),
+        leader_paused: AtomicBool::new(false),
         errors: parking_lot::Mutex::new(errors::ErrorLog::default()),
     });
 
@@ -240,6 +258,7 @@ pub(crate) async fn run(
     let users: Vec<_> = (0..options.users)
         .map(|user| tokio::spawn(demo.clone().user(user, stop_at)))
         .collect();
+    let leaders = tokio::spawn(demo.clone().leaders(stop_at));
     let started = tokio::time::Instant::now();
     while tokio::time::Instant::now() < stop_at {
         if let Some(bar) = &progress {
@@ -263,6 +282,9 @@ pub(crate) async fn run(
             Err(e) => failures.push(format!("a user task failed: {e}")),
         }
     }
+    if leaders.await.is_err() {
+        failures.push("the leader candidates' task failed".into());
+    }
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -270,6 +292,7 @@ pub(crate) async fn run(
 
     // Check the invariants against what the stores hold.
     let stored = invariants::read_back(&manager, options.conversations, &instance).await?;
+    let leader_log = invariants::read_leader_log(&manager, leaders::LOG, run_started_ms).await?;
     let saved = demo.saved_ids.lock().clone();
     let stats = manager.stats();
     let rows = rows(&counters, &stats);
@@ -279,7 +302,18 @@ pub(crate) async fn run(
             .record("a user's flow ended early", failure);
     }
     let errors = demo.errors.lock().lines();
-    let invariants = invariants::check(&stored, &saved, &counters, failures);
+    let mut invariants = invariants::check(&stored, &saved, &counters, failures);
+    invariants.insert(
+        1,
+        (
+            "no two leaders' fenced writes interleave",
+            leader_log.0 == 0,
+            format!(
+                "{} write(s) of an older leadership after a newer one's; {} lines by {} leadership(s)",
+                leader_log.0, leader_log.1, leader_log.2
+            ),
+        ),
+    );
     Ok(Report {
         rows,
         invariants,
@@ -331,6 +365,17 @@ fn rows(counters: &Counters, stats: &SessionStats) -> Vec<Row> {
         ),
         Row("chaos: forced releases", load(&counters.forced_releases)),
         Row("chaos: take-overs", load(&counters.take_overs)),
+        Row("chaos: leaders killed", load(&counters.leaders_killed)),
+        Row(
+            "chaos: leaders paused past their lease",
+            load(&counters.leaders_paused),
+        ),
+        Row("leader terms (this process)", load(&counters.leader_terms)),
+        Row("  leader writes accepted", load(&counters.leader_writes)),
+        Row(
+            "  leader writes refused (stale fence)",
+            load(&counters.leader_writes_refused),
+        ),
         Row(
             "chaos: generators paused past their lease",
             load(&counters.pauses),
