@@ -331,6 +331,38 @@ fn servers(c: &mut Criterion) {
             });
         }
     }
+    // What sqlx's `PgAdvisoryLock` does: a session-level advisory lock pair on one
+    // connection (no TTL, no fence, no metadata, no take-over: it lives as long as the
+    // connection).
+    if let Ok(url) = std::env::var("CONC_TEST_POSTGRES_URL") {
+        let client = rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+        });
+        let lock = rt
+            .block_on(client.prepare("SELECT pg_advisory_lock($1)"))
+            .expect("prepare");
+        let unlock = rt
+            .block_on(client.prepare("SELECT pg_advisory_unlock($1)"))
+            .expect("prepare");
+        group.bench_function(BenchmarkId::new("pg-advisory-lock", "postgres"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    client
+                        .execute(&lock, &[&7_340_001_i64])
+                        .await
+                        .expect("lock");
+                    client
+                        .execute(&unlock, &[&7_340_001_i64])
+                        .await
+                        .expect("unlock");
+                })
+            })
+        });
+    }
     match std::env::var("CONC_TEST_REDIS_URL") {
         Err(_) => println!(
             "skipped: CONC_TEST_REDIS_URL is not set, so the Redis lock bench does not run"

@@ -39,6 +39,16 @@ fn breaker_closed(c: &mut Criterion) {
         })
     });
     group.bench_function("direct", |b| b.iter(|| black_box(1u64) + 1));
+    // The peer: failsafe's circuit breaker (consecutive failures, its default policy),
+    // the same work through `call`.
+    let peer = failsafe::Config::new().build();
+    group.bench_function("failsafe", |b| {
+        b.iter(|| {
+            use failsafe::CircuitBreaker as _;
+            peer.call(|| Ok::<u64, ()>(black_box(1u64) + 1))
+                .expect("closed")
+        })
+    });
     group.finish();
 }
 

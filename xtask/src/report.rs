@@ -121,6 +121,18 @@ pub const GOALS: &[Goal] = &[
         "at most 0.5x async_singleflight",
     ),
     ratio("retry_success_path", "backon", 1.0, "at most backon's time"),
+    ratio(
+        "breaker_closed_path",
+        "failsafe",
+        1.0,
+        "at most failsafe's closed path",
+    ),
+    ratio(
+        "lock_server_acquire_release",
+        "pg-advisory-lock",
+        1.0,
+        "at most an advisory lock pair (which has no TTL, fence or metadata)",
+    ),
     overhead(
         "retry_success_path",
         "direct",
