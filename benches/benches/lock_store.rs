@@ -383,6 +383,19 @@ fn servers(c: &mut Criterion) {
                         .get_multiplexed_async_connection(),
                 )
                 .expect("raw");
+            // The peer: rslock (Redlock) on one instance, the same key pattern and TTL.
+            let redlock = rslock::LockManager::new(vec![url.clone()]);
+            group.bench_function(BenchmarkId::new("rslock", "redis"), |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let lock = redlock
+                            .lock("conc-bench:rslock", Duration::from_secs(30))
+                            .await
+                            .expect("rslock");
+                        redlock.unlock(&lock).await;
+                    })
+                })
+            });
             group.bench_function(BenchmarkId::new("raw-redis", "redis"), |b| {
                 b.iter(|| {
                     rt.block_on(async {

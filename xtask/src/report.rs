@@ -129,6 +129,12 @@ pub const GOALS: &[Goal] = &[
     ),
     ratio(
         "lock_server_acquire_release",
+        "rslock",
+        1.0,
+        "at most rslock's pair (Redlock on one instance)",
+    ),
+    ratio(
+        "lock_server_acquire_release",
         "pg-advisory-lock",
         1.0,
         "at most an advisory lock pair (which has no TTL, fence or metadata)",
