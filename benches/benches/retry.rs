@@ -52,5 +52,53 @@ fn breaker_closed(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, success_path, breaker_closed);
+/// The breaker as tower middleware, closed: one call through `ready` and `call` of a
+/// service that answers at once, conc's `CircuitBreakerLayer` beside tower-resilience's.
+fn breaker_tower(c: &mut Criterion) {
+    use tower::{Layer as _, Service as _, ServiceExt as _, service_fn};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("breaker_tower_closed_path");
+    let inner = || service_fn(|n: u64| async move { Ok::<u64, std::io::Error>(n + 1) });
+    let breaker = CircuitBreaker::builder().build().expect("breaker");
+    let layer = conc_retry::CircuitBreakerLayer::new(breaker, |_: &std::io::Error| {
+        conc_retry::ErrorClass::Server
+    });
+    let mut conc = layer.layer(inner());
+    group.bench_function("conc", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let ready = conc.ready().await.expect("ready");
+                black_box(ready.call(black_box(1)).await.expect("call"))
+            })
+        })
+    });
+    let peer_layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .expect("peer");
+    let mut peer = peer_layer.layer(inner());
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let ready = peer.ready().await.expect("ready");
+                black_box(ready.call(black_box(1)).await.expect("call"))
+            })
+        })
+    });
+    let mut direct = inner();
+    group.bench_function("direct", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let ready = direct.ready().await.expect("ready");
+                black_box(ready.call(black_box(1)).await.expect("call"))
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, success_path, breaker_closed, breaker_tower);
 criterion_main!(benches);

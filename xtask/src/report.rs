@@ -122,6 +122,12 @@ pub const GOALS: &[Goal] = &[
     ),
     ratio("retry_success_path", "backon", 1.0, "at most backon's time"),
     ratio(
+        "breaker_tower_closed_path",
+        "tower-resilience",
+        1.0,
+        "at most tower-resilience's breaker layer",
+    ),
+    ratio(
         "breaker_closed_path",
         "failsafe",
         1.0,
