@@ -241,12 +241,14 @@ fn paused_child(dir: PathBuf) -> ExitCode {
 /// Pauses a holder with SIGSTOP past its TTL, lets another process take the lock and write,
 /// resumes it: it must see the loss before it writes (or, had the pause landed between its
 /// check and its write, have the write refused by the fence).
-fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(&exe)
-        .env("CONC_LOCK_CHILD", dir.path())
-        .env("CONC_LOCK_PAUSED", "1")
+/// This binary as a child on `backend` in `scope`, working in `dir`, with the URLs of the
+/// private servers the parent started.
+fn child_command(exe: &Path, dir: &Path, backend: &str, scope: &str) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .env("CONC_LOCK_CHILD", dir)
+        .env("CONC_LOCK_BACKEND", backend)
+        .env("CONC_LOCK_SCOPE", scope)
         .env(
             "CONC_LOCK_CLUSTER_URL",
             CLUSTER_URL.get().map_or("", String::as_str),
@@ -258,9 +260,15 @@ fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
         .env(
             "CONC_LOCK_ETCD_URL",
             ETCD_URL.get().map_or("", String::as_str),
-        )
-        .env("CONC_LOCK_BACKEND", backend)
-        .env("CONC_LOCK_SCOPE", scope)
+        );
+    command
+}
+
+fn paused_holder(backend: &str, scope: &str) -> Result<bool, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = child_command(&exe, dir.path(), backend, scope)
+        .env("CONC_LOCK_PAUSED", "1")
         .spawn()
         .map_err(|e| e.to_string())?;
     let ready = dir.path().join("paused-ready");
@@ -375,22 +383,7 @@ fn contend(backend: &str, scope: &str) -> Result<(), String> {
     let started = Instant::now();
     let mut children: Vec<_> = (0..CHILDREN)
         .map(|i| {
-            Command::new(&exe)
-                .env("CONC_LOCK_CHILD", dir.path())
-                .env("CONC_LOCK_BACKEND", backend)
-                .env(
-                    "CONC_LOCK_CLUSTER_URL",
-                    CLUSTER_URL.get().map_or("", String::as_str),
-                )
-                .env(
-                    "CONC_LOCK_BOUNCER_URL",
-                    BOUNCER_URL.get().map_or("", String::as_str),
-                )
-                .env(
-                    "CONC_LOCK_ETCD_URL",
-                    ETCD_URL.get().map_or("", String::as_str),
-                )
-                .env("CONC_LOCK_SCOPE", &scope)
+            child_command(&exe, dir.path(), backend, &scope)
                 .env("CONC_LOCK_VICTIM", if i == 0 { "1" } else { "0" })
                 .spawn()
                 .expect("spawn child")
@@ -625,23 +618,8 @@ fn election(backend: &str, scope: &str) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children: Vec<std::process::Child> = (0..3)
         .map(|_| {
-            Command::new(&exe)
-                .env("CONC_LOCK_CHILD", dir.path())
+            child_command(&exe, dir.path(), backend, scope)
                 .env("CONC_LOCK_ELECTION", "1")
-                .env(
-                    "CONC_LOCK_CLUSTER_URL",
-                    CLUSTER_URL.get().map_or("", String::as_str),
-                )
-                .env(
-                    "CONC_LOCK_BOUNCER_URL",
-                    BOUNCER_URL.get().map_or("", String::as_str),
-                )
-                .env(
-                    "CONC_LOCK_ETCD_URL",
-                    ETCD_URL.get().map_or("", String::as_str),
-                )
-                .env("CONC_LOCK_BACKEND", backend)
-                .env("CONC_LOCK_SCOPE", scope)
                 .spawn()
         })
         .collect::<Result<_, _>>()

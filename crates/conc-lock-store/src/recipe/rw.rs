@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::error::LockError;
 use crate::lease::{Lease, LockInfo};
 use crate::recipe::semaphore::Semaphore;
-use crate::request::{LockRequest, MAX_KEY_BYTES, validate_key};
+use crate::request::{LockRequest, validate_key};
 use crate::store::LockStore;
 
 /// A reader-writer lock on a [`LockStore`]: many readers or one writer, writer first.
@@ -79,19 +79,11 @@ impl RwLock {
         &self.store
     }
 
+    /// Checks the name: a valid key, short enough for the readers' permit keys
+    /// (`<name>#readers#permit:<n>`, the longest of its keys).
     fn validate(&self, name: &str) -> Result<(), LockError> {
         validate_key(name)?;
-        let longest =
-            crate::recipe::semaphore::permit_key(&readers_name(name), self.readers.permits() - 1);
-        if longest.len() > MAX_KEY_BYTES {
-            return Err(LockError::InvalidKey {
-                reason: format!(
-                    "a reader-writer lock's keys are `<name>#readers#permit:<n>`, and `{}…` is longer than {MAX_KEY_BYTES} bytes (hash long names)",
-                    &name[..name.len().min(32)]
-                ),
-            });
-        }
-        Ok(())
+        self.readers.validate(&readers_name(name))
     }
 
     /// Takes a read lease on `request.key` now: `Ok(None)` while a writer holds or waits

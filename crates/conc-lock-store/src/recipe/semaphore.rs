@@ -83,7 +83,7 @@ impl Semaphore {
     }
 
     /// Checks the semaphore's name: a valid key, short enough for its permits' keys.
-    fn validate(&self, key: &str) -> Result<(), LockError> {
+    pub(crate) fn validate(&self, key: &str) -> Result<(), LockError> {
         validate_key(key)?;
         let longest = permit_key(key, self.permits - 1);
         if longest.len() > MAX_KEY_BYTES {
