@@ -128,6 +128,15 @@ impl AbortSignal {
     }
 }
 
+#[cfg(all(test, loom))]
+impl AbortSignal {
+    /// The children linked to this signal's node now (for the loom models: a link left
+    /// behind would keep a dropped node alive).
+    pub(crate) fn linked_children(&self) -> usize {
+        self.inner.linked_children()
+    }
+}
+
 impl fmt::Debug for AbortSignal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AbortSignal")

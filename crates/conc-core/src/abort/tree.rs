@@ -62,11 +62,15 @@ fn cascaded(reason: &AbortReason) -> AbortReason {
 
 impl Inner {
     fn new(tree: Arc<Mutex<()>>) -> Arc<Self> {
+        Self::with_state(tree, State::default(), false)
+    }
+
+    fn with_state(tree: Arc<Mutex<()>>, state: State, aborted: bool) -> Arc<Self> {
         Arc::new(Inner {
-            aborted: AtomicBool::new(false),
+            aborted: AtomicBool::new(aborted),
             handles: AtomicUsize::new(1),
             tree,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
         })
     }
 
@@ -91,8 +95,7 @@ impl Inner {
     }
 
     pub(super) fn abort(self: &Arc<Self>, reason: AbortReason) -> bool {
-        let tree = self.tree.clone();
-        let _links = tree.lock();
+        let _links = self.tree.lock();
         let (waiters, children, parent, own_callbacks) = {
             let mut state = self.state.lock();
             if state.reason.is_some() {
@@ -108,14 +111,26 @@ impl Inner {
                 std::mem::take(&mut state.callbacks),
             )
         };
-        let mut callbacks: Vec<(AbortReason, Callback)> = own_callbacks
-            .into_iter()
-            .map(|(_, callback)| (reason.clone(), callback))
-            .collect();
         // It no longer needs its parent's cascade: leave the parent's children.
         if let Some((parent, slot)) = parent {
             Self::unlink(&parent, slot);
         }
+        if children.is_empty() {
+            // No cascade (a leaf, the common case): wake and call back straight from the
+            // lists taken, with nothing gathered or wrapped.
+            drop(_links);
+            for (_, waker) in waiters {
+                waker.wake();
+            }
+            for (_, callback) in own_callbacks {
+                callback(&reason);
+            }
+            return true;
+        }
+        let mut callbacks: Vec<(AbortReason, Callback)> = own_callbacks
+            .into_iter()
+            .map(|(_, callback)| (reason.clone(), callback))
+            .collect();
         let mut wakers: Vec<Waker> = waiters.into_iter().map(|(_, w)| w).collect();
         let descendants_reason = cascaded(&reason);
         let mut work = children;
@@ -147,33 +162,39 @@ impl Inner {
         true
     }
 
-    /// A new child node, aborted at once if this one is.
+    /// A new child node, aborted at once if this one is. The child is made whole (its
+    /// parent, its slot, or its reason) before anyone else can see it, so it needs no lock
+    /// of its own.
     pub(super) fn child(self: &Arc<Self>) -> Arc<Inner> {
-        let child = Inner::new(self.tree.clone());
         let _links = self.tree.lock();
         let mut state = self.state.lock();
-        match &state.reason {
-            Some(reason) => {
-                let reason = cascaded(reason);
-                drop(state);
-                child.state.lock().reason = Some(reason);
-                child.aborted.store(true, Ordering::Release);
-            }
-            None => {
-                let slot = state.children.len();
-                state.children.push(child.clone());
-                drop(state);
-                let mut child_state = child.state.lock();
-                child_state.parent = Some(self.clone());
-                child_state.slot = slot;
-            }
+        if let Some(reason) = &state.reason {
+            let reason = cascaded(reason);
+            drop(state);
+            let aborted = State {
+                reason: Some(reason),
+                ..State::default()
+            };
+            return Inner::with_state(self.tree.clone(), aborted, true);
         }
+        let linked = State {
+            parent: Some(self.clone()),
+            slot: state.children.len(),
+            ..State::default()
+        };
+        let child = Inner::with_state(self.tree.clone(), linked, false);
+        state.children.push(child.clone());
         child
     }
 
     /// The last handle is gone: nobody can abort this node directly any more, so it leaves
     /// the tree, and its children move to its parent (or become roots).
     fn detach(self: &Arc<Self>) {
+        // An aborted node has no links, and gets none: its abort (or its ancestor's
+        // cascade) clears them, under its lock, and an aborted node adopts no child.
+        if self.aborted.load(Ordering::Acquire) {
+            return;
+        }
         {
             // Nothing to do for a node with no links (a lone root, an aborted node): no
             // handle is left to add a child, and only an ancestor's detach (under the
@@ -210,6 +231,11 @@ impl Inner {
             state.parent.clone_from(&new_parent);
             state.slot = first + n;
         }
+    }
+
+    #[cfg(all(test, loom))]
+    pub(super) fn linked_children(&self) -> usize {
+        self.state.lock().children.len()
     }
 
     pub(super) fn reason(&self) -> Option<AbortReason> {

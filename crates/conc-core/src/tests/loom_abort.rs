@@ -75,6 +75,48 @@ fn abort_against_dropping_the_middle() {
     });
 }
 
+/// A grandchild aborts and drops its last handle while another thread drops the middle
+/// (whose detach moves its children to the root): whichever goes first, no link to the
+/// grandchild is left behind, and the root's abort afterwards finds nothing to cascade.
+#[test]
+fn leaf_abort_and_drop_against_dropping_the_middle() {
+    loom::model(|| {
+        let root = AbortController::new();
+        let middle = root.signal().child();
+        let leaf = middle.signal().child();
+        let leaf_thread = thread::spawn(move || {
+            assert!(leaf.abort(AbortReason::Timeout));
+            drop(leaf);
+        });
+        let dropper = thread::spawn(move || drop(middle));
+        leaf_thread.join().unwrap();
+        dropper.join().unwrap();
+        assert_eq!(root.signal().linked_children(), 0);
+        assert!(root.abort(AbortReason::Shutdown));
+    });
+}
+
+/// A child made while another thread aborts its parent: either it is linked (and the
+/// cascade reaches it) or it is made aborted; dropped afterwards, it leaves no link.
+#[test]
+fn child_made_and_dropped_against_abort() {
+    loom::model(|| {
+        let parent = AbortController::new();
+        let signal = parent.signal();
+        let maker = thread::spawn(move || {
+            let child = signal.child();
+            let child_signal = child.signal();
+            drop(child);
+            (child_signal, signal)
+        });
+        parent.abort(AbortReason::Shutdown);
+        let (child_signal, signal) = maker.join().unwrap();
+        assert!(child_signal.is_aborted());
+        drop(child_signal);
+        assert_eq!(signal.linked_children(), 0);
+    });
+}
+
 /// An abort races a waiter that registered and is then dropped: no lost wake-up for the
 /// waiter that stays, no stale waker left behind.
 #[test]
