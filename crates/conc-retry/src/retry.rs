@@ -315,6 +315,24 @@ impl<'a, E> Retry<'a, E> {
             .await
     }
 
+    /// Goes on after a first attempt that the caller made without this machinery failed
+    /// with `first`: the next attempts, under the same rules as
+    /// [`run_unclassified`](Self::run_unclassified). Only for a call whose first attempt had
+    /// nothing to watch (no budget, breaker, signal, attempt timeout or elapsed limit), as
+    /// `run_unclassified` itself makes it.
+    #[cfg(feature = "tower")]
+    pub(crate) async fn run_unclassified_after<T, F, Fut>(
+        self,
+        first: E,
+        operation: F,
+    ) -> Result<T, RetryError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        Box::pin(self.run_loop(operation, |_| ErrorClass::Transient, Some(first))).await
+    }
+
     async fn run_classified<T, F, Fut>(
         self,
         mut operation: F,

@@ -184,8 +184,48 @@ where
         // aside and calling a clone would hold its slot idle while the clone waits for one:
         // at the limit, a deadlock.
         let template = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, template.clone());
+        let mut ready = std::mem::replace(&mut self.inner, template.clone());
         let layer = self.layer.clone();
+        if layer.budget.is_none()
+            && layer.breaker.is_none()
+            && layer.signal.is_none()
+            && layer.policy.attempt_timeout.is_none()
+            && layer.policy.max_elapsed.is_none()
+        {
+            // Nothing watches the first attempt (no budget to deposit into, breaker to ask,
+            // signal or time limit): the readied service is called here, as any tower
+            // middleware calls its inner service, and the retry machinery is built only
+            // after a failure. The success path is the inner call and one allocation.
+            let attempt = ready.call(request.clone());
+            drop(ready);
+            return Box::pin(async move {
+                let error = match attempt.await {
+                    Ok(value) => {
+                        tracing::debug!(attempts = 1, "attempt succeeded");
+                        return Ok(value);
+                    }
+                    Err(error) => error,
+                };
+                let RetryLayer {
+                    policy,
+                    classify,
+                    hook,
+                    ..
+                } = layer;
+                Retry::new(&policy)
+                    .classify_with(classify)
+                    .on_retry(move |failure, attempt, delay| hook.on_retry(failure, attempt, delay))
+                    .run_unclassified_after(error, move || {
+                        let mut service = template.clone();
+                        let request = request.clone();
+                        async move {
+                            poll_fn(|cx| service.poll_ready(cx)).await?;
+                            service.call(request).await
+                        }
+                    })
+                    .await
+            });
+        }
         Box::pin(async move {
             let RetryLayer {
                 policy,

@@ -65,6 +65,49 @@ async fn the_retry_layer_retries_a_flaky_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+/// A layer with nothing to watch makes its first attempt without the retry machinery; a
+/// failure there still goes through the classifier, the hook and the backoff.
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_attempt_is_classified_hooked_and_retried() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .base_delay(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let hooked = Arc::new(AtomicU32::new(0));
+    let seen = hooked.clone();
+    let (calls, service) = flaky(1);
+    let service = RetryLayer::new(policy.clone(), classify)
+        .on_retry(move |_: &_, attempt: u32, _: Duration| {
+            assert_eq!(attempt, 1);
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .layer(service);
+    let started = tokio::time::Instant::now();
+    assert_eq!(service.oneshot("hi".to_owned()).await.unwrap(), "echo hi");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(hooked.load(Ordering::SeqCst), 1);
+    assert!(
+        started.elapsed() <= Duration::from_millis(5),
+        "one backoff at most"
+    );
+
+    // A permanent failure on the first attempt is not retried.
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let refusing = service_fn(move |_: String| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<String, _>(Status(400)) }
+    });
+    let error = RetryLayer::new(policy, classify)
+        .layer(refusing)
+        .oneshot("hi".to_owned())
+        .await
+        .unwrap_err();
+    assert_eq!((error.attempts, error.stop), (1, StopReason::Permanent));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_breaker_layer_opens_and_rejects_without_calling() {
     let breaker = CircuitBreaker::builder()
