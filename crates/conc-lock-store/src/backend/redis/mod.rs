@@ -8,8 +8,10 @@
 //! per metadata entry (`m:<name>`, so `HGET` reads one). The hash also gets a `PEXPIRE` of
 //! the TTL plus a grace period, so Redis reclaims abandoned leases by itself; until then
 //! [`cleanup_expired`](crate::LockStore::cleanup_expired) can count and remove them. A release
-//! keeps the hash, without its token, for that grace period, so the key's last fence stays
-//! known. Nothing global is written on the way to a lock:
+//! keeps the hash, its token marked released, for at least that grace period, so the key's
+//! last fence stays known: it leaves the hash's expiry as the grant set it (the lease's end
+//! plus the grace period), which spares it a command, unless that is more than two grace
+//! periods away. Nothing global is written on the way to a lock:
 //! [`list`](crate::LockStore::list) and `cleanup_expired` walk the keys node by node with `SCAN`,
 //! in batches, never one long blocking script.
 //!
@@ -89,8 +91,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// The longest TTL accepted (default 1 h).
     pub max_ttl: Duration,
-    /// How long an expired or released lease's hash stays (for `cleanup_expired`, and to
-    /// remember the key's last fence) before Redis drops it (default 60 s).
+    /// How long an expired or released lease's hash stays at least (for `cleanup_expired`,
+    /// and to remember the key's last fence) before Redis drops it (default 60 s); a
+    /// released hash stays at most two grace periods.
     pub grace: Duration,
     /// How long the store grants no lock after it found its state lost. `None` (the
     /// default) waits for the longest lease seen on this server, plus its drift margin.

@@ -70,3 +70,59 @@ async fn a_retried_acquire_and_release_see_their_first_try() {
     assert_eq!(released, 1);
     assert!(store.try_acquire(&request).await.unwrap().is_some());
 }
+
+/// A release writes two fields and leaves the hash's expiry as its grant set it (the
+/// lease's end plus the grace period), unless that is more than two grace periods away:
+/// then the released hash goes after the grace period, as before.
+#[tokio::test]
+async fn a_released_hash_stays_for_the_grace_period_and_not_much_longer() {
+    let Some(server) = PrivateRedis::start(&[]).unwrap() else {
+        return;
+    };
+    let grace = Duration::from_secs(10);
+    let store = RedisLockStore::connect(&server.url(), RedisConfig::default().with_grace(grace))
+        .await
+        .unwrap();
+    let pttl = |key: &str| {
+        let mut command = redis::cmd("PTTL");
+        command.arg(store.lock_key(key));
+        store.query::<i64>("pttl", command, None)
+    };
+    // A short lease: its hash keeps the expiry its grant gave it.
+    let short = store
+        .try_acquire(&LockRequest::new("short", "owner", Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.release(&short).await.unwrap());
+    let left = pttl("short").await.unwrap();
+    assert!(
+        (10_000..=15_000).contains(&left),
+        "the short lease's hash lives to its end plus the grace period: {left} ms"
+    );
+    // A long lease: its released hash goes after the grace period.
+    let long = store
+        .try_acquire(&LockRequest::new(
+            "long",
+            "owner",
+            Duration::from_secs(3600),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pttl("long").await.unwrap() > 3_600_000);
+    assert!(store.release(&long).await.unwrap());
+    let left = pttl("long").await.unwrap();
+    assert!(
+        (0..=10_000).contains(&left),
+        "the long lease's released hash goes after the grace period: {left} ms"
+    );
+    // Within the grace period a retried release still sees its own, and the next fence
+    // goes on from the last.
+    let again = store
+        .try_acquire(&LockRequest::new("short", "owner", Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.fence > short.fence);
+}

@@ -12,6 +12,6 @@ if f[1] == ARGV[5] and f[1] ~= '' and tonumber(f[2]) > now then
     redis.call('HSET', KEYS[1], 'longest', fmt(ttl)); longest = ttl
     redis.call('PUBLISH', ARGV[8], '\0longest:' .. fmt(ttl))
   end
-  return {epoch, fmt(after), fmt(longest), wiped, fmt(expires)}
+  return {epoch, after, longest, wiped, expires}
 end
-return {epoch, fmt(after), fmt(longest), wiped, false}
+return {epoch, after, longest, wiped, false}
