@@ -51,6 +51,9 @@ impl PostgresLockStore {
         let notify = format!("pg_notify('{channel}', key)");
         let notify_waiters =
             format!("CASE WHEN waiting_until > clock_timestamp() THEN {notify} END");
+        // For this statement's transaction only (it ends with the statement, so a pooler
+        // in transaction mode hands on nothing).
+        let async_commit = "set_config('synchronous_commit', 'off', true)";
         // The fence of a fresh row is the clock; of an existing row, drawn under its lock.
         let upsert = |condition: &str| {
             format!(
@@ -78,15 +81,20 @@ impl PostgresLockStore {
             // processes are notified only while one of them has announced a wait
             // (`waiting_until` ahead): a notification's commit takes PostgreSQL's global
             // notification lock, a third of a release's time when nobody listens for it.
+            // A release commits without waiting for its WAL to reach the disk
+            // (`synchronous_commit` off for its own transaction only): lost in a crash of
+            // the server, the lease comes back until its TTL, which delays the next holder
+            // and never admits a second one. The next durable commit (any acquire) flushes
+            // it anyway. Grants stay synchronous.
             release: format!(
                 "WITH gone AS (UPDATE {t} SET token = 'released:' || token, expires_at = clock_timestamp()
                      WHERE key = $1 AND token = $2 AND {live} RETURNING key, waiting_until)
-                 SELECT {notify_waiters} FROM gone"
+                 SELECT {notify_waiters}, {async_commit} FROM gone"
             ),
             release_retry: format!(
                 "WITH gone AS (UPDATE {t} SET token = 'released:' || token, expires_at = clock_timestamp()
                      WHERE key = $1 AND token = $2 AND {live} RETURNING key, waiting_until),
-                      notified AS (SELECT {notify_waiters} FROM gone)
+                      notified AS (SELECT {notify_waiters}, {async_commit} FROM gone)
                  SELECT 1 FROM notified
                  UNION ALL SELECT 1 FROM {t} WHERE key = $1 AND token = 'released:' || $2"
             ),

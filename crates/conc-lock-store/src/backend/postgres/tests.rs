@@ -70,3 +70,53 @@ async fn a_retried_acquire_and_release_see_their_first_try() {
         .await
         .unwrap();
 }
+
+async fn setting(store: &PostgresLockStore) -> String {
+    let rows = store
+        .rows("show", "SELECT current_setting('synchronous_commit')", &[])
+        .await
+        .unwrap();
+    rows[0].try_get::<_, String>(0).unwrap()
+}
+
+/// A release commits asynchronously for its own transaction only: on the same (pooled)
+/// connection the next statement, the next acquire, still waits for its commit to reach
+/// the disk.
+#[tokio::test]
+async fn a_release_turns_synchronous_commit_off_for_its_own_transaction_only() {
+    let Ok(url) = std::env::var("CONC_TEST_POSTGRES_URL") else {
+        println!(
+            "skipped: CONC_TEST_POSTGRES_URL is not set, so the release's commit mode is not tested"
+        );
+        return;
+    };
+    let schema = format!("conc_async_release_{}", std::process::id());
+    let config = PostgresConfig::default()
+        .with_schema(schema.clone())
+        .with_pool_size(1);
+    let store = PostgresLockStore::connect(&url, config).await.unwrap();
+    assert!(
+        store
+            .sql
+            .release
+            .contains("set_config('synchronous_commit', 'off', true)")
+    );
+    let before = setting(&store).await;
+    let lease = store
+        .try_acquire(&LockRequest::new("k", "owner", Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.release(&lease).await.unwrap());
+    assert_eq!(
+        setting(&store).await,
+        before,
+        "the connection's own setting is left as it was"
+    );
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
