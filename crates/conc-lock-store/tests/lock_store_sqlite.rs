@@ -154,3 +154,92 @@ async fn every_synchronous_level_works() {
         assert!(store.release(&lease).await.unwrap());
     }
 }
+
+/// Fences go forward without the clock's help: a released row keeps its fence for the key's
+/// next grant, and a deleted row (cleanup, a forced release) leaves its fence in the floor
+/// that a grant of a key with no row starts above. Fences far above the clock prove it.
+#[tokio::test]
+async fn fences_go_forward_from_the_row_and_the_floor_not_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fences.db");
+    let store = SqliteLockStore::open(&path).await.unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let request = LockRequest::new("k", "owner", std::time::Duration::from_secs(5));
+    let first = store.try_acquire(&request).await.unwrap().unwrap();
+    assert!(store.release(&first).await.unwrap());
+    let high: i64 = 9_000_000_000_000_000;
+    raw.execute("UPDATE conc_locks SET fence = ?1 WHERE key = 'k'", [high])
+        .unwrap();
+    let from_row = store.try_acquire(&request).await.unwrap().unwrap();
+    assert_eq!(from_row.fence, high as u64 + 1, "one more than the row's");
+    assert!(store.release(&from_row).await.unwrap());
+    raw.execute("DELETE FROM conc_locks WHERE key = 'k'", [])
+        .unwrap();
+    let from_floor = store.try_acquire(&request).await.unwrap().unwrap();
+    assert_eq!(
+        from_floor.fence,
+        high as u64 + 2,
+        "one more than the floor's"
+    );
+    // A released row is no lease: not inspected, not counted by cleanup, and gone after it.
+    assert!(store.release(&from_floor).await.unwrap());
+    assert!(store.inspect("k").await.unwrap().is_none());
+    assert_eq!(store.cleanup_expired().await.unwrap(), 0);
+    let rows: i64 = raw
+        .query_row("SELECT count(*) FROM conc_locks", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+/// A file of schema version 1 (a store-wide counter moved by triggers on every grant) is
+/// migrated on open: fences go on above its counter, and version 1's grant statement (in a
+/// process still running it) fails rather than draw a fence from a counter that no longer
+/// follows every grant.
+#[tokio::test]
+async fn a_version_1_file_is_migrated_and_its_fences_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE conc_locks (
+             key TEXT PRIMARY KEY, owner TEXT NOT NULL, token TEXT NOT NULL,
+             fence INTEGER NOT NULL, metadata TEXT NOT NULL,
+             acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX conc_locks_expires_at ON conc_locks (expires_at);
+         CREATE TABLE conc_lock_fence (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
+         INSERT INTO conc_lock_fence (id, value) VALUES (0, 8000000000000000);
+         CREATE TRIGGER conc_locks_fence_on_insert AFTER INSERT ON conc_locks
+         BEGIN UPDATE conc_lock_fence SET value = NEW.fence WHERE id = 0 AND value < NEW.fence; END;
+         CREATE TRIGGER conc_locks_fence_on_update AFTER UPDATE OF fence ON conc_locks
+         BEGIN UPDATE conc_lock_fence SET value = NEW.fence WHERE id = 0 AND value < NEW.fence; END;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let store = SqliteLockStore::open(&path).await.unwrap();
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let lease = store
+        .try_acquire(&LockRequest::new(
+            "new",
+            "owner",
+            std::time::Duration::from_secs(5),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.fence, 8_000_000_000_000_001);
+    let old_grant = raw.execute(
+        "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
+         VALUES ('old', 'o', 't', MAX((SELECT value + 1 FROM conc_lock_fence WHERE id = 0), 1), '', 0, 1)",
+        [],
+    );
+    assert!(
+        old_grant.is_err(),
+        "version 1's grant fails after the migration"
+    );
+}

@@ -23,14 +23,16 @@ pub(super) fn ttl_millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Takes the key if free or expired, with the next fence (one more than the store's last,
-/// and at least the clock in microseconds, `?7`, so a deleted file does not send fences
-/// back); the triggers move the store's fence counter along. One statement, so one commit.
+/// Takes the key if free or expired (a released row is expired), with the next fence: one
+/// more than the key's row's (a released row keeps its fence), more than the floor that
+/// deleted rows leave, and at least the clock in microseconds (`?7`, so a deleted file does
+/// not send fences back). One statement, so one commit, writing the row alone.
 pub(super) const ACQUIRE_SQL: &str =
     "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-     VALUES (?1, ?2, ?3, MAX((SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?7), ?4, ?5, ?6)
+     VALUES (?1, ?2, ?3, MAX((SELECT value + 1 FROM conc_lock_fence_floor WHERE id = 0), ?7), ?4, ?5, ?6)
      ON CONFLICT (key) DO UPDATE SET
-         owner = excluded.owner, token = excluded.token, fence = excluded.fence,
+         owner = excluded.owner, token = excluded.token,
+         fence = MAX(conc_locks.fence + 1, excluded.fence),
          metadata = excluded.metadata, acquired_at = excluded.acquired_at,
          expires_at = excluded.expires_at
      WHERE conc_locks.expires_at <= ?5
@@ -39,9 +41,10 @@ pub(super) const ACQUIRE_SQL: &str =
 /// As [`ACQUIRE_SQL`], whoever holds the key.
 pub(super) const TAKE_OVER_SQL: &str =
     "INSERT INTO conc_locks (key, owner, token, fence, metadata, acquired_at, expires_at)
-     VALUES (?1, ?2, ?3, MAX((SELECT value + 1 FROM conc_lock_fence WHERE id = 0), ?7), ?4, ?5, ?6)
+     VALUES (?1, ?2, ?3, MAX((SELECT value + 1 FROM conc_lock_fence_floor WHERE id = 0), ?7), ?4, ?5, ?6)
      ON CONFLICT (key) DO UPDATE SET
-         owner = excluded.owner, token = excluded.token, fence = excluded.fence,
+         owner = excluded.owner, token = excluded.token,
+         fence = MAX(conc_locks.fence + 1, excluded.fence),
          metadata = excluded.metadata, acquired_at = excluded.acquired_at,
          expires_at = excluded.expires_at
      RETURNING fence";
@@ -73,9 +76,13 @@ impl LockStore for SqliteLockStore {
         let (key, token) = (lease.key.clone(), lease.token.clone());
         let watchers = self.watchers.clone();
         self.call(move |connection| {
+            // The row stays, with its fence, for the key's next grant: an update of the
+            // row's own page, where a delete would move the store's fence floor too. An
+            // expiry of 0 reads as expired whatever the clock does.
             let removed = connection
                 .prepare_cached(
-                    "DELETE FROM conc_locks WHERE key = ?1 AND token = ?2 AND expires_at > ?3",
+                    "UPDATE conc_locks SET token = '', expires_at = 0
+                     WHERE key = ?1 AND token = ?2 AND expires_at > ?3",
                 )
                 .and_then(|mut s| s.execute(params![key, token, now_millis()]))
                 .map_err(sql_error("release"))?;
@@ -199,11 +206,22 @@ impl LockStore for SqliteLockStore {
 
     async fn cleanup_expired(&self) -> Result<u64, LockError> {
         self.call(|connection| {
-            connection
-                .prepare_cached("DELETE FROM conc_locks WHERE expires_at <= ?1")
-                .and_then(|mut s| s.execute([now_millis()]))
-                .map(|n| n as u64)
-                .map_err(sql_error("cleanup"))
+            // Released rows (an empty token) go too, uncounted: they held nothing.
+            let mut statement = connection
+                .prepare_cached(
+                    "DELETE FROM conc_locks WHERE expires_at <= ?1 RETURNING token <> ''",
+                )
+                .map_err(sql_error("cleanup"))?;
+            let rows = statement
+                .query_map([now_millis()], |row| row.get::<_, bool>(0))
+                .map_err(sql_error("cleanup"))?;
+            let mut expired = 0;
+            for row in rows {
+                if row.map_err(sql_error("cleanup"))? {
+                    expired += 1;
+                }
+            }
+            Ok(expired)
         })
         .await
     }

@@ -5,9 +5,12 @@
 //! channel, so blocking SQLite work never runs on the async executor. The file is in WAL
 //! mode with a busy timeout; every write is one statement (one transaction that takes the
 //! write lock up front), so processes queue on SQLite's lock instead of deadlocking. Expiry uses the wall clock,
-//! which the processes of one machine share. Fences come from one counter row (moved by
-//! triggers in the acquiring statement), so they strictly increase per key (and across
-//! keys) and survive release, expiry and cleanup.
+//! which the processes of one machine share. A released lease's row stays (token emptied,
+//! expiry 0) with its fence, and a grant draws one more than the key's row's fence; a row
+//! deleted by cleanup or a forced release leaves its fence in a floor row (a delete
+//! trigger) that a grant of a key without a row starts above; and every fence is at least
+//! the clock in microseconds. So fences strictly increase per key and survive release,
+//! expiry and cleanup, and a grant writes its own row alone.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,7 +39,7 @@ use crate::util::clock::{from_unix_millis, unix_millis};
 
 const BACKEND: &str = "sqlite";
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Settings for [`SqliteLockStore`].
 ///
@@ -219,7 +222,7 @@ impl SqliteLockStore {
             let token = crate::util::random::shared_token();
             let expires_at = now.saturating_add(ttl_millis(request.ttl));
             // One statement, so one commit: take the key if free or expired, with the next
-            // fence; the triggers move the store's fence counter along.
+            // fence (above the key's row's and the floor deleted rows leave).
             let fence: Option<i64> = connection
                 .prepare_cached(if force { TAKE_OVER_SQL } else { ACQUIRE_SQL })
                 .and_then(|mut s| {

@@ -101,18 +101,37 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), LockError> {
                  expires_at INTEGER NOT NULL
              ) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS conc_locks_expires_at ON conc_locks (expires_at);
-             CREATE TABLE IF NOT EXISTS conc_lock_fence (
+             CREATE TABLE IF NOT EXISTS conc_lock_fence_floor (
                  id INTEGER PRIMARY KEY CHECK (id = 0),
                  value INTEGER NOT NULL
              );
-             INSERT OR IGNORE INTO conc_lock_fence (id, value) VALUES (0, 0);
-             CREATE TRIGGER IF NOT EXISTS conc_locks_fence_on_insert AFTER INSERT ON conc_locks
-             BEGIN UPDATE conc_lock_fence SET value = NEW.fence WHERE id = 0 AND value < NEW.fence; END;
-             CREATE TRIGGER IF NOT EXISTS conc_locks_fence_on_update AFTER UPDATE OF fence ON conc_locks
-             BEGIN UPDATE conc_lock_fence SET value = NEW.fence WHERE id = 0 AND value < NEW.fence; END;
-             PRAGMA user_version = 1;",
+             INSERT OR IGNORE INTO conc_lock_fence_floor (id, value) VALUES (0, 0);",
         )
         .map_err(sql_error("create the lock schema"))?;
+    } else if version < 2 {
+        // Version 1 moved a store-wide fence counter on every grant (a trigger writing a
+        // second table, a page more in the WAL per acquire) and deleted a lease's row on
+        // release. Version 2 keeps a released row (its fence with it), so a grant draws
+        // its fence from the row; the counter only keeps the fences of deleted rows. The
+        // counter's table is renamed, so a process still running version 1's statements
+        // fails its grants (an error it reports) rather than draw a fence from a counter
+        // that no longer follows every grant.
+        tx.execute_batch(
+            "DROP TRIGGER IF EXISTS conc_locks_fence_on_insert;
+             DROP TRIGGER IF EXISTS conc_locks_fence_on_update;
+             ALTER TABLE conc_lock_fence RENAME TO conc_lock_fence_floor;",
+        )
+        .map_err(sql_error("migrate the lock schema to version 2"))?;
+    }
+    if version < 2 {
+        // A deleted row (cleanup, a forced release, a release by version 1) leaves its
+        // fence in the floor, which a grant of a key with no row starts above.
+        tx.execute_batch(
+            "CREATE TRIGGER IF NOT EXISTS conc_locks_fence_on_delete AFTER DELETE ON conc_locks
+             BEGIN UPDATE conc_lock_fence_floor SET value = OLD.fence WHERE id = 0 AND value < OLD.fence; END;
+             PRAGMA user_version = 2;",
+        )
+        .map_err(sql_error("create the lock schema's trigger"))?;
     }
     tx.commit().map_err(sql_error("commit migration"))
 }
