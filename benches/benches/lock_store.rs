@@ -396,6 +396,29 @@ fn servers(c: &mut Criterion) {
                     })
                 })
             });
+            // The peer: distributed-lock-redis (a DistributedLock port on fred) with one
+            // client, the same TTL.
+            let provider = rt
+                .block_on(
+                    distributed_lock_redis::RedisLockProvider::builder()
+                        .url(url.clone())
+                        .expiry(Duration::from_secs(30))
+                        .build(),
+                )
+                .expect("distributed-lock-redis");
+            let lock = {
+                use distributed_lock_core::traits::LockProvider as _;
+                provider.create_lock("conc-bench:dlr")
+            };
+            group.bench_function(BenchmarkId::new("distributed-lock-redis", "redis"), |b| {
+                b.iter(|| {
+                    use distributed_lock_core::traits::{DistributedLock as _, LockHandle as _};
+                    rt.block_on(async {
+                        let handle = lock.try_acquire().await.expect("try").expect("free");
+                        handle.release().await.expect("release");
+                    })
+                })
+            });
             group.bench_function(BenchmarkId::new("raw-redis", "redis"), |b| {
                 b.iter(|| {
                     rt.block_on(async {
@@ -475,5 +498,142 @@ fn etcd_pairs(
     });
 }
 
-criterion_group!(benches, acquire_release, live_keys, servers);
+/// The sum of `usec` in `INFO commandstats` over `commands`: the server's own time for
+/// them since its start.
+fn server_usec(
+    rt: &tokio::runtime::Runtime,
+    connection: &mut redis::aio::MultiplexedConnection,
+    commands: &[&str],
+) -> u64 {
+    let info: String = rt
+        .block_on(
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(connection),
+        )
+        .expect("info");
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !commands.contains(&name) {
+                return None;
+            }
+            fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("usec="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The time a pair takes inside Redis, read from `INFO commandstats` of a private server
+/// around the pairs (each sent alone, as the clients send them): conc's two scripts
+/// (`EVALSHA`) beside a raw `SET NX PX`/`DEL`, rslock's `SET` and release script and
+/// distributed-lock-redis's `SET` and `EVAL`s. Reported as the time per pair.
+fn redis_server_time(c: &mut Criterion) {
+    use conc_lock_store::servers::PrivateRedis;
+    let server = match PrivateRedis::start(&[]) {
+        Ok(Some(server)) => server,
+        Ok(None) => return,
+        Err(e) => {
+            println!(
+                "skipped: the private Redis did not start ({e}), so the Redis server-time bench does not run"
+            );
+            return;
+        }
+    };
+    let url = server.url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut stats = rt
+        .block_on(
+            redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection(),
+        )
+        .expect("stats connection");
+    let mut group = c.benchmark_group("redis_server_time");
+    let mut measure = |name: &str, commands: &[&str], pair: &mut dyn FnMut()| {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let before = server_usec(&rt, &mut stats, commands);
+                for _ in 0..iters {
+                    pair();
+                }
+                Duration::from_micros(server_usec(&rt, &mut stats, commands) - before)
+            })
+        });
+    };
+    let request = LockRequest::new("bench:server", "bench", Duration::from_secs(30));
+    let store: Arc<dyn LockStore> = Arc::new(
+        rt.block_on(conc_lock_store::RedisLockStore::connect(
+            &url,
+            conc_lock_store::RedisConfig::default(),
+        ))
+        .expect("connect"),
+    );
+    measure("conc", &["evalsha"], &mut || pair(&rt, &store, &request));
+    let mut raw = rt
+        .block_on(
+            redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection(),
+        )
+        .expect("raw");
+    measure("raw-redis", &["set", "del"], &mut || {
+        rt.block_on(async {
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&["conc-bench:raw", "t", "NX", "PX", "30000"])
+                .query_async(&mut raw)
+                .await
+                .expect("set");
+            let _: i64 = redis::cmd("DEL")
+                .arg("conc-bench:raw")
+                .query_async(&mut raw)
+                .await
+                .expect("del");
+        })
+    });
+    let redlock = rslock::LockManager::new(vec![url.clone()]);
+    measure("rslock", &["set", "evalsha"], &mut || {
+        rt.block_on(async {
+            let lock = redlock
+                .lock("conc-bench:rslock", Duration::from_secs(30))
+                .await
+                .expect("rslock");
+            redlock.unlock(&lock).await;
+        })
+    });
+    let provider = rt
+        .block_on(
+            distributed_lock_redis::RedisLockProvider::builder()
+                .url(url.clone())
+                .expiry(Duration::from_secs(30))
+                .build(),
+        )
+        .expect("distributed-lock-redis");
+    let lock = {
+        use distributed_lock_core::traits::LockProvider as _;
+        provider.create_lock("conc-bench:dlr")
+    };
+    measure("distributed-lock-redis", &["set", "eval"], &mut || {
+        use distributed_lock_core::traits::{DistributedLock as _, LockHandle as _};
+        rt.block_on(async {
+            let handle = lock.try_acquire().await.expect("try").expect("free");
+            handle.release().await.expect("release");
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    acquire_release,
+    live_keys,
+    servers,
+    redis_server_time
+);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 
 use std::env;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -103,11 +103,38 @@ fn ci() -> Result {
     run(
         "bench-build",
         cargo().args(["bench", "--workspace", "--all-features", "--no-run"]),
+    )?;
+    run(
+        "clippy-sqlx-peers",
+        cargo()
+            .args([
+                "clippy",
+                "--manifest-path",
+                SQLX_PEERS,
+                "--all-targets",
+                "--locked",
+            ])
+            .args(["--", "-D", "warnings"])
+            .env("CARGO_TARGET_DIR", target_dir()?),
     )
+}
+
+/// The bench crate that is a workspace of its own (see `benches/peers-sqlx/README.md`).
+const SQLX_PEERS: &str = "benches/peers-sqlx/Cargo.toml";
+
+/// The main workspace's target folder, absolute, for the crates outside the workspace.
+fn target_dir() -> Result<PathBuf> {
+    let dir =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    std::path::absolute(&dir).map_err(|e| format!("the target folder {}: {e}", dir.display()))
 }
 
 fn lint() -> Result {
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(
+        "fmt-sqlx-peers",
+        cargo().args(["fmt", "--manifest-path", SQLX_PEERS, "--", "--check"]),
+    )?;
     run(
         "clippy",
         cargo().args([
@@ -438,6 +465,19 @@ fn bench_features() -> Vec<&'static str> {
     }
 }
 
+/// Criterion's arguments for `bench --quick`.
+const QUICK: [&str; 8] = [
+    "--warm-up-time",
+    "0.2",
+    "--measurement-time",
+    "0.5",
+    "--sample-size",
+    "10",
+    // The analysis's bootstrap, 100 000 resamples by default, is a second per case.
+    "--nresamples",
+    "2000",
+];
+
 fn bench(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
@@ -449,22 +489,23 @@ fn bench(args: &[String]) -> Result {
     }
     cmd.arg("--");
     if quick {
-        cmd.args([
-            "--warm-up-time",
-            "0.2",
-            "--measurement-time",
-            "0.5",
-            "--sample-size",
-            "10",
-            // The analysis's bootstrap, 100 000 resamples by default, is a second per case.
-            "--nresamples",
-            "2000",
-        ]);
+        cmd.args(QUICK);
     }
     for f in &filter {
         cmd.arg(f);
     }
     run("bench", &mut cmd)?;
+    // The peers built on sqlx, a workspace of their own, into the same criterion folder.
+    let mut sqlx = cargo();
+    sqlx.args(["bench", "--manifest-path", SQLX_PEERS, "--locked", "--"])
+        .env("CARGO_TARGET_DIR", target_dir()?);
+    if quick {
+        sqlx.args(QUICK);
+    }
+    for f in &filter {
+        sqlx.arg(f);
+    }
+    run("bench-sqlx-peers", &mut sqlx)?;
     // The hand-off latency is a distribution (p50, p99) and saturation a throughput per
     // concurrency level, not criterion cases: each writes a table of its own.
     let tables: Vec<&str> = ["handoff", "scale"]

@@ -35,6 +35,9 @@ pub struct Goal {
     pub max_ratio: f64,
     /// The largest acceptable `conc - peer`, in nanoseconds.
     pub max_overhead_ns: f64,
+    /// The largest acceptable time of conc's own, in nanoseconds (the peer's row shows
+    /// what the same work costs without conc).
+    pub max_ns: f64,
     /// The goal as the issue words it.
     pub text: &'static str,
 }
@@ -50,6 +53,7 @@ const fn ratio(
         peer,
         max_ratio,
         max_overhead_ns: f64::INFINITY,
+        max_ns: f64::INFINITY,
         text,
     }
 }
@@ -65,6 +69,23 @@ const fn overhead(
         peer,
         max_ratio: f64::INFINITY,
         max_overhead_ns,
+        max_ns: f64::INFINITY,
+        text,
+    }
+}
+
+const fn absolute(
+    group: &'static str,
+    peer: &'static str,
+    max_ns: f64,
+    text: &'static str,
+) -> Goal {
+    Goal {
+        group,
+        peer,
+        max_ratio: f64::INFINITY,
+        max_overhead_ns: f64::INFINITY,
+        max_ns,
         text,
     }
 }
@@ -138,6 +159,36 @@ pub const GOALS: &[Goal] = &[
         "rslock",
         1.0,
         "at most rslock's pair (Redlock on one instance)",
+    ),
+    ratio(
+        "lock_server_acquire_release",
+        "distributed-lock-redis",
+        1.0,
+        "at most distributed-lock-redis's pair",
+    ),
+    absolute(
+        "redis_server_time",
+        "raw-redis",
+        8_000.0,
+        "at most 8 µs a pair inside Redis (the raw pair's time beside it)",
+    ),
+    ratio(
+        "retry_tower_success_path",
+        "tower-resilience",
+        1.0,
+        "at most tower-resilience's retry layer",
+    ),
+    ratio(
+        "abort_child_cancel",
+        "tokio-util",
+        1.0,
+        "at most tokio-util's child token",
+    ),
+    ratio(
+        "lock_server_acquire_release",
+        "distributed-lock-postgres",
+        1.0,
+        "at most distributed-lock-postgres's pair (advisory locks: no TTL, fence or metadata)",
     ),
     ratio(
         "lock_server_acquire_release",
@@ -275,7 +326,9 @@ impl Row {
     /// `Some(true)` when the goal is met, `None` without a goal.
     pub fn verdict(&self) -> Option<bool> {
         self.goal.map(|g| {
-            self.ratio() <= g.max_ratio && self.conc_ns - self.peer_ns <= g.max_overhead_ns
+            self.ratio() <= g.max_ratio
+                && self.conc_ns - self.peer_ns <= g.max_overhead_ns
+                && self.conc_ns <= g.max_ns
         })
     }
 }
@@ -501,6 +554,24 @@ mod tests {
         let md = markdown(&rows, "test");
         assert!(md.contains("NOT MET") && md.contains("| 0.50 |"));
         assert!(svg_chart(&rows).starts_with("<svg"));
+    }
+
+    #[test]
+    fn an_absolute_goal_judges_concs_own_time() {
+        let rows = rows_of(&[
+            ("redis_server_time", "conc", "", 7_000.0),
+            ("redis_server_time", "raw-redis", "", 1_000.0),
+        ]);
+        assert_eq!(
+            rows[0].verdict(),
+            Some(true),
+            "7 µs is within 8 µs, whatever the ratio"
+        );
+        let rows = rows_of(&[
+            ("redis_server_time", "conc", "", 9_000.0),
+            ("redis_server_time", "raw-redis", "", 8_500.0),
+        ]);
+        assert_eq!(rows[0].verdict(), Some(false), "9 µs is over 8 µs");
     }
 
     fn rows_of(ms: &[(&str, &str, &str, f64)]) -> Vec<Row> {
