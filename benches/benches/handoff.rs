@@ -96,6 +96,45 @@ async fn measure(
     samples
 }
 
+/// `rounds` hand-offs through rslock (Redlock on one instance) between two lock managers:
+/// the waiter's `acquire` loops over `lock`, which retries 3 times a random 0 to 200 ms
+/// apart (rslock's defaults), then starts again; the latencies, sorted.
+async fn measure_rslock(url: &str, key: &str, rounds: usize) -> Vec<Duration> {
+    let a = rslock::LockManager::new(vec![url.to_owned()]);
+    let b = Arc::new(rslock::LockManager::new(vec![url.to_owned()]));
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut samples = Vec::with_capacity(rounds);
+    let ttl = Duration::from_secs(10);
+    for _ in 0..rounds {
+        let held = a
+            .lock(key, ttl)
+            .await
+            .expect("the key is free between rounds");
+        let waiter = {
+            let b = b.clone();
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let lock = b
+                    .acquire_no_guard(key.as_str(), ttl)
+                    .await
+                    .expect("acquire");
+                (Instant::now(), lock)
+            })
+        };
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(5 + seed % 46)).await;
+        let released_at = Instant::now();
+        a.unlock(&held).await;
+        let (acquired_at, lock) = waiter.await.expect("waiter");
+        samples.push(acquired_at.saturating_duration_since(released_at));
+        b.unlock(&lock).await;
+    }
+    samples.sort();
+    samples
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -252,10 +291,35 @@ fn main() {
             table.push_str(&row);
         }
     });
+    // The peers that wait: rslock polls (no wake-ups); distributed-lock-redis's `acquire`
+    // on one instance makes one attempt and fails while the key is held, so its callers
+    // poll in a loop of their own, and it has no hand-off to measure.
+    let mut peers = String::from(
+        "| peer (Redis) | p50 (ms) | p99 (ms) | max (ms) | how it waits |\n| --- | --- | --- | --- | --- |\n",
+    );
+    match std::env::var("CONC_TEST_REDIS_URL") {
+        Ok(url) => runtime.block_on(async {
+            let key = format!("conc-bench-handoff:rslock:{}", std::process::id());
+            let polled = measure_rslock(&url, &key, rounds / 3).await;
+            let row = format!(
+                "| rslock 0.10 | {} | {} | {} | polls: 3 tries a random 0 to 200 ms apart, again and again |\n",
+                ms(percentile(&polled, 0.5)),
+                ms(percentile(&polled, 0.99)),
+                ms(*polled.last().expect("samples")),
+            );
+            print!("{row}");
+            peers.push_str(&row);
+            peers.push_str("| distributed-lock-redis 0.2 | | | | does not wait: one attempt, an error while the key is held (one instance); the caller polls |\n");
+        }),
+        Err(_) => println!(
+            "skipped: CONC_TEST_REDIS_URL is not set, so the peers' Redis hand-off is not measured"
+        ),
+    }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conc-bench");
     let _ = std::fs::create_dir_all(&out);
     let report = format!(
-        "# Hand-off latency\n\nFrom a release through one store instance to `acquire` returning through another, {rounds} rounds per row.\n\n{table}"
+        "# Hand-off latency\n\nFrom a release through one store instance to `acquire` returning through another, {rounds} rounds per row.\n\n{table}\nThe peers, from a release through one lock manager to the other's waiting acquire returning, {} rounds:\n\n{peers}",
+        rounds / 3
     );
     if let Err(e) = std::fs::write(out.join("handoff.md"), report) {
         eprintln!("cannot write handoff.md: {e}");
