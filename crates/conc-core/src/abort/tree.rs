@@ -16,8 +16,13 @@ pub(super) const UNOBSERVED_WANTED: usize = 1 << (usize::BITS - 1);
 /// One node of an abort tree: a controller and its signals share it.
 ///
 /// The tree: a node holds its children strongly and its parent strongly; the links are
-/// changed only under the tree's lock (shared by every node of one tree), one node's
-/// state locked at a time, so they cannot deadlock. A node leaves the tree when it is
+/// changed under the tree's lock (shared by every node of one tree), one node's state
+/// locked at a time, so they cannot deadlock. One change needs only its node's lock: a
+/// new child's link, pushed onto its parent's children under the parent's lock with the
+/// child already whole (its parent and slot set), by a caller holding a handle to the
+/// parent (so the parent cannot be detaching meanwhile); whatever the tree's lock
+/// serialises (an abort's cascade, a sibling's unlink that moves the new child into
+/// another slot) locks the parent too, before or after the push. A node leaves the tree when it is
 /// aborted (its children go with the cascade) or when its last handle (controller or
 /// signal) is dropped: then its children move to its parent, so an abort of any ancestor
 /// still reaches every descendant. Every operation walks the tree with a work list, never
@@ -166,7 +171,6 @@ impl Inner {
     /// parent, its slot, or its reason) before anyone else can see it, so it needs no lock
     /// of its own.
     pub(super) fn child(self: &Arc<Self>) -> Arc<Inner> {
-        let _links = self.tree.lock();
         let mut state = self.state.lock();
         if let Some(reason) = &state.reason {
             let reason = cascaded(reason);

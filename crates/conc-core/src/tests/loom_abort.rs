@@ -96,6 +96,47 @@ fn leaf_abort_and_drop_against_dropping_the_middle() {
     });
 }
 
+/// A child made while a sibling's last handle is dropped (its unlink swaps the parent's
+/// last child, maybe the new one, into its slot): the new child ends linked at the right
+/// slot, so its parent's abort reaches it and its own drop unlinks it.
+#[test]
+fn child_made_against_a_sibling_unlinking() {
+    loom::model(|| {
+        let parent = AbortController::new();
+        let sibling = parent.signal().child();
+        let signal = parent.signal();
+        let maker = thread::spawn(move || signal.child());
+        drop(sibling);
+        let child = maker.join().unwrap();
+        assert_eq!(parent.signal().linked_children(), 1);
+        let kept = child.signal();
+        drop(child);
+        drop(kept);
+        assert_eq!(parent.signal().linked_children(), 0);
+        let child = parent.signal().child();
+        assert!(parent.abort(AbortReason::Shutdown));
+        assert!(child.is_aborted());
+    });
+}
+
+/// The same race, the parent aborted after it: the new child is reached by the cascade.
+#[test]
+fn child_made_against_a_sibling_unlinking_then_abort() {
+    loom::model(|| {
+        let parent = AbortController::new();
+        let first = parent.signal().child();
+        let second = parent.signal().child();
+        let signal = parent.signal();
+        let maker = thread::spawn(move || signal.child());
+        drop(first);
+        let child = maker.join().unwrap();
+        drop(second);
+        assert_eq!(parent.signal().linked_children(), 1);
+        assert!(parent.abort(AbortReason::Shutdown));
+        assert!(child.is_aborted());
+    });
+}
+
 /// A child made while another thread aborts its parent: either it is linked (and the
 /// cascade reaches it) or it is made aborted; dropped afterwards, it leaves no link.
 #[test]
