@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conc_lock_store::conformance;
-use conc_lock_store::servers::PrivateEtcdCluster;
+use conc_lock_store::servers::{self, PrivateEtcdCluster};
 use conc_lock_store::{EtcdConfig, EtcdLockStore, LockError, LockRequest, LockStore};
 
 fn config(prefix: &str) -> EtcdConfig {
@@ -24,18 +24,11 @@ async fn connect(url: &str, prefix: &str) -> Arc<dyn LockStore> {
     Arc::new(EtcdLockStore::connect(url, config(prefix)).await.unwrap())
 }
 
-/// Retries `op` through an election's transient errors, for at most 30 s.
+/// Retries `op` through the transient errors of a leader election, for at most 30 s.
 async fn through_election<T, F: AsyncFn() -> Result<T, LockError>>(what: &str, op: F) -> T {
-    let started = Instant::now();
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(error) if error.is_transient() && started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
-    }
+    servers::through_transient_errors(Duration::from_secs(30), op)
+        .await
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,14 +167,6 @@ async fn leader_killed_while_leases_are_held() {
     println!("a dead holder's {ttl:?} lock freed after {waited:?}");
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 /// The member a holder talks to (the leader: the worst case, an election on top) is
 /// paused (SIGSTOP) while it serves the holder's keep-alives: the holder's guard reports the
 /// lease lost before a contender on the other members gets the lock, and the contender's
@@ -206,7 +191,7 @@ async fn a_member_paused_under_its_holder() {
         .await
         .unwrap();
         let pid = cluster.pid(paused).expect("the member runs");
-        signal(pid, "-STOP");
+        servers::signal(pid, "-STOP").unwrap();
         let stopped = Instant::now();
         let lost = tokio::spawn({
             let signal = guard.lost();
@@ -221,7 +206,7 @@ async fn a_member_paused_under_its_holder() {
         })
         .await;
         let got = Instant::now();
-        signal(pid, "-CONT");
+        servers::signal(pid, "-CONT").unwrap();
         let lost = tokio::time::timeout(Duration::from_secs(1), lost)
             .await
             .expect("the holder's guard reported the loss")

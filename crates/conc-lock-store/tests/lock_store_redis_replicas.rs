@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conc_lock_store::servers::PrivateRedis;
+use conc_lock_store::servers::{self, PrivateRedis};
 use conc_lock_store::{
     LockError, LockRequest, LockStore, RedisConfig, RedisLockStore, conformance,
 };
@@ -39,14 +39,6 @@ async fn replicas_online(url: &str, replicas: usize) {
     }
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_writes_wait_for_a_replica_and_an_unreplicated_acquire_is_undone() {
     let Some(primary) = PrivateRedis::start(&[]).unwrap() else {
@@ -72,10 +64,10 @@ async fn lock_writes_wait_for_a_replica_and_an_unreplicated_acquire_is_undone() 
 
     // The replica stops answering: an acquire is not acknowledged, so it is undone.
     let pid = replica.pid().expect("the replica's pid");
-    signal(pid, "-STOP");
+    servers::signal(pid, "-STOP").unwrap();
     let request = LockRequest::new("k", "holder", Duration::from_secs(30));
     let error = acked.try_acquire(&request).await.unwrap_err();
-    signal(pid, "-CONT");
+    servers::signal(pid, "-CONT").unwrap();
     assert!(
         matches!(
             error,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use conc_lock_store::conformance;
-use conc_lock_store::servers::PrivateRedisSentinel;
+use conc_lock_store::servers::{self, PrivateRedisSentinel};
 use conc_lock_store::{Lease, LockError, LockRequest, LockStore, RedisConfig, RedisLockStore};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -45,26 +45,11 @@ async fn connect(topology: &PrivateRedisSentinel, acknowledged: bool) -> Arc<dyn
     )
 }
 
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
-/// Retries `op` through the failover's transient errors, for at most 30 s.
+/// Retries `op` through the transient errors of a failover, for at most 30 s.
 async fn through_failover<T, F: AsyncFn() -> Result<T, LockError>>(what: &str, op: F) -> T {
-    let started = Instant::now();
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(error) if error.is_transient() && started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
-    }
+    servers::through_transient_errors(Duration::from_secs(30), op)
+        .await
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +104,7 @@ async fn trial(
         // now on stays on the primary (data already sent would still reach a paused
         // replica, from its socket buffer).
         for pid in &replicas {
-            signal(*pid, "-STOP");
+            servers::signal(*pid, "-STOP").unwrap();
         }
         let client = redis::Client::open(topology.node_urls()[old].as_str()).unwrap();
         let mut primary = client.get_multiplexed_async_connection().await.unwrap();
@@ -144,11 +129,11 @@ async fn trial(
     let old_pid = topology.pid(old).expect("the primary runs");
     match fault {
         Fault::Kill => topology.kill(old),
-        Fault::Pause => signal(old_pid, "-STOP"),
+        Fault::Pause => servers::signal(old_pid, "-STOP").unwrap(),
     }
     if lagging {
         for pid in &replicas {
-            signal(*pid, "-CONT");
+            servers::signal(*pid, "-CONT").unwrap();
         }
     }
     let mut seen = Trial::default();
@@ -267,7 +252,7 @@ async fn trial(
     match fault {
         Fault::Kill => topology.restart_as_replica(old).unwrap(),
         // Back from its pause, the old primary is made a replica by the Sentinels.
-        Fault::Pause => signal(old_pid, "-CONT"),
+        Fault::Pause => servers::signal(old_pid, "-CONT").unwrap(),
     }
     topology.wait_until_ok(Duration::from_secs(30)).unwrap();
     seen

@@ -706,7 +706,7 @@ pub(super) enum Acks {
 /// Whether a failed try is worth another: the connection broke or stalled (the connection
 /// manager reconnects), or the node answered as a demoted primary or while loading (the
 /// Sentinels' primary is looked up again).
-fn retriable(e: &redis::RedisError) -> bool {
+pub(super) fn retriable(e: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
     e.is_io_error()
         || e.is_connection_dropped()

@@ -380,19 +380,9 @@ impl Drop for Pending<'_> {
 
 /// Whether `error` says the node may no longer be the primary, or no longer reachable.
 fn primary_gone(error: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_timeout()
-        || matches!(
-            error.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::ReadOnly
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::BusyLoading
-            )
-        )
+    // What a retry on the same connection could outlive, and a refused connection: the
+    // primary is gone, so the Sentinels are asked again.
+    super::client::retriable(error) || error.is_connection_refusal()
 }
 
 fn timed_out(what: &str, limit: Duration) -> redis::RedisError {

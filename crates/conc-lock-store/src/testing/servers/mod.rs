@@ -79,6 +79,46 @@ pub(super) fn stop_by_pid(pid: u32, signal: &str) -> bool {
     !proc.exists()
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`, `-KILL`, …) to `pid`, as a test pauses, resumes or
+/// kills one of its servers.
+pub fn signal(pid: u32, signal: &str) -> Result<(), String> {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .map_err(|e| format!("kill {signal} {pid}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill {signal} {pid}: {status}"))
+    }
+}
+
+/// Runs `op` again after each transient error (a failover or an election in progress),
+/// 50 ms apart, for at most `limit`; returns its first success, or the error that was not
+/// transient or came after `limit`.
+///
+/// # Cancel safety
+///
+/// Dropping it stops between tries; a try in flight is dropped with it.
+pub async fn through_transient_errors<T, F>(
+    limit: std::time::Duration,
+    op: F,
+) -> Result<T, crate::error::LockError>
+where
+    F: AsyncFn() -> Result<T, crate::error::LockError>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_transient() && started.elapsed() < limit => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 pub(super) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
