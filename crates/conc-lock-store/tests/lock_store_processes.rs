@@ -651,8 +651,22 @@ fn election(backend: &str, scope: &str) -> Result<(), String> {
         signal(first, "-KILL")?;
         let killed_at = millis();
         let (second, second_fence, second_at) = next_leader(&[first], killed_at)?;
-        signal(second, "-STOP")?;
+        // Pause the leader outside the resource's critical section: a writer stopped while
+        // it holds the resource's file lock would stall every later writer until it
+        // resumes (the resource's own problem, which a real store solves with its own
+        // timeouts), and the test would wait for a write that cannot come.
+        let resource = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.path().join("election-resource"))
+            .map_err(|e| e.to_string())?;
+        resource.lock().map_err(|e| e.to_string())?;
+        let stopped = signal(second, "-STOP");
         let paused_at = millis();
+        resource.unlock().map_err(|e| e.to_string())?;
+        stopped?;
         let (third, third_fence, third_at) = next_leader(&[first, second], paused_at)?;
         signal(second, "-CONT")?;
         std::thread::sleep(Duration::from_millis(300));
