@@ -376,64 +376,18 @@ fn servers(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("conc", "redis"), |b| {
                 b.iter(|| pair(&rt, &store, &request))
             });
-            let mut raw = rt
-                .block_on(
-                    redis::Client::open(url.as_str())
-                        .expect("url")
-                        .get_multiplexed_async_connection(),
-                )
-                .expect("raw");
-            // The peer: rslock (Redlock) on one instance, the same key pattern and TTL.
-            let redlock = rslock::LockManager::new(vec![url.clone()]);
+            // The peers, the same key pattern and TTL: rslock (Redlock on one instance),
+            // distributed-lock-redis (a DistributedLock port on fred) with one client, and
+            // raw commands.
+            let mut peers = RedisPeers::connect(&rt, &url);
             group.bench_function(BenchmarkId::new("rslock", "redis"), |b| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let lock = redlock
-                            .lock("conc-bench:rslock", Duration::from_secs(30))
-                            .await
-                            .expect("rslock");
-                        redlock.unlock(&lock).await;
-                    })
-                })
+                b.iter(|| peers.rslock_pair(&rt))
             });
-            // The peer: distributed-lock-redis (a DistributedLock port on fred) with one
-            // client, the same TTL.
-            let provider = rt
-                .block_on(
-                    distributed_lock_redis::RedisLockProvider::builder()
-                        .url(url.clone())
-                        .expiry(Duration::from_secs(30))
-                        .build(),
-                )
-                .expect("distributed-lock-redis");
-            let lock = {
-                use distributed_lock_core::traits::LockProvider as _;
-                provider.create_lock("conc-bench:dlr")
-            };
             group.bench_function(BenchmarkId::new("distributed-lock-redis", "redis"), |b| {
-                b.iter(|| {
-                    use distributed_lock_core::traits::{DistributedLock as _, LockHandle as _};
-                    rt.block_on(async {
-                        let handle = lock.try_acquire().await.expect("try").expect("free");
-                        handle.release().await.expect("release");
-                    })
-                })
+                b.iter(|| peers.distributed_lock_pair(&rt))
             });
             group.bench_function(BenchmarkId::new("raw-redis", "redis"), |b| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let _: Option<String> = redis::cmd("SET")
-                            .arg(&["conc-bench:raw", "t", "NX", "PX", "30000"])
-                            .query_async(&mut raw)
-                            .await
-                            .expect("set");
-                        let _: i64 = redis::cmd("DEL")
-                            .arg("conc-bench:raw")
-                            .query_async(&mut raw)
-                            .await
-                            .expect("del");
-                    })
-                })
+                b.iter(|| peers.raw_pair(&rt))
             });
         }
     }
@@ -496,6 +450,79 @@ fn etcd_pairs(
             })
         })
     });
+}
+
+/// The Redis peers, connected to one server: a raw connection, rslock's manager and a
+/// distributed-lock-redis lock, each with its acquire+release pair (key pattern and TTL as
+/// conc's).
+struct RedisPeers {
+    raw: redis::aio::MultiplexedConnection,
+    redlock: rslock::LockManager,
+    // Kept alive for its lock's clients.
+    _provider: distributed_lock_redis::RedisLockProvider,
+    lock: distributed_lock_redis::RedisDistributedLock,
+}
+
+impl RedisPeers {
+    fn connect(rt: &tokio::runtime::Runtime, url: &str) -> Self {
+        use distributed_lock_core::traits::LockProvider as _;
+        let raw = rt
+            .block_on(
+                redis::Client::open(url)
+                    .expect("url")
+                    .get_multiplexed_async_connection(),
+            )
+            .expect("raw");
+        let provider = rt
+            .block_on(
+                distributed_lock_redis::RedisLockProvider::builder()
+                    .url(url)
+                    .expiry(Duration::from_secs(30))
+                    .build(),
+            )
+            .expect("distributed-lock-redis");
+        let lock = provider.create_lock("conc-bench:dlr");
+        Self {
+            raw,
+            redlock: rslock::LockManager::new(vec![url.to_owned()]),
+            _provider: provider,
+            lock,
+        }
+    }
+
+    fn raw_pair(&mut self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&["conc-bench:raw", "t", "NX", "PX", "30000"])
+                .query_async(&mut self.raw)
+                .await
+                .expect("set");
+            let _: i64 = redis::cmd("DEL")
+                .arg("conc-bench:raw")
+                .query_async(&mut self.raw)
+                .await
+                .expect("del");
+        })
+    }
+
+    fn rslock_pair(&self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
+            let lock = self
+                .redlock
+                .lock("conc-bench:rslock", Duration::from_secs(30))
+                .await
+                .expect("rslock");
+            self.redlock.unlock(&lock).await;
+        })
+    }
+
+    fn distributed_lock_pair(&self, rt: &tokio::runtime::Runtime) {
+        use distributed_lock_core::traits::{DistributedLock as _, LockHandle as _};
+        rt.block_on(async {
+            let handle = self.lock.try_acquire().await.expect("try").expect("free");
+            handle.release().await.expect("release");
+        })
+    }
 }
 
 /// The sum of `usec` in `INFO commandstats` over `commands`: the server's own time for
@@ -576,55 +603,15 @@ fn redis_server_time(c: &mut Criterion) {
         .expect("connect"),
     );
     measure("conc", &["evalsha"], &mut || pair(&rt, &store, &request));
-    let mut raw = rt
-        .block_on(
-            redis::Client::open(url.as_str())
-                .expect("url")
-                .get_multiplexed_async_connection(),
-        )
-        .expect("raw");
+    let peers = std::cell::RefCell::new(RedisPeers::connect(&rt, &url));
     measure("raw-redis", &["set", "del"], &mut || {
-        rt.block_on(async {
-            let _: Option<String> = redis::cmd("SET")
-                .arg(&["conc-bench:raw", "t", "NX", "PX", "30000"])
-                .query_async(&mut raw)
-                .await
-                .expect("set");
-            let _: i64 = redis::cmd("DEL")
-                .arg("conc-bench:raw")
-                .query_async(&mut raw)
-                .await
-                .expect("del");
-        })
+        peers.borrow_mut().raw_pair(&rt)
     });
-    let redlock = rslock::LockManager::new(vec![url.clone()]);
     measure("rslock", &["set", "evalsha"], &mut || {
-        rt.block_on(async {
-            let lock = redlock
-                .lock("conc-bench:rslock", Duration::from_secs(30))
-                .await
-                .expect("rslock");
-            redlock.unlock(&lock).await;
-        })
+        peers.borrow().rslock_pair(&rt)
     });
-    let provider = rt
-        .block_on(
-            distributed_lock_redis::RedisLockProvider::builder()
-                .url(url.clone())
-                .expiry(Duration::from_secs(30))
-                .build(),
-        )
-        .expect("distributed-lock-redis");
-    let lock = {
-        use distributed_lock_core::traits::LockProvider as _;
-        provider.create_lock("conc-bench:dlr")
-    };
     measure("distributed-lock-redis", &["set", "eval"], &mut || {
-        use distributed_lock_core::traits::{DistributedLock as _, LockHandle as _};
-        rt.block_on(async {
-            let handle = lock.try_acquire().await.expect("try").expect("free");
-            handle.release().await.expect("release");
-        })
+        peers.borrow().distributed_lock_pair(&rt)
     });
     group.finish();
 }
