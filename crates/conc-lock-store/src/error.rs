@@ -121,6 +121,20 @@ pub enum LockError {
         /// The longest accepted.
         max: Duration,
     },
+    /// The TTL leaves no time to use the lease: a holder treats its lease as valid for the
+    /// TTL less the drift margin (counted from when the request was sent), and that would
+    /// be less than [`MIN_VALIDITY`](crate::MIN_VALIDITY).
+    #[error(
+        "lock ttl {ttl:?} is too short: a holder stops {margin:?} (the drift margin) before it runs out, so the lease would be lost as soon as it was granted; use a TTL of at least {least:?} (in practice, several round trips to the store), or a smaller drift margin"
+    )]
+    TtlWithinMargin {
+        /// The TTL asked for.
+        ttl: Duration,
+        /// The drift margin in force.
+        margin: Duration,
+        /// The shortest TTL that leaves the lease any use.
+        least: Duration,
+    },
     /// `acquire` waited its whole limit.
     #[error("timed out after {waited:?} waiting for lock `{key}`{}", match .holder {
         Some(h) => format!("; held by `{}` since {} (fence {})", h.owner, crate::util::clock::format_time(h.acquired_at), h.fence),
@@ -141,6 +155,28 @@ pub enum LockError {
         key: String,
         /// The lost lease's fence.
         fence: u64,
+    },
+    /// The store granted or renewed the lease, but its answer came back so late that the
+    /// lease's validity, counted from when the request was sent (its TTL less the drift
+    /// margin), had already run out: another process may hold the lock by now, so the
+    /// lease is not handed out. It is released by its token in the background (a no-op if
+    /// it has expired). A slow or stalled network between this process and the store
+    /// causes it; transient: [`LockStore::acquire`](crate::LockStore::acquire) tries again
+    /// within its wait.
+    #[error(
+        "the store's answer to the {operation} of `{key}` came {answered_after:?} after the request was sent, past the lease's validity of {valid_for:?} (its TTL less the drift margin): the lease (fence {fence}) may already be another holder's, so it was not handed out and is being released; check the network to the store, or use a longer TTL"
+    )]
+    LateReply {
+        /// The key.
+        key: String,
+        /// The lease's fence, which a fenced resource now refuses.
+        fence: u64,
+        /// What was asked: `acquire`, `take-over` or `renew`.
+        operation: &'static str,
+        /// How long after the request was sent the answer came.
+        answered_after: std::time::Duration,
+        /// How long the lease was valid for, from when the request was sent.
+        valid_for: std::time::Duration,
     },
     /// The store could not connect to its server, for `cause`.
     #[error("{backend} lock store: {cause} ({message})")]
@@ -267,7 +303,8 @@ impl LockError {
         match self {
             LockError::Backend { .. }
             | LockError::Recovering { .. }
-            | LockError::NotReplicated { .. } => true,
+            | LockError::NotReplicated { .. }
+            | LockError::LateReply { .. } => true,
             LockError::Connect { cause, .. } => matches!(
                 cause,
                 ConnectFailure::Refused | ConnectFailure::Timeout | ConnectFailure::Other

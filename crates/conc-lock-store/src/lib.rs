@@ -86,10 +86,10 @@ pub use recipe::{
     Election, ElectionConfig, FairLock, Leader, Leadership, LockGuard, MAX_PERMITS, MultiLease,
     MultiLock, Observer, RwLock, Semaphore, permit_key, writer_key,
 };
-pub use request::{LockRequest, MAX_KEY_BYTES, MIN_TTL, TTL_LIMIT, validate_key};
+pub use request::{LockRequest, MAX_KEY_BYTES, MIN_TTL, MIN_VALIDITY, TTL_LIMIT, validate_key};
 pub use store::LockStore;
 #[cfg(feature = "conformance")]
-pub use testing::{conformance, servers};
+pub use testing::{conformance, proxy, servers};
 pub use url::{StoreKind, StoreUrl, connect, parse_url};
 
 /// The crate's README, whose examples are compiled and run as doctests.

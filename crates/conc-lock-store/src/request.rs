@@ -29,6 +29,13 @@ pub struct LockRequest {
     /// How much shorter than the TTL a holder treats its lease as valid, to allow for the
     /// drift between its clock and the store's; `None` takes [`default_drift_margin`](crate::default_drift_margin).
     pub drift_margin: Option<Duration>,
+    /// The latest moment, on this process's monotonic clock, at which the call may still
+    /// wait for the store's answer: every request it sends (retries included) times out by
+    /// then, as well as by the store's own request timeout. `None` leaves only the store's
+    /// request timeout. [`LockStore::acquire`](crate::LockStore::acquire) sets it to the end
+    /// of its wait, so an acquire with wait W returns within W (plus one round trip) even
+    /// when the store does not answer at all.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl LockRequest {
@@ -40,7 +47,21 @@ impl LockRequest {
             ttl,
             metadata: Metadata::new(),
             drift_margin: None,
+            deadline: None,
         }
+    }
+
+    /// Sets the [`deadline`](Self::deadline): no request of the call waits past it.
+    pub fn with_deadline(mut self, deadline: tokio::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The drift margin in force: [`drift_margin`](Self::drift_margin), or
+    /// [`default_drift_margin`](crate::default_drift_margin) of the TTL.
+    pub fn margin(&self) -> Duration {
+        self.drift_margin
+            .unwrap_or_else(|| crate::lease::default_drift_margin(self.ttl))
     }
 
     /// Sets the drift margin: a [`LockGuard`](crate::LockGuard) treats its lease as lost
@@ -78,9 +99,22 @@ impl LockRequest {
                 });
             }
         }
-        validate_ttl(self.ttl, max_ttl)
+        validate_ttl(self.ttl, max_ttl)?;
+        let margin = self.margin();
+        if self.ttl < margin + MIN_VALIDITY {
+            return Err(LockError::TtlWithinMargin {
+                ttl: self.ttl,
+                margin,
+                least: margin + MIN_VALIDITY,
+            });
+        }
+        Ok(())
     }
 }
+
+/// The least validity a lease must have beyond its drift margin: a TTL shorter than the
+/// margin plus this would hand out a lease that is lost by the time its answer arrives.
+pub const MIN_VALIDITY: Duration = Duration::from_millis(5);
 
 /// Checks a key: non-empty, not only whitespace, no NUL byte, at most [`MAX_KEY_BYTES`].
 pub fn validate_key(key: &str) -> Result<(), LockError> {
@@ -124,7 +158,55 @@ pub(crate) fn validate_ttl(ttl: Duration, max: Duration) -> Result<(), LockError
     Ok(())
 }
 
+/// The moment by which a call's requests must be answered: `op_timeout` from now, or the
+/// caller's `deadline` if that is sooner. Retries of the call share it.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn call_deadline(
+    op_timeout: Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let own = tokio::time::Instant::now() + op_timeout;
+    match deadline {
+        Some(deadline) => own.min(deadline),
+        None => own,
+    }
+}
+
+/// The deadline of a renewal of `lease`: `op_timeout` from now, or the end of the lease's
+/// validity (its TTL less the default drift margin, from when it was taken or last
+/// renewed) if that is sooner: a renewal that keeps the lease without a gap must be
+/// answered by then. A lease already past its validity gets the whole `op_timeout`: its
+/// renewal is a new question (`Lost`, or a renewal valid from when it was sent).
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn renewal_deadline(op_timeout: Duration, lease: &Lease) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let own = now + op_timeout;
+    let valid = lease.valid_until(crate::lease::default_drift_margin(lease.ttl));
+    if valid > now { own.min(valid) } else { own }
+}
+
 impl Lease {
+    /// This lease if its validity, counted from when its request was sent, has not run out
+    /// (less `margin`); [`LockError::LateReply`] if the store's answer came too late to be
+    /// used.
+    pub(crate) fn fresh(
+        self,
+        margin: Duration,
+        operation: &'static str,
+    ) -> Result<Lease, LockError> {
+        let now = tokio::time::Instant::now();
+        if now < self.valid_until(margin) {
+            return Ok(self);
+        }
+        Err(LockError::LateReply {
+            key: self.key,
+            fence: self.fence,
+            operation,
+            answered_after: now.saturating_duration_since(self.requested_at),
+            valid_for: self.ttl.saturating_sub(margin),
+        })
+    }
+
     /// The outcome of a renewal sent at `sent`: this lease with its new expiry and TTL, or
     /// [`LockError::Lost`] when the backend found it gone (`None`).
     pub(crate) fn renewed(
@@ -134,12 +216,13 @@ impl Lease {
         sent: tokio::time::Instant,
     ) -> Result<Lease, LockError> {
         match expires_at {
-            Some(expires_at) => Ok(Lease {
+            Some(expires_at) => Lease {
                 expires_at,
                 ttl,
                 requested_at: sent,
                 ..self.clone()
-            }),
+            }
+            .fresh(crate::lease::default_drift_margin(ttl), "renew"),
             None => Err(LockError::Lost {
                 key: self.key.clone(),
                 fence: self.fence,

@@ -197,18 +197,53 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// and otherwise after a jittered backoff of up to 100 ms, which covers expiry; then it
     /// fails with [`LockError::Timeout`] naming the holder.
     ///
+    /// Every request it sends is bounded by the wait as well as by the store's request
+    /// timeout (it sets the request's [`deadline`](LockRequest::deadline)), so it returns
+    /// within `wait` plus about one round trip even when the store does not answer. A
+    /// grant whose answer came too late to use ([`LockError::LateReply`]) is tried again
+    /// while the wait lasts.
+    ///
     /// # Cancel safety
     ///
     /// As [`try_acquire`](Self::try_acquire).
     async fn acquire(&self, request: &LockRequest, wait: Duration) -> Result<Lease, LockError> {
         request.validate(self.max_ttl())?;
         let started = tokio::time::Instant::now();
+        // Every request of every try is answered by the end of the wait (and a round
+        // trip's grace, so the last try can be answered), or given up.
+        let end = started + wait + LAST_TRY_GRACE;
+        let bounded;
+        let request = match request.deadline {
+            Some(deadline) if deadline <= end => request,
+            _ => {
+                bounded = request.clone().with_deadline(end);
+                &bounded
+            }
+        };
         let mut pause = Duration::from_millis(2);
         let mut watch = self.watch(&request.key);
         let mut announced = false;
+        let mut answered = false;
         loop {
-            if let Some(lease) = self.try_acquire(request).await? {
-                return Ok(lease);
+            match self.try_acquire(request).await {
+                Ok(Some(lease)) => return Ok(lease),
+                Ok(None) => answered = true,
+                // Granted, but answered too late to use (and being released): try again
+                // while the wait lasts.
+                Err(error @ LockError::LateReply { .. }) => {
+                    if started.elapsed() >= wait {
+                        return Err(error);
+                    }
+                    answered = true;
+                    tracing::debug!(%error, "a grant came back too late to use; trying again");
+                    continue;
+                }
+                // The store answered before; its last try ran out with the wait: a wait
+                // for a held key that timed out.
+                Err(error) if answered && error.is_transient() && started.elapsed() >= wait => {
+                    tracing::debug!(%error, "the last try of a wait went unanswered");
+                }
+                Err(error) => return Err(error),
             }
             let waited = started.elapsed();
             if watch.is_some() && !announced && waited < wait {
@@ -218,7 +253,13 @@ pub trait LockStore: Send + Sync + fmt::Debug {
                 }
             }
             if waited >= wait {
-                let holder = self.inspect(&request.key).await.ok().flatten();
+                // Who holds it, if the store says so within a round trip's grace: the
+                // wait is over, and a store that does not answer must not stretch it.
+                let holder = tokio::time::timeout(HOLDER_LOOKUP, self.inspect(&request.key))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
                 return Err(LockError::Timeout {
                     key: request.key.clone(),
                     waited,
@@ -241,6 +282,12 @@ pub trait LockStore: Send + Sync + fmt::Debug {
         }
     }
 }
+
+/// How long past its wait the last try of a [`LockStore::acquire`] may wait for its answer.
+const LAST_TRY_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a timed-out [`LockStore::acquire`] waits to learn who holds the key.
+const HOLDER_LOOKUP: Duration = Duration::from_millis(500);
 
 /// [`LockStore::announce_wait`] for a waiting loop: whether the key is still held. A failed
 /// announcement is logged and treated as "held": the waiter then relies on its backoff,

@@ -48,7 +48,23 @@ const OWN: &[&str] = &[
     "watch_interval",
     "min_replicas",
     "replica_timeout",
+    "op_timeout",
+    "connect_timeout",
 ];
+
+/// A `*_timeout=` option in milliseconds.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
+fn millis_option(url: &StoreUrl, name: &str) -> Result<Option<std::time::Duration>, LockError> {
+    let Some(ms) = url.option(name) else {
+        return Ok(None);
+    };
+    match ms.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Some(std::time::Duration::from_millis(ms))),
+        _ => Err(LockError::InvalidUrl {
+            reason: format!("{name} is a number of milliseconds above 0, such as 2000, not `{ms}`"),
+        }),
+    }
+}
 
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
 /// or `rediss://`, `redis+cluster://` or `rediss+cluster://` (any nodes, comma-separated),
@@ -142,6 +158,11 @@ impl StoreUrl {
 /// and `allow_eviction=true` for Redis, `prefix=` for etcd, and TLS from `sslmode=` and `sslrootcert=`
 /// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
 ///
+/// Every networked store (PostgreSQL, Redis, etcd) also reads `op_timeout=` (ms, default
+/// 5000: how long one request, its retries included, may wait for the store's answer;
+/// a caller's wait or a lease's validity can make it shorter) and `connect_timeout=` (ms,
+/// default 5000: how long connecting may take).
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -165,6 +186,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
         #[cfg(feature = "postgres")]
         StoreKind::Postgres => {
             let mut config = crate::backend::postgres::PostgresConfig::default();
+            if let Some(limit) = millis_option(&parsed, "op_timeout")? {
+                config.op_timeout = limit;
+            }
+            if let Some(limit) = millis_option(&parsed, "connect_timeout")? {
+                config.connect_timeout = limit;
+            }
             if let Some(schema) = parsed.option("schema") {
                 config.schema = schema.to_owned();
             }
@@ -196,6 +223,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
         #[cfg(feature = "redis")]
         StoreKind::Redis => {
             let mut config = crate::backend::redis::RedisConfig::default();
+            if let Some(limit) = millis_option(&parsed, "op_timeout")? {
+                config.op_timeout = limit;
+            }
+            if let Some(limit) = millis_option(&parsed, "connect_timeout")? {
+                config.connect_timeout = limit;
+            }
             if let Some(prefix) = parsed.option("prefix") {
                 config.prefix = prefix.to_owned();
             }
@@ -220,6 +253,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
         #[cfg(feature = "etcd")]
         StoreKind::Etcd => {
             let mut config = crate::backend::etcd::EtcdConfig::default();
+            if let Some(limit) = millis_option(&parsed, "op_timeout")? {
+                config.op_timeout = limit;
+            }
+            if let Some(limit) = millis_option(&parsed, "connect_timeout")? {
+                config.connect_timeout = limit;
+            }
             if let Some(prefix) = parsed.option("prefix") {
                 config.prefix = prefix.to_owned();
             }

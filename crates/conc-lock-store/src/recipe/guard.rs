@@ -380,8 +380,17 @@ impl Batcher {
 async fn renew(batcher: Arc<Batcher>, state: Arc<Shared>, mut watch: Option<LockWatch>) {
     let store = batcher.store.clone();
     let mut failures = 0u32;
-    let first = (state.lease.lock().ttl / 3).max(Duration::from_millis(1));
-    let mut next_renewal = batcher.on_grid(Instant::now() + first, first);
+    // The first renewal is timed from when the acquiring request was sent, as the lease's
+    // validity is: over a slow link its answer comes late, and renewing a third of the TTL
+    // after that would leave less than two thirds of it for the renewal.
+    let (first, taken) = {
+        let lease = state.lease.lock();
+        (
+            (lease.ttl / 3).max(Duration::from_millis(1)),
+            lease.requested_at,
+        )
+    };
+    let mut next_renewal = batcher.on_grid(taken + first, first);
     loop {
         let current = state.lease.lock().clone();
         let valid_until = current.valid_until(state.margin);
@@ -436,6 +445,10 @@ async fn renew(batcher: Arc<Batcher>, state: Arc<Shared>, mut watch: Option<Lock
             }
             Ok(Err(LockError::Lost { .. })) => {
                 state.lose("lease lost: it expired or was taken over");
+                return;
+            }
+            Ok(Err(LockError::LateReply { .. })) => {
+                state.lose("lease lost: the renewal's answer came after the lease's validity");
                 return;
             }
             Ok(Err(error)) => {

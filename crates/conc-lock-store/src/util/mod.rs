@@ -2,6 +2,8 @@
 //! from the clock, Unix times, the time format of messages), randomness (tokens, jitter)
 //! and URL escapes.
 
+#[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
+pub(crate) mod abandoned;
 pub(crate) mod clock;
 #[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
 pub(crate) mod percent;

@@ -10,10 +10,37 @@ use crate::lease::{Lease, LockInfo};
 use crate::notify::LockWatch;
 use crate::request::{LockRequest, validate_key, validate_ttl};
 use crate::store::LockStore;
+use crate::util::abandoned::{Abandoned, release_in_background};
 
 use super::client::request_error;
 use super::value::{Holder, parse_token, token, whole_seconds};
 use super::{BACKEND, EtcdLockStore};
+
+/// Revokes lease `id` in the background, one try within `limit` (a failure is logged: the
+/// lease then ends with its TTL).
+fn revoke_in_background(mut leases: etcd_client::LeaseClient, limit: Duration, id: i64) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!(
+            lease = id,
+            "no runtime to revoke an etcd lease; it ends with its TTL"
+        );
+        return;
+    };
+    runtime.spawn(async move {
+        match tokio::time::timeout(limit, leases.revoke(id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, lease = id, "revoking an etcd lease failed; it ends with its TTL");
+            }
+            Err(_) => {
+                tracing::debug!(
+                    lease = id,
+                    "revoking an etcd lease timed out; it ends with its TTL"
+                );
+            }
+        }
+    });
+}
 
 /// How often a take-over tries again when another caller takes the key between its delete
 /// and its put.
@@ -34,22 +61,41 @@ impl EtcdLockStore {
     /// Revokes lease `id` in the background: its keys (if any are left) go at once, and
     /// etcd stops keeping it. A failure is logged; the lease then ends with its TTL.
     fn revoke_later(&self, id: i64) {
-        let mut leases = self.client.lease_client();
+        revoke_in_background(self.client.lease_client(), self.config.op_timeout, id);
+    }
+
+    /// The cleanup of an acquire that took etcd lease `id` and may not hand it out (it
+    /// failed, timed out, was dropped or answered too late): the lease is revoked in the
+    /// background, and the key with it if a put on it landed. A put that arrives after the
+    /// revocation fails, its lease gone.
+    fn abandoned(&self, key: &str, id: i64) -> Abandoned {
+        let leases = self.client.lease_client();
         let limit = self.config.op_timeout;
-        tokio::spawn(async move {
-            match tokio::time::timeout(limit, leases.revoke(id)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, lease = id, "revoking an etcd lease failed; it ends with its TTL");
+        let key = key.to_owned();
+        Abandoned::new(move || {
+            release_in_background(BACKEND, key, move || {
+                let mut leases = leases.clone();
+                async move {
+                    match tokio::time::timeout(limit, leases.revoke(id)).await {
+                        Ok(Ok(_)) => Ok(true),
+                        // gRPC NOT_FOUND (5): it ended already.
+                        Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                            if i32::from(status.code()) == 5 =>
+                        {
+                            Ok(false)
+                        }
+                        Ok(Err(e)) => Err(request_error("revoke an abandoned lease", e)),
+                        Err(_) => Err(LockError::Backend {
+                            backend: BACKEND,
+                            message: format!(
+                                "revoking an abandoned lease took longer than {limit:?}"
+                            ),
+                            source: None,
+                        }),
+                    }
                 }
-                Err(_) => {
-                    tracing::debug!(
-                        lease = id,
-                        "revoking an etcd lease timed out; it ends with its TTL"
-                    );
-                }
-            }
-        });
+            });
+        })
     }
 
     /// One transaction.
@@ -128,6 +174,9 @@ impl EtcdLockStore {
         let seconds = whole_seconds(request.ttl);
         let sent = tokio::time::Instant::now();
         let id = self.grant(seconds).await?;
+        // Revoked in the background unless handed out (a failure, a refusal, a late
+        // answer or a dropped call alike).
+        let abandoned = self.abandoned(&request.key, id);
         let holder = Holder {
             owner: request.owner.clone(),
             token: token(id, seconds),
@@ -149,9 +198,8 @@ impl EtcdLockStore {
         let revision = match outcome {
             Ok(Some(revision)) => revision,
             other => {
-                // Not granted, or not known to be: the lease goes, and with it the key if
-                // a put whose answer was lost did take it.
-                self.revoke_later(id);
+                // Not granted, or not known to be: the lease goes (`abandoned`), and with
+                // it the key if a put whose answer was lost did take it.
                 other?;
                 return Ok(None);
             }
@@ -161,7 +209,7 @@ impl EtcdLockStore {
         if force {
             self.watchers.notify(&request.key);
         }
-        Ok(Some(Lease {
+        let lease = Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
             token: holder.token,
@@ -170,7 +218,79 @@ impl EtcdLockStore {
             expires_at: SystemTime::now() + Duration::from_secs(seconds.unsigned_abs()),
             ttl: request.ttl,
             requested_at: sent,
-        }))
+        }
+        .fresh(
+            request.margin(),
+            if force { "take-over" } else { "acquire" },
+        )?;
+        abandoned.disarm();
+        Ok(Some(lease))
+    }
+
+    /// A renewal, as [`LockStore::renew`] makes it, without its deadline.
+    async fn renew_inner(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        let lost = || LockError::Lost {
+            key: lease.key.clone(),
+            fence: lease.fence,
+        };
+        let Some((id, seconds)) = parse_token(&lease.token) else {
+            return Err(lost());
+        };
+        let sent = tokio::time::Instant::now();
+        if whole_seconds(ttl) != seconds {
+            return self.renew_with_new_ttl(lease, id, ttl, sent).await;
+        }
+        let kept = self
+            .call_raw("renew", || {
+                let mut leases = self.client.lease_client();
+                async move { leases.keep_alive(id).await.map(drop) }
+            })
+            .await?;
+        match kept {
+            Ok(()) => {}
+            // etcd answered the keep-alive with a TTL of 0: the lease is gone.
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Err(lost()),
+            Err(e) => return Err(request_error("renew", e)),
+        }
+        // The lease lives; the key must still be this lease's (a take-over or a forced
+        // release removes it whether or not the lease was revoked).
+        if !self
+            .still_held(&self.lock_key(&lease.key), lease.fence, id)
+            .await?
+        {
+            return Err(lost());
+        }
+        lease.renewed(
+            Some(SystemTime::now() + Duration::from_secs(seconds.unsigned_abs())),
+            ttl,
+            sent,
+        )
+    }
+
+    /// [`acquire_inner`](Self::acquire_inner) answered by the request's deadline (or the
+    /// request timeout, if sooner), or given up: what it took then is revoked.
+    async fn acquire_until(
+        &self,
+        request: &LockRequest,
+        force: bool,
+    ) -> Result<Option<Lease>, LockError> {
+        // Each request has its own timeout (`call`); the caller's deadline bounds them all.
+        let Some(deadline) = request.deadline else {
+            return self.acquire_inner(request, force).await;
+        };
+        match tokio::time::timeout_at(deadline, self.acquire_inner(request, force)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(LockError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "{} of `{}` got no answer within the caller's wait (the request timeout is {:?})",
+                    if force { "take-over" } else { "acquire" },
+                    request.key,
+                    self.config.op_timeout
+                ),
+                source: None,
+            }),
+        }
     }
 
     /// A take-over: deletes the key whoever holds it (guarded by the create revision just
@@ -334,11 +454,11 @@ fn unexpected(statement: &'static str, reason: String) -> LockError {
 #[async_trait::async_trait]
 impl LockStore for EtcdLockStore {
     async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError> {
-        self.acquire_inner(request, false).await
+        self.acquire_until(request, false).await
     }
 
     async fn take_over(&self, request: &LockRequest) -> Result<Lease, LockError> {
-        LockError::taken(BACKEND, self.acquire_inner(request, true).await?)
+        LockError::taken(BACKEND, self.acquire_until(request, true).await?)
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
@@ -364,42 +484,23 @@ impl LockStore for EtcdLockStore {
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         validate_ttl(ttl, self.config.max_ttl)?;
-        let lost = || LockError::Lost {
-            key: lease.key.clone(),
-            fence: lease.fence,
-        };
-        let Some((id, seconds)) = parse_token(&lease.token) else {
-            return Err(lost());
-        };
-        let sent = tokio::time::Instant::now();
-        if whole_seconds(ttl) != seconds {
-            return self.renew_with_new_ttl(lease, id, ttl, sent).await;
+        // Answered within the lease's validity, or given up (each request has its own
+        // timeout besides).
+        let deadline = lease.valid_until(crate::lease::default_drift_margin(lease.ttl));
+        if deadline <= tokio::time::Instant::now() {
+            return self.renew_inner(lease, ttl).await;
         }
-        let kept = self
-            .call_raw("renew", || {
-                let mut leases = self.client.lease_client();
-                async move { leases.keep_alive(id).await.map(drop) }
-            })
-            .await?;
-        match kept {
-            Ok(()) => {}
-            // etcd answered the keep-alive with a TTL of 0: the lease is gone.
-            Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Err(lost()),
-            Err(e) => return Err(request_error("renew", e)),
+        match tokio::time::timeout_at(deadline, self.renew_inner(lease, ttl)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(LockError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "the renewal of `{}` got no answer within the lease's validity or {:?}",
+                    lease.key, self.config.op_timeout
+                ),
+                source: None,
+            }),
         }
-        // The lease lives; the key must still be this lease's (a take-over or a forced
-        // release removes it whether or not the lease was revoked).
-        if !self
-            .still_held(&self.lock_key(&lease.key), lease.fence, id)
-            .await?
-        {
-            return Err(lost());
-        }
-        lease.renewed(
-            Some(SystemTime::now() + Duration::from_secs(seconds.unsigned_abs())),
-            ttl,
-            sent,
-        )
     }
 
     async fn renew_many(&self, leases: &[Lease]) -> Vec<Result<Lease, LockError>> {

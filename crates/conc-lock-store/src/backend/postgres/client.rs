@@ -1,6 +1,8 @@
 //! [`PostgresLockStore`]'s own methods: connecting, and running a statement with the
 //! operation timeout and one retry on a fresh connection when one is lost.
 
+use std::sync::Arc;
+
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
@@ -8,7 +10,8 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::backend::metadata::encode_metadata;
 use crate::error::LockError;
 use crate::lease::Lease;
-use crate::request::LockRequest;
+use crate::request::{LockRequest, call_deadline};
+use crate::util::abandoned::{Abandoned, release_in_background};
 
 use super::connection::{build_pool, connection_lost, pg_error, pool_error, pooler_symptom};
 use super::lock_store::millis;
@@ -17,6 +20,10 @@ use super::{BACKEND, PostgresConfig, PostgresLockStore, PostgresPoolMode};
 /// A statement's parameter with its type: what a statement sent unnamed needs (behind a
 /// transaction pooler), and what a cached one is prepared with.
 pub(super) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Where a try that ran past its deadline leaves its connection (see
+/// [`PostgresLockStore::rows_until`]).
+pub(super) type Stalled = Arc<parking_lot::Mutex<Option<deadpool_postgres::Object>>>;
 
 impl PostgresLockStore {
     /// Connects to `url` (`postgres://user@host:port/db`), creating the schema and table if
@@ -64,14 +71,21 @@ impl PostgresLockStore {
         let ttl = millis(request.ttl);
         let sent = tokio::time::Instant::now();
         let what = if force { "take over" } else { "acquire" };
+        let sql = if force {
+            &self.sql.take_over
+        } else {
+            &self.sql.acquire
+        };
+        let deadline = call_deadline(self.config.op_timeout, request.deadline);
+        // A try that ran past the deadline leaves its connection here, its statement
+        // perhaps still to arrive: the cleanup's release goes out on it, after it.
+        let stalled = Arc::new(parking_lot::Mutex::new(None));
+        let abandoned = self.abandoned(&request.key, &token, stalled.clone());
         let rows = self
-            .rows(
+            .rows_until(
                 what,
-                if force {
-                    &self.sql.take_over
-                } else {
-                    &self.sql.acquire
-                },
+                sql,
+                sql,
                 &[
                     (&request.key, Type::TEXT),
                     (&request.owner, Type::TEXT),
@@ -79,12 +93,15 @@ impl PostgresLockStore {
                     (&metadata, Type::TEXT),
                     (&ttl, Type::INT8),
                 ],
+                deadline,
+                Some(&stalled),
             )
             .await?;
         let Some(row) = rows.first() else {
+            abandoned.disarm();
             return Ok(None);
         };
-        Ok(Some(Lease {
+        let lease = Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
             token,
@@ -93,13 +110,67 @@ impl PostgresLockStore {
             expires_at: column(row, 2, what)?,
             ttl: request.ttl,
             requested_at: sent,
-        }))
+        }
+        .fresh(request.margin(), what)?;
+        abandoned.disarm();
+        Ok(Some(lease))
+    }
+
+    /// The cleanup of an acquire of `key` with `token` that may not be handed out: a
+    /// token-checked release in the background until the store answers, first on the
+    /// connection the acquire stalled on (if it did: a statement held in the network and
+    /// delivered late runs before it), then on fresh ones.
+    fn abandoned(&self, key: &str, token: &str, stalled: Stalled) -> Abandoned {
+        let store = self.clone();
+        let key = key.to_owned();
+        let token = token.to_owned();
+        Abandoned::new(move || {
+            release_in_background(BACKEND, key.clone(), move || {
+                let store = store.clone();
+                let key = key.clone();
+                let token = token.clone();
+                let stalled = stalled.lock().take();
+                async move {
+                    let params: [Param<'_>; 2] = [(&key, Type::TEXT), (&token, Type::TEXT)];
+                    if let Some(client) = stalled {
+                        let release = client.query_typed(&store.sql.release_retry, &params);
+                        let answer = tokio::time::timeout(store.config.op_timeout, release).await;
+                        // Never back to the pool: it may still owe an answer.
+                        let _ = deadpool_postgres::Object::take(client);
+                        if let Ok(Ok(rows)) = answer {
+                            if !rows.is_empty() {
+                                store.watchers.notify(&key);
+                            }
+                            return Ok(!rows.is_empty());
+                        }
+                    }
+                    let deadline = call_deadline(store.config.op_timeout, None);
+                    let rows = store
+                        .rows_until(
+                            "release an abandoned grant",
+                            &store.sql.release_retry,
+                            &store.sql.release_retry,
+                            &params,
+                            deadline,
+                            None,
+                        )
+                        .await?;
+                    if !rows.is_empty() {
+                        store.watchers.notify(&key);
+                    }
+                    Ok(!rows.is_empty())
+                }
+            });
+        })
     }
 
     pub(super) fn timed_out(&self, what: &str) -> LockError {
         LockError::Backend {
             backend: BACKEND,
-            message: format!("{what} took longer than {:?}", self.config.op_timeout),
+            message: format!(
+                "{what} got no answer in time (the request timeout is {:?}; a caller's wait or a lease's validity can make it shorter)",
+                self.config.op_timeout
+            ),
             source: None,
         }
     }
@@ -127,6 +198,23 @@ impl PostgresLockStore {
         sql: &str,
         retry_sql: &str,
         params: &[Param<'_>],
+    ) -> Result<Vec<Row>, LockError> {
+        let deadline = call_deadline(self.config.op_timeout, None);
+        self.rows_until(what, sql, retry_sql, params, deadline, None)
+            .await
+    }
+
+    /// As [`rows_retrying`](Self::rows_retrying), every try answered by `deadline` or given
+    /// up (the retries share it). A try that runs past it leaves its connection in
+    /// `stalled` when given, rather than throwing it away.
+    pub(super) async fn rows_until(
+        &self,
+        what: &'static str,
+        sql: &str,
+        retry_sql: &str,
+        params: &[Param<'_>],
+        deadline: tokio::time::Instant,
+        stalled: Option<&Stalled>,
     ) -> Result<Vec<Row>, LockError> {
         let mut tries = 0;
         loop {
@@ -165,19 +253,24 @@ impl PostgresLockStore {
                     }),
                 }
             };
-            let outcome = tokio::time::timeout(self.config.op_timeout, attempt).await;
+            let outcome = tokio::time::timeout_at(deadline, attempt).await;
             if !matches!(outcome, Ok(Ok(Ok(_))) | Ok(Err(_)))
                 && let Some(client) = in_use.take()
             {
-                // Lost or timed out: throw this connection away rather than return it to
-                // the pool.
-                let _ = deadpool_postgres::Object::take(client);
+                match (&outcome, stalled) {
+                    (Err(_), Some(stalled)) => *stalled.lock() = Some(client),
+                    // Lost or timed out: throw this connection away rather than return it
+                    // to the pool.
+                    _ => {
+                        let _ = deadpool_postgres::Object::take(client);
+                    }
+                }
             }
             match outcome {
                 Err(_) => return Err(self.timed_out(what)),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(Ok(rows))) => return Ok(rows),
-                Ok(Ok(Err(e))) if tries < 3 => {
+                Ok(Ok(Err(e))) if tries < 3 && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, tries, "postgres connection lost; retrying on a fresh one");
                 }
                 Ok(Ok(Err(e))) => return Err(pg_error(what)(e)),

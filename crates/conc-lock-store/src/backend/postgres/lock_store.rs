@@ -9,7 +9,7 @@ use crate::backend::metadata::decode_metadata;
 use crate::error::LockError;
 use crate::lease::{Lease, LockInfo};
 use crate::notify::LockWatch;
-use crate::request::{LockRequest, validate_key, validate_ttl};
+use crate::request::{LockRequest, renewal_deadline, validate_key, validate_ttl};
 use crate::store::LockStore;
 
 use super::client::column;
@@ -79,14 +79,17 @@ impl LockStore for PostgresLockStore {
         validate_ttl(ttl, self.config.max_ttl)?;
         let sent = tokio::time::Instant::now();
         let rows = self
-            .rows(
+            .rows_until(
                 "renew",
+                &self.sql.renew,
                 &self.sql.renew,
                 &[
                     (&lease.key, Type::TEXT),
                     (&lease.token, Type::TEXT),
                     (&millis(ttl), Type::INT8),
                 ],
+                renewal_deadline(self.config.op_timeout, lease),
+                None,
             )
             .await?;
         let expires = rows
@@ -112,15 +115,24 @@ impl LockStore for PostgresLockStore {
         }
         if !keys.is_empty() {
             let sent = tokio::time::Instant::now();
+            // Answered by the earliest end of the leases' validity at the latest.
+            let deadline = leases
+                .iter()
+                .map(|lease| renewal_deadline(self.config.op_timeout, lease))
+                .min()
+                .unwrap_or(sent + self.config.op_timeout);
             match self
-                .rows(
+                .rows_until(
                     "renew",
+                    &self.sql.renew_many,
                     &self.sql.renew_many,
                     &[
                         (&keys, Type::TEXT_ARRAY),
                         (&tokens, Type::TEXT_ARRAY),
                         (&ttls, Type::INT8_ARRAY),
                     ],
+                    deadline,
+                    None,
                 )
                 .await
                 .and_then(|rows| {

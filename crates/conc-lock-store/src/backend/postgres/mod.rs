@@ -252,13 +252,14 @@ impl PostgresConfig {
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct PostgresLockStore {
     pool: Pool,
     config: PostgresConfig,
     sql: Sql,
     watchers: Arc<Watchers>,
     /// Dropped with the store, which ends the listening task.
-    _listener: tokio::sync::oneshot::Sender<()>,
+    _listener: Arc<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl fmt::Debug for PostgresLockStore {

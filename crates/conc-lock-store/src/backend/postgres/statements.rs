@@ -14,6 +14,7 @@ use super::listen::listen;
 use super::poll::Poller;
 use super::{PostgresConfig, PostgresLockStore};
 
+#[derive(Clone)]
 pub(super) struct Sql {
     pub(super) acquire: String,
     pub(super) take_over: String,
@@ -152,7 +153,7 @@ impl PostgresLockStore {
             config,
             sql,
             watchers: watchers.clone(),
-            _listener: stop,
+            _listener: std::sync::Arc::new(stop),
         };
         store.migrate(&schema, &t).await?;
         match listener {

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManagerConfig;
 use crate::error::LockError;
 use crate::lease::{Lease, default_drift_margin};
 use crate::notify::Watchers;
-use crate::request::LockRequest;
+use crate::request::{LockRequest, call_deadline};
 use crate::util::clock::from_unix_millis;
 
 use super::connection::{
@@ -175,7 +175,7 @@ impl RedisLockStore {
             scripts: Scripts::new(),
             epoch: Arc::default(),
             watchers: watchers.clone(),
-            _subscriber: stop,
+            _subscriber: Arc::new(stop),
         };
         store.check_eviction_policy().await?;
         if !store.is_cluster() {
@@ -458,9 +458,15 @@ impl RedisLockStore {
         for (name, value) in &request.metadata {
             invocation.arg(name).arg(value);
         }
+        let operation = if force { "take-over" } else { "acquire" };
         let sent = tokio::time::Instant::now();
-        let (reply, acks): (Vec<redis::Value>, Acks) =
-            self.run_write("acquire", &invocation, &invocation).await?;
+        let deadline = call_deadline(self.config.response_timeout(), request.deadline);
+        // Until the answer is read and kept, a grant this call gave up on (a timeout, a
+        // lost connection, a late answer, a dropped future) is released in the background.
+        let abandoned = self.abandoned(&request.key, &token);
+        let (reply, acks): (Vec<redis::Value>, Acks) = self
+            .run_write_until(operation, &invocation, &invocation, deadline)
+            .await?;
         let parse = || -> Result<AcquireReply, redis::ParsingError> {
             let field = |n: usize| reply.get(n).cloned().unwrap_or(redis::Value::Nil);
             let status: i64 = redis::from_redis_value(field(0))?;
@@ -483,43 +489,37 @@ impl RedisLockStore {
         };
         let (status, guard, granted) = parse().map_err(parse_error("acquire"))?;
         self.learn(slot, &guard);
-        if status == 2 {
-            if force {
-                return Err(LockError::Recovering {
-                    backend: BACKEND,
-                    until: from_unix_millis(guard.1),
-                });
-            }
-            return Ok(None);
-        }
-        if granted.is_some() {
-            let operation = if force { "take-over" } else { "acquire" };
-            if let Err(error) = self
-                .replicated(operation, &self.lock_key(&request.key), acks)
-                .await
-            {
-                // Not on enough replicas: a failover could forget it and admit a second
-                // holder. Undo it (the release is token-checked, so it frees only this
-                // lease) and say so.
-                let mut undo = self.scripts.release.prepare_invoke();
-                undo.key(self.lock_key(&request.key))
-                    .arg(&request.key)
-                    .arg(&token)
-                    .arg(ms(self.config.grace))
-                    .arg(self.events_channel())
-                    .arg("0");
-                if let Err(undo_error) =
-                    self.run::<i64>("undo an unreplicated acquire", &undo).await
-                {
-                    tracing::warn!(error = %undo_error, key = %request.key, "could not undo an acquire that too few replicas acknowledged; it expires with its TTL");
+        let Some((fence, now, expires)) = granted else {
+            // Refused: nothing was taken.
+            abandoned.disarm();
+            return self.refused(status, force, &guard);
+        };
+        if let Err(error) = self
+            .replicated(operation, &self.lock_key(&request.key), acks)
+            .await
+        {
+            // Not on enough replicas: a failover could forget it and admit a second
+            // holder. Undo it (the release is token-checked, so it frees only this
+            // lease) and say so.
+            let mut undo = self.scripts.release.prepare_invoke();
+            undo.key(self.lock_key(&request.key))
+                .arg(&request.key)
+                .arg(&token)
+                .arg(ms(self.config.grace))
+                .arg(self.events_channel())
+                .arg("0");
+            match self.run::<i64>("undo an unreplicated acquire", &undo).await {
+                Ok(_) => abandoned.disarm(),
+                Err(undo_error) => {
+                    tracing::warn!(error = %undo_error, key = %request.key, "could not undo an acquire that too few replicas acknowledged; trying again in the background");
                 }
-                return Err(error);
             }
+            return Err(error);
         }
         if force {
             self.watchers.notify(&request.key);
         }
-        Ok(granted.map(|(fence, now, expires)| Lease {
+        let lease = Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
             token,
@@ -528,7 +528,61 @@ impl RedisLockStore {
             expires_at: from_unix_millis(expires),
             ttl: request.ttl,
             requested_at: sent,
-        }))
+        }
+        .fresh(request.margin(), operation)?;
+        abandoned.disarm();
+        Ok(Some(lease))
+    }
+
+    /// The outcome of an acquire the script refused: `Ok(None)` while the key is held, or
+    /// the restart guard's [`LockError::Recovering`] for a take-over.
+    fn refused(
+        &self,
+        status: i64,
+        force: bool,
+        guard: &GuardReply,
+    ) -> Result<Option<Lease>, LockError> {
+        if status == 2 && force {
+            return Err(LockError::Recovering {
+                backend: BACKEND,
+                until: from_unix_millis(guard.1),
+            });
+        }
+        Ok(None)
+    }
+
+    /// The cleanup of an acquire of `key` with `token` that may not be handed out: a
+    /// token-checked release in the background, on the store's connection, until the
+    /// store answers. On one server (or the Sentinels' primary) it goes out on the
+    /// connection the acquire went out on, after it, so an acquire held in the network
+    /// and delivered late is undone by it.
+    pub(super) fn abandoned(&self, key: &str, token: &str) -> crate::util::abandoned::Abandoned {
+        let store = self.clone();
+        let key = key.to_owned();
+        let token = token.to_owned();
+        crate::util::abandoned::Abandoned::new(move || {
+            crate::util::abandoned::release_in_background(BACKEND, key.clone(), move || {
+                let store = store.clone();
+                let key = key.clone();
+                let token = token.clone();
+                async move {
+                    let mut invocation = store.scripts.release.prepare_invoke();
+                    invocation
+                        .key(store.lock_key(&key))
+                        .arg(&key)
+                        .arg(&token)
+                        .arg(ms(store.config.grace))
+                        .arg(store.events_channel())
+                        .arg("1");
+                    let released: i64 =
+                        store.run("release an abandoned grant", &invocation).await?;
+                    if released == 1 {
+                        store.watchers.notify(&key);
+                    }
+                    Ok(released == 1)
+                }
+            });
+        })
     }
 
     /// Runs a lock write (`first`, or `retry` on a retry after a lost connection, when the
@@ -543,14 +597,32 @@ impl RedisLockStore {
         first: &redis::ScriptInvocation<'_>,
         retry: &redis::ScriptInvocation<'_>,
     ) -> Result<(T, Acks), LockError> {
+        let deadline = call_deadline(self.config.response_timeout(), None);
+        self.run_write_until(what, first, retry, deadline).await
+    }
+
+    /// As [`run_write`](Self::run_write), every try (and the wait for replicas) answered by
+    /// `deadline` or given up.
+    pub(super) async fn run_write_until<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        first: &redis::ScriptInvocation<'_>,
+        retry: &redis::ScriptInvocation<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(T, Acks), LockError> {
         let required = self.config.min_replicas;
         if required == 0 {
-            return Ok((self.run_retrying(what, first, retry).await?, Acks::NotAsked));
+            let value = self
+                .run_retrying_until(what, first, retry, deadline)
+                .await?;
+            return Ok((value, Acks::NotAsked));
         }
         if self.is_cluster() {
-            return Ok((self.run_retrying(what, first, retry).await?, Acks::Ask));
+            let value = self
+                .run_retrying_until(what, first, retry, deadline)
+                .await?;
+            return Ok((value, Acks::Ask));
         }
-        let limit = self.config.response_timeout();
         let mut tries = 0;
         let mut loaded = false;
         loop {
@@ -563,7 +635,8 @@ impl RedisLockStore {
                 .arg(ms(self.config.replica_timeout));
             let mut connection = self.connection.clone();
             let call = pipe.query_async::<(T, i64)>(&mut connection);
-            match tokio::time::timeout(limit, call).await {
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok((value, acknowledged))) => {
                     let acknowledged = u32::try_from(acknowledged.max(0)).unwrap_or(u32::MAX);
                     return Ok((value, Acks::Counted(acknowledged)));
@@ -578,13 +651,15 @@ impl RedisLockStore {
                     loaded = true;
                     tries -= 1;
                     let load = invocation.load_async(&mut connection);
-                    match tokio::time::timeout(self.config.op_timeout, load).await {
+                    match tokio::time::timeout_at(deadline, load).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(redis_error(what)(e)),
-                        Err(_) => return Err(timed_out(what, self.config.op_timeout)),
+                        Err(_) => return Err(timed_out(what, limit)),
                     }
                 }
-                Ok(Err(e)) if tries < 3 && retriable(&e) => {
+                Ok(Err(e))
+                    if tries < 3 && retriable(&e) && tokio::time::Instant::now() < deadline =>
+                {
                     tracing::debug!(error = %e, tries, "redis connection trouble; retrying");
                 }
                 Ok(Err(e)) => return Err(redis_error(what)(e)),
@@ -674,19 +749,35 @@ impl RedisLockStore {
         first: &redis::ScriptInvocation<'_>,
         retry: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LockError> {
+        let deadline = call_deadline(self.config.op_timeout, None);
+        self.run_retrying_until(what, first, retry, deadline).await
+    }
+
+    /// As [`run_retrying`](Self::run_retrying), every try answered by `deadline` or given
+    /// up: the retries share the one deadline, they do not each get a timeout of their own.
+    pub(super) async fn run_retrying_until<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        first: &redis::ScriptInvocation<'_>,
+        retry: &redis::ScriptInvocation<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, LockError> {
+        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut tries = 0;
         loop {
             tries += 1;
             let invocation = if tries == 1 { first } else { retry };
             let mut connection = self.connection.clone();
             let call = invocation.invoke_async::<T>(&mut connection);
-            match tokio::time::timeout(self.config.op_timeout, call).await {
+            match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) if tries < 3 && retriable(&e) => {
+                Ok(Err(e))
+                    if tries < 3 && retriable(&e) && tokio::time::Instant::now() < deadline =>
+                {
                     tracing::debug!(error = %e, tries, "redis connection trouble; retrying");
                 }
                 Ok(Err(e)) => return Err(redis_error(what)(e)),
-                Err(_) => return Err(timed_out(what, self.config.op_timeout)),
+                Err(_) => return Err(timed_out(what, limit)),
             }
         }
     }

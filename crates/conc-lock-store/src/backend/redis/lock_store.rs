@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::error::LockError;
 use crate::lease::{Lease, LockInfo};
 use crate::notify::LockWatch;
-use crate::request::{LockRequest, validate_key, validate_ttl};
+use crate::request::{LockRequest, renewal_deadline, validate_key, validate_ttl};
 use crate::store::LockStore;
 use crate::util::clock::from_unix_millis;
 
@@ -78,8 +78,10 @@ impl LockStore for RedisLockStore {
             .arg(self.events_channel());
         let sent = tokio::time::Instant::now();
         type RenewReply = (String, i64, u64, i64, Option<i64>);
-        let ((id, after, longest, wiped, renewed), acks): (RenewReply, Acks) =
-            self.run_write("renew", &invocation, &invocation).await?;
+        let deadline = renewal_deadline(self.config.response_timeout(), lease);
+        let ((id, after, longest, wiped, renewed), acks): (RenewReply, Acks) = self
+            .run_write_until("renew", &invocation, &invocation, deadline)
+            .await?;
         self.learn(slot, &(id, after, longest, wiped));
         let renewed = lease.renewed(renewed.map(from_unix_millis), ttl, sent)?;
         self.replicated("renewal", &self.lock_key(&lease.key), acks)
@@ -129,13 +131,20 @@ impl LockStore for RedisLockStore {
         }
         type RenewReply = (String, i64, u64, i64, Option<i64>);
         let sent = tokio::time::Instant::now();
-        let limit = self.config.response_timeout();
+        // Answered by the earliest end of the leases' validity at the latest: a later
+        // answer could not be used.
+        let deadline = leases
+            .iter()
+            .map(|lease| renewal_deadline(self.config.response_timeout(), lease))
+            .min()
+            .unwrap_or_else(|| sent + self.config.response_timeout());
+        let limit = deadline.saturating_duration_since(sent);
         let mut replies: Result<Vec<redis::RedisResult<redis::Value>>, LockError> =
             Err(timed_out("renew", limit));
         for attempt in 0..2 {
             let mut connection = self.connection.clone();
             let call = pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection);
-            replies = match tokio::time::timeout(limit, call).await {
+            replies = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(replies)) => Ok(replies),
                 Ok(Err(e)) => Err(redis_error("renew")(e)),
                 Err(_) => Err(timed_out("renew", limit)),

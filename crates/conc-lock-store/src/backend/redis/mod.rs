@@ -232,6 +232,7 @@ const BATCH: usize = 500;
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct RedisLockStore {
     connection: Connection,
     config: RedisConfig,
@@ -239,7 +240,7 @@ pub struct RedisLockStore {
     epoch: Arc<parking_lot::Mutex<Epoch>>,
     watchers: Arc<Watchers>,
     /// Dropped with the store, which ends the subscribing task.
-    _subscriber: tokio::sync::oneshot::Sender<()>,
+    _subscriber: Arc<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl fmt::Debug for RedisLockStore {

@@ -8,6 +8,7 @@ const NOW: &str = include_str!("lua/now.lua");
 const GUARD: &str = include_str!("lua/guard.lua");
 
 /// Every script of the store, ready to invoke (`EVALSHA`, loaded on first use).
+#[derive(Clone)]
 pub(super) struct Scripts {
     pub(super) init: Script,
     /// The renew script's source, for `SCRIPT LOAD` before a batch of `EVALSHA`s.

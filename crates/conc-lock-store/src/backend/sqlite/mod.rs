@@ -34,6 +34,7 @@ use crate::error::LockError;
 use crate::lease::Lease;
 use crate::notify::Watchers;
 use crate::request::LockRequest;
+use crate::store::LockStore as _;
 use crate::util::clock::unix_micros;
 use crate::util::clock::{from_unix_millis, unix_millis};
 
@@ -212,53 +213,70 @@ impl SqliteLockStore {
         force: bool,
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.config.max_ttl)?;
+        let margin = request.margin();
+        let operation = if force { "take-over" } else { "acquire" };
         let request = request.clone();
         let sent = tokio::time::Instant::now();
         let watchers = self.watchers.clone();
-        self.call(move |connection| {
-            let wall = SystemTime::now();
-            let now = unix_millis(wall);
-            let clock = i64::try_from(unix_micros(wall)).unwrap_or(i64::MAX);
-            let token = crate::util::random::shared_token();
-            let expires_at = now.saturating_add(ttl_millis(request.ttl));
-            // One statement, so one commit: take the key if free or expired, with the next
-            // fence (above the key's row's and the floor deleted rows leave).
-            let fence: Option<i64> = connection
-                .prepare_cached(if force { TAKE_OVER_SQL } else { ACQUIRE_SQL })
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            request.key,
-                            request.owner,
-                            token,
-                            encode_metadata(&request.metadata),
-                            now,
-                            expires_at,
-                            clock
-                        ],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                })
-                .map_err(sql_error("acquire"))?;
-            let Some(fence) = fence else {
-                return Ok(None);
-            };
-            if force {
-                watchers.notify(&request.key);
+        let granted = self
+            .call(move |connection| {
+                let wall = SystemTime::now();
+                let now = unix_millis(wall);
+                let clock = i64::try_from(unix_micros(wall)).unwrap_or(i64::MAX);
+                let token = crate::util::random::shared_token();
+                let expires_at = now.saturating_add(ttl_millis(request.ttl));
+                // One statement, so one commit: take the key if free or expired, with the next
+                // fence (above the key's row's and the floor deleted rows leave).
+                let fence: Option<i64> = connection
+                    .prepare_cached(if force { TAKE_OVER_SQL } else { ACQUIRE_SQL })
+                    .and_then(|mut s| {
+                        s.query_row(
+                            params![
+                                request.key,
+                                request.owner,
+                                token,
+                                encode_metadata(&request.metadata),
+                                now,
+                                expires_at,
+                                clock
+                            ],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                    })
+                    .map_err(sql_error("acquire"))?;
+                let Some(fence) = fence else {
+                    return Ok(None);
+                };
+                if force {
+                    watchers.notify(&request.key);
+                }
+                Ok(Some(Lease {
+                    key: request.key,
+                    owner: request.owner,
+                    token,
+                    fence: u64::try_from(fence).unwrap_or(0),
+                    acquired_at: from_unix_millis(now),
+                    expires_at: from_unix_millis(expires_at),
+                    ttl: request.ttl,
+                    requested_at: sent,
+                }))
+            })
+            .await?;
+        let Some(lease) = granted else {
+            return Ok(None);
+        };
+        match lease.clone().fresh(margin, operation) {
+            Ok(lease) => Ok(Some(lease)),
+            Err(late) => {
+                // A stalled worker or disk answered after the lease's validity: give it
+                // back (token-checked) before saying so.
+                if let Err(error) = self.release(&lease).await {
+                    tracing::warn!(%error, key = %lease.key, "could not release a grant that came too late; it expires with its TTL");
+                }
+                Err(late)
             }
-            Ok(Some(Lease {
-                key: request.key,
-                owner: request.owner,
-                token,
-                fence: u64::try_from(fence).unwrap_or(0),
-                acquired_at: from_unix_millis(now),
-                expires_at: from_unix_millis(expires_at),
-                ttl: request.ttl,
-                requested_at: sent,
-            }))
-        })
-        .await
+        }
     }
 
     /// Opens (creating if needed) the lock table in the SQLite file at `path` (or

@@ -1,0 +1,248 @@
+//! [`FaultProxy`]: a TCP proxy between a client and its store that puts the network's
+//! faults in the way, on command: a black hole, replies dropped, replies held and
+//! delivered later, a delay each way, every connection reset.
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use conc_lock_store::proxy::{Fault, FaultProxy};
+//!
+//! let proxy = FaultProxy::start("127.0.0.1:6379").await?;
+//! let url = format!("redis://{}", proxy.addr());
+//! // ... connect a store to `url`, then:
+//! proxy.set(Fault::HoldReplies);
+//! // ... the store's requests run on the server; their answers wait in the proxy ...
+//! proxy.set(Fault::Pass); // and arrive now, late.
+//! # let _ = url;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// What the proxy does to the bytes it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Carries every byte at once.
+    Pass,
+    /// Carries nothing either way and leaves the sockets open, as a cut link does: the
+    /// bytes wait (in the proxy and the kernels' buffers, as unacknowledged packets wait
+    /// for TCP to send them again) and go through, in order, when the fault ends.
+    BlackHole,
+    /// Carries requests to the server and throws its replies away. A connection that lost
+    /// a reply is reset when the fault ends (its byte stream has a hole).
+    DropReplies,
+    /// Carries requests at once and holds the server's replies until the fault ends: they
+    /// then arrive late, in order.
+    HoldReplies,
+    /// Delays every chunk of bytes this long, each way.
+    Delay(Duration),
+}
+
+/// The proxy's state, shared with every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    fault: Fault,
+    /// Bumped by [`FaultProxy::reset`]: connections accepted before it end at once.
+    resets: u64,
+}
+
+/// A fault-injecting TCP proxy on a free loopback port, in front of one upstream address.
+/// It stops (every connection closed) when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<watch::Sender<State>>,
+    _tasks: JoinSet<()>,
+}
+
+/// Which way bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Client to server: requests.
+    Up,
+    /// Server to client: replies.
+    Down,
+}
+
+impl FaultProxy {
+    /// Listens on a free port of 127.0.0.1 and forwards each connection to `upstream`
+    /// (`host:port`), starting with [`Fault::Pass`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no listener behind.
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (state, _) = watch::channel(State {
+            fault: Fault::Pass,
+            resets: 0,
+        });
+        let state = Arc::new(state);
+        let mut tasks = JoinSet::new();
+        let upstream = upstream.to_owned();
+        let shared = state.clone();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.subscribe();
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Err(error) = carry(client, &upstream, state).await {
+                        tracing::debug!(%error, "fault proxy: a connection ended");
+                    }
+                });
+                // Reap the connections that ended.
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            _tasks: tasks,
+        })
+    }
+
+    /// The proxy's address: point the client here.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Puts `fault` in the way from now on (for the bytes of every connection, open or
+    /// new); [`Fault::Pass`] ends a fault, and what was held goes through.
+    pub fn set(&self, fault: Fault) {
+        self.state.send_modify(|state| state.fault = fault);
+    }
+
+    /// The fault in the way now.
+    pub fn fault(&self) -> Fault {
+        self.state.borrow().fault
+    }
+
+    /// Resets every open connection (both sides get a TCP reset); new ones are carried as
+    /// the current fault says.
+    pub fn reset(&self) {
+        self.state.send_modify(|state| state.resets += 1);
+    }
+}
+
+/// Carries one connection until either side closes it or the proxy resets it.
+async fn carry(
+    client: TcpStream,
+    upstream: &str,
+    state: watch::Receiver<State>,
+) -> std::io::Result<()> {
+    let server = TcpStream::connect(upstream).await?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    // A close is a reset (RST), as when a middlebox drops a connection.
+    client.set_zero_linger()?;
+    server.set_zero_linger()?;
+    let born = state.borrow().resets;
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let mut resets = state.clone();
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = pump(
+        client_read,
+        server_write,
+        Way::Up,
+        state.clone(),
+        broken.clone(),
+    );
+    let down = pump(server_read, client_write, Way::Down, state, broken);
+    let reset = async {
+        loop {
+            if resets.changed().await.is_err() {
+                return;
+            }
+            if resets.borrow().resets != born {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        outcome = async { tokio::try_join!(up, down) } => outcome.map(drop),
+        () = reset => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by the fault proxy")),
+    }
+    // Both halves of both sockets drop here: the sockets close.
+}
+
+/// Carries bytes one way, as the fault in force says. A delay is latency, not a limit on
+/// throughput: each chunk is written its delay after it was read, while later chunks are
+/// read on.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    way: Way,
+    mut state: watch::Receiver<State>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    let (chunks, mut due) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(1024);
+    let writer = async move {
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            to.write_all(&chunk).await?;
+        }
+        to.shutdown().await
+    };
+    let reader = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = from.read(&mut buffer).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            loop {
+                let fault = state.borrow_and_update().fault;
+                match (fault, way) {
+                    (Fault::BlackHole, _) | (Fault::HoldReplies, Way::Down) => {
+                        // Hold these bytes (and read no more) until the fault changes.
+                        if state.changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    (Fault::DropReplies, Way::Down) => {
+                        broken.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    _ if broken.load(std::sync::atomic::Ordering::Relaxed) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "a reply was dropped on this connection",
+                        ));
+                    }
+                    (fault, _) => {
+                        let delay = match fault {
+                            Fault::Delay(delay) => delay,
+                            _ => Duration::ZERO,
+                        };
+                        let at = tokio::time::Instant::now() + delay;
+                        if chunks.send((at, buffer[..n].to_vec())).await.is_err() {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let (read, write) = tokio::join!(reader, writer);
+    read.and(write)
+}

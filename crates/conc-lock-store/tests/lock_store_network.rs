@@ -1,0 +1,427 @@
+//! The network between a client and its store, faulted: one holder reaches its store
+//! through a [`FaultProxy`], another goes straight to the server, and every scenario
+//! checks, per key, that the intervals in which a holder believed it held the lock (from
+//! the moment its acquire returned to the moment it saw the loss or began its release,
+//! on this process's one monotonic clock) never overlap, and that fences rise with them.
+//!
+//! Scenarios, on PostgreSQL (direct and through PgBouncer), Redis and etcd (three
+//! members):
+//! - a late reply: the answer to an acquire is held past the lease's TTL and delivered
+//!   after another holder took the key: it is never handed out;
+//! - a black hole: an acquire with wait W returns within about W, not the request timeout,
+//!   and after the heal the grant its held request made is released at once (the key is
+//!   free within a round trip, not a TTL);
+//! - black-holed renewals: the holder sees its loss before the other holder gets the key;
+//!   after the heal its renewal says `Lost` and its release `false`;
+//! - connections reset every 500 ms, and 150 ms each way: no loss.
+
+#![cfg(feature = "conformance")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conc_lock_store::proxy::{Fault, FaultProxy};
+use conc_lock_store::{LockError, LockGuard, LockRequest, LockStore};
+use tokio::time::Instant;
+
+/// One holder's belief: key, who, from, until, fence.
+type Interval = (String, &'static str, Instant, Instant, u64);
+
+/// The intervals in which each holder believed it held each key.
+#[derive(Default)]
+struct Intervals {
+    seen: parking_lot::Mutex<Vec<Interval>>,
+}
+
+impl Intervals {
+    fn record(&self, key: &str, who: &'static str, from: Instant, to: Instant, fence: u64) {
+        self.seen
+            .lock()
+            .push((key.to_owned(), who, from, to, fence));
+    }
+
+    /// No two intervals on one key overlap, and fences rise with them.
+    fn check(&self) {
+        let mut seen = self.seen.lock().clone();
+        seen.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+        for pair in seen.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.0 != b.0 {
+                continue;
+            }
+            assert!(
+                a.3 <= b.2,
+                "on `{}`, {} believed it held the lock (fence {}) until {:?} after {} took it (fence {})",
+                a.0,
+                a.1,
+                a.4,
+                a.3.duration_since(b.2),
+                b.1,
+                b.4
+            );
+            assert!(a.4 < b.4, "on `{}` fences went {} then {}", a.0, a.4, b.4);
+        }
+    }
+}
+
+/// A guard's interval ends when it sees its loss or its release begins.
+async fn hold_until_lost_or(guard: &LockGuard, limit: Duration) -> Option<Instant> {
+    let lost = guard.lost();
+    tokio::select! {
+        _ = lost.aborted() => Some(Instant::now()),
+        () = tokio::time::sleep(limit) => None,
+    }
+}
+
+struct Setup {
+    name: &'static str,
+    /// A store straight to the server.
+    direct: Arc<dyn LockStore>,
+    /// A store through the proxy.
+    proxied: Arc<dyn LockStore>,
+    proxy: FaultProxy,
+}
+
+fn key(setup: &Setup, what: &str) -> String {
+    format!("net:{}:{what}:{}", setup.name, std::process::id())
+}
+
+async fn late_reply(setup: &Setup, intervals: &Intervals) {
+    let key = key(setup, "late");
+    let ttl = Duration::from_secs(2);
+    setup.proxy.set(Fault::HoldReplies);
+    let proxied = setup.proxied.clone();
+    let request = LockRequest::new(&key, "a", ttl);
+    let a = tokio::spawn(async move {
+        let result = LockGuard::acquire(proxied, request, Duration::from_secs(6)).await;
+        (result, Instant::now())
+    });
+    // The server granted A's request; its answer waits in the proxy. B takes the key once
+    // A's lease has run out.
+    let b = LockGuard::acquire(
+        setup.direct.clone(),
+        LockRequest::new(&key, "b", Duration::from_secs(20)),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{}: B takes the key after A's lease ran out: {e}",
+            setup.name
+        )
+    });
+    let b_from = Instant::now();
+    setup.proxy.set(Fault::Pass);
+    let (a_result, a_at) = a.await.unwrap();
+    match a_result {
+        Ok(guard) => {
+            let until = hold_until_lost_or(&guard, Duration::from_millis(10))
+                .await
+                .unwrap_or_else(Instant::now);
+            intervals.record(&key, "A (late reply)", a_at, until, guard.fence());
+            panic!(
+                "{}: an acquire answered after its lease ran out returned a lease",
+                setup.name
+            );
+        }
+        Err(error) => {
+            println!(
+                "figures: {}: late reply: the acquire returned `{error}` {:?} after the other holder took the key",
+                setup.name,
+                a_at.duration_since(b_from)
+            );
+            assert!(
+                matches!(
+                    error,
+                    LockError::LateReply { .. } | LockError::Timeout { .. }
+                ),
+                "{}: {error}",
+                setup.name
+            );
+        }
+    }
+    assert!(b.is_valid(), "{}: B keeps the key", setup.name);
+    intervals.record(&key, "B", b_from, Instant::now(), b.fence());
+    assert!(
+        b.release().await.unwrap(),
+        "{}: B's lease was untouched",
+        setup.name
+    );
+}
+
+async fn black_hole(setup: &Setup) {
+    let key = key(setup, "hole");
+    setup.proxy.set(Fault::BlackHole);
+    let wait = Duration::from_secs(1);
+    let started = Instant::now();
+    let result = setup
+        .proxied
+        .acquire(&LockRequest::new(&key, "a", Duration::from_secs(30)), wait)
+        .await;
+    let took = started.elapsed();
+    assert!(
+        result.is_err(),
+        "{}: a black-holed acquire fails",
+        setup.name
+    );
+    // The request timeout is 5 s: an acquire bounded by its own wait returns long before.
+    assert!(
+        took < Duration::from_secs(3),
+        "{}: an acquire with a 1 s wait took {took:?} under a black hole",
+        setup.name
+    );
+    // The heal delivers the held request, which may take the key for nobody; the call
+    // that gave up releases it.
+    setup.proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    let b = setup
+        .direct
+        .acquire(
+            &LockRequest::new(&key, "b", Duration::from_secs(30)),
+            Duration::from_secs(8),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: the key is free soon after the heal, not after the 30 s TTL: {e}",
+                setup.name
+            )
+        });
+    println!(
+        "figures: {}: black hole: an acquire with a 1 s wait returned after {took:?}; after the heal the key was taken {:?} later (TTL 30 s)",
+        setup.name,
+        healed.elapsed()
+    );
+    assert!(setup.direct.release(&b).await.unwrap());
+}
+
+async fn black_holed_renewals(setup: &Setup, intervals: &Intervals) {
+    let key = key(setup, "renewals");
+    let ttl = Duration::from_secs(2);
+    let a = LockGuard::acquire(
+        setup.proxied.clone(),
+        LockRequest::new(&key, "a", ttl),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let a_from = Instant::now();
+    let lease = a.lease();
+    setup.proxy.set(Fault::BlackHole);
+    let lost_at = hold_until_lost_or(&a, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("{}: A sees its loss", setup.name));
+    intervals.record(&key, "A (renewals cut)", a_from, lost_at, lease.fence);
+    let b = LockGuard::acquire(
+        setup.direct.clone(),
+        LockRequest::new(&key, "b", Duration::from_secs(20)),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let b_at = Instant::now();
+    intervals.record(&key, "B", b_at, b_at, b.fence());
+    println!(
+        "figures: {}: renewals black-holed: the holder saw its loss {:?} before the other process got the key",
+        setup.name,
+        b_at.duration_since(lost_at)
+    );
+    setup.proxy.set(Fault::Pass);
+    let renewed =
+        conc_lock_store::servers::through_transient_errors(Duration::from_secs(10), async || {
+            setup.proxied.renew(&lease, ttl).await
+        })
+        .await;
+    assert!(
+        matches!(renewed, Err(LockError::Lost { .. })),
+        "{}: after the heal A's renewal says Lost: {renewed:?}",
+        setup.name
+    );
+    let released =
+        conc_lock_store::servers::through_transient_errors(Duration::from_secs(10), async || {
+            setup.proxied.release(&lease).await
+        })
+        .await
+        .unwrap();
+    assert!(!released, "{}: A's release frees nothing", setup.name);
+    drop(a);
+    assert!(b.is_valid(), "{}: B keeps the key", setup.name);
+    assert!(b.release().await.unwrap());
+}
+
+async fn resets_and_slow_link(setup: &Setup, intervals: &Intervals) {
+    let key = key(setup, "flaky");
+    let a = LockGuard::acquire(
+        setup.proxied.clone(),
+        LockRequest::new(&key, "a", Duration::from_secs(3)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let from = Instant::now();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        setup.proxy.reset();
+    }
+    assert!(
+        a.is_valid(),
+        "{}: resets every 500 ms lost the lease",
+        setup.name
+    );
+    setup.proxy.set(Fault::Delay(Duration::from_millis(150)));
+    let lost = hold_until_lost_or(&a, Duration::from_secs(4)).await;
+    setup.proxy.set(Fault::Pass);
+    intervals.record(
+        &key,
+        "A (resets, slow link)",
+        from,
+        Instant::now(),
+        a.fence(),
+    );
+    assert!(
+        lost.is_none(),
+        "{}: resets and a slow link lost the lease",
+        setup.name
+    );
+    assert!(a.is_valid());
+    assert!(
+        a.release().await.unwrap(),
+        "{}: the holder kept its lock",
+        setup.name
+    );
+}
+
+async fn run_all(setup: Setup) {
+    // What the stores log (a renewal failed, a grant released in the background) shows
+    // with `--nocapture`.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_test_writer()
+        .try_init();
+    let intervals = Intervals::default();
+    late_reply(&setup, &intervals).await;
+    black_hole(&setup).await;
+    black_holed_renewals(&setup, &intervals).await;
+    resets_and_slow_link(&setup, &intervals).await;
+    intervals.check();
+}
+
+/// `host:port` of a URL's authority (`scheme://[user@]host:port/...`).
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
+    rest.rsplit_once('@')
+        .map_or(rest, |(_, host)| host)
+        .to_owned()
+}
+
+fn env_url(name: &str, what: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: {name} is not set, so the network faults on {what} are not tested");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_under_network_faults() {
+    let Some(url) = env_url("CONC_TEST_POSTGRES_URL", "PostgreSQL") else {
+        return;
+    };
+    let server = authority(&url);
+    let proxy = FaultProxy::start(&server).await.unwrap();
+    let proxied_url = url.replacen(&server, &proxy.addr().to_string(), 1);
+    let direct = conc_lock_store::connect(&url).await.unwrap();
+    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
+    run_all(Setup {
+        name: "postgres",
+        direct,
+        proxied,
+        proxy,
+    })
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_through_pgbouncer_under_network_faults() {
+    use conc_lock_store::servers::{BouncerMode, PrivatePgBouncer};
+    let Some(url) = env_url("CONC_TEST_POSTGRES_URL", "PostgreSQL through PgBouncer") else {
+        return;
+    };
+    let server = authority(&url);
+    let (host, port) = server.rsplit_once(':').unwrap();
+    let Some(bouncer) =
+        PrivatePgBouncer::start(host, port.parse().unwrap(), BouncerMode::Transaction, 8).unwrap()
+    else {
+        return;
+    };
+    let database = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let bouncer_url = bouncer.url("postgres", database, "?pool_mode=transaction");
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{}", bouncer.port()))
+        .await
+        .unwrap();
+    let proxied_url = bouncer_url.replacen(
+        &format!("127.0.0.1:{}", bouncer.port()),
+        &proxy.addr().to_string(),
+        1,
+    );
+    let direct = conc_lock_store::connect(&url).await.unwrap();
+    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
+    run_all(Setup {
+        name: "pgbouncer",
+        direct,
+        proxied,
+        proxy,
+    })
+    .await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_under_network_faults() {
+    let Some(url) = env_url("CONC_TEST_REDIS_URL", "Redis") else {
+        return;
+    };
+    let server = authority(&url);
+    let proxy = FaultProxy::start(&server).await.unwrap();
+    let prefix = format!("conc-net-{}:", std::process::id());
+    let with_prefix = |url: &str| {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}prefix={prefix}")
+    };
+    let proxied_url = with_prefix(&url.replacen(&server, &proxy.addr().to_string(), 1));
+    let direct = conc_lock_store::connect(&with_prefix(&url)).await.unwrap();
+    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
+    run_all(Setup {
+        name: "redis",
+        direct,
+        proxied,
+        proxy,
+    })
+    .await;
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_under_network_faults() {
+    let Some(cluster) = conc_lock_store::servers::PrivateEtcdCluster::start(3).unwrap() else {
+        return;
+    };
+    let member = cluster.member_url(0);
+    let server = authority(&member);
+    let proxy = FaultProxy::start(&server).await.unwrap();
+    let proxied_url = member.replacen(&server, &proxy.addr().to_string(), 1);
+    let direct = conc_lock_store::connect(&cluster.url()).await.unwrap();
+    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
+    run_all(Setup {
+        name: "etcd",
+        direct,
+        proxied,
+        proxy,
+    })
+    .await;
+}
