@@ -92,6 +92,18 @@ pub use store::LockStore;
 pub use testing::{conformance, proxy, servers};
 pub use url::{StoreKind, StoreUrl, connect, parse_url};
 
+/// The rusqlite this crate links (bundled SQLite): a crate links one `libsqlite3-sys`, so a
+/// service that also talks to SQLite (to fence its writes into a table, say) uses this one
+/// rather than adding another version. With sqlx: sqlx's SQLite driver links a
+/// `libsqlite3-sys` of its own, and only one may be in a build; use sqlx for PostgreSQL
+/// beside this crate, or leave this crate's `sqlite` feature off.
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
+
+/// The abort signal of conc-core that [`LockGuard::lost`] returns and [`Election::run`]
+/// takes, with its controller and reasons, so that a user of this crate needs no other.
+pub use conc_core::{AbortController, AbortReason, AbortSignal};
+
 /// The crate's README, whose examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

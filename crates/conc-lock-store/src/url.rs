@@ -52,18 +52,58 @@ const OWN: &[&str] = &[
     "connect_timeout",
 ];
 
-/// A `*_timeout=` option in milliseconds.
+/// A duration option: a number with a unit (`500ms`, `5s`), or a bare number in
+/// `bare_unit` (`"ms"` or `"s"`).
 #[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
-fn millis_option(url: &StoreUrl, name: &str) -> Result<Option<std::time::Duration>, LockError> {
-    let Some(ms) = url.option(name) else {
+fn duration_option(
+    url: &StoreUrl,
+    name: &str,
+    bare_unit: &str,
+) -> Result<Option<std::time::Duration>, LockError> {
+    let Some(text) = url.option(name) else {
         return Ok(None);
     };
-    match ms.parse::<u64>() {
-        Ok(ms) if ms > 0 => Ok(Some(std::time::Duration::from_millis(ms))),
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(number) => (number, "ms"),
+        None => match text.strip_suffix('s') {
+            Some(number) => (number, "s"),
+            None => (text, bare_unit),
+        },
+    };
+    let duration = number.parse::<u64>().ok().and_then(|n| match unit {
+        "ms" => Some(std::time::Duration::from_millis(n)),
+        _ => n.checked_mul(1000).map(std::time::Duration::from_millis),
+    });
+    match duration {
+        Some(duration) if !duration.is_zero() => Ok(Some(duration)),
         _ => Err(LockError::InvalidUrl {
-            reason: format!("{name} is a number of milliseconds above 0, such as 2000, not `{ms}`"),
+            reason: format!(
+                "{name} is a duration above 0 such as `500ms` or `5s` (a bare number counts {}), not `{text}`",
+                if bare_unit == "ms" {
+                    "milliseconds"
+                } else {
+                    "seconds"
+                }
+            ),
         }),
     }
+}
+
+/// Sets `op_timeout` (bare number: ms) and `connect_timeout` (bare number: seconds, as
+/// libpq reads it) from the URL.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
+fn timeouts(
+    url: &StoreUrl,
+    op_timeout: &mut std::time::Duration,
+    connect_timeout: &mut std::time::Duration,
+) -> Result<(), LockError> {
+    if let Some(limit) = duration_option(url, "op_timeout", "ms")? {
+        *op_timeout = limit;
+    }
+    if let Some(limit) = duration_option(url, "connect_timeout", "s")? {
+        *connect_timeout = limit;
+    }
+    Ok(())
 }
 
 /// Parses a store URL: `memory`, `sqlite:PATH`, `postgres://` or `postgresql://`, `redis://`
@@ -131,11 +171,97 @@ pub fn parse_url(url: &str) -> Result<StoreUrl, LockError> {
             "unknown store `{url}`: use memory, sqlite:PATH, postgres://USER@HOST/DB, redis://HOST:PORT (rediss:// for TLS), redis+cluster://HOST:PORT,HOST:PORT, redis+sentinel://HOST:PORT,HOST:PORT/MASTER_NAME or etcd://HOST:PORT,HOST:PORT"
         )));
     };
+    // An option that no one reads would be dropped in silence: a typo (`prefx=`) would
+    // put the user's locks in the shared default namespace. Refuse it, naming the valid.
+    let (own, driver) = known_options(kind, base);
+    for (name, _) in &options {
+        if !own.contains(&name.as_str()) {
+            return Err(unknown_option(kind, name, own, driver));
+        }
+    }
+    for pair in &kept {
+        let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+        if !driver.contains(&name) {
+            return Err(unknown_option(kind, name, own, driver));
+        }
+    }
+    if let Some(value) = options
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "allow_eviction")
+        .map(|(_, value)| value)
+        && !["true", "false", "1", "0"].contains(&value.as_str())
+    {
+        return Err(bad(format!(
+            "allow_eviction is true or false, not `{value}`"
+        )));
+    }
     Ok(StoreUrl {
         kind,
         target,
         options,
     })
+}
+
+/// The options of conc's own that a store of `kind` reads, and its driver's.
+fn known_options(
+    kind: StoreKind,
+    base: &str,
+) -> (&'static [&'static str], &'static [&'static str]) {
+    match kind {
+        StoreKind::Memory | StoreKind::Sqlite => (&[], &[]),
+        StoreKind::Postgres => (
+            &[
+                "schema",
+                "table",
+                "pool_size",
+                "pool_mode",
+                "listen_url",
+                "watch_interval",
+                "op_timeout",
+                "connect_timeout",
+            ],
+            crate::util::options::POSTGRES_DRIVER,
+        ),
+        StoreKind::Redis if base.contains("+sentinel://") => {
+            (REDIS_OWN_OPTIONS, crate::util::options::SENTINEL_DRIVER)
+        }
+        StoreKind::Redis => (REDIS_OWN_OPTIONS, crate::util::options::REDIS_DRIVER),
+        StoreKind::Etcd => (
+            &["prefix", "op_timeout", "connect_timeout"],
+            crate::util::options::ETCD_DRIVER,
+        ),
+    }
+}
+
+const REDIS_OWN_OPTIONS: &[&str] = &[
+    "prefix",
+    "allow_eviction",
+    "min_replicas",
+    "replica_timeout",
+    "op_timeout",
+    "connect_timeout",
+];
+
+fn unknown_option(kind: StoreKind, name: &str, own: &[&str], driver: &[&str]) -> LockError {
+    let what = match kind {
+        StoreKind::Memory => "the memory store",
+        StoreKind::Sqlite => "a SQLite URL",
+        StoreKind::Postgres => "a PostgreSQL URL",
+        StoreKind::Redis => "a Redis URL",
+        StoreKind::Etcd => "an etcd URL",
+    };
+    let valid: Vec<&str> = own.iter().chain(driver).copied().collect();
+    LockError::InvalidUrl {
+        reason: if valid.is_empty() {
+            format!("unknown option `{name}`: {what} takes no options")
+        } else {
+            format!(
+                "unknown option `{name}` for {what}; it takes {}",
+                valid.join(", ")
+            )
+        },
+    }
 }
 
 impl StoreUrl {
@@ -158,10 +284,11 @@ impl StoreUrl {
 /// and `allow_eviction=true` for Redis, `prefix=` for etcd, and TLS from `sslmode=` and `sslrootcert=`
 /// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
 ///
-/// Every networked store (PostgreSQL, Redis, etcd) also reads `op_timeout=` (ms, default
-/// 5000: how long one request, its retries included, may wait for the store's answer;
-/// a caller's wait or a lease's validity can make it shorter) and `connect_timeout=` (ms,
-/// default 5000: how long connecting may take).
+/// Every networked store (PostgreSQL, Redis, etcd) also reads `op_timeout=` (default
+/// `5s`: how long one request, its retries included, may wait for the store's answer; a
+/// caller's wait or a lease's validity can make it shorter; a bare number counts
+/// milliseconds) and `connect_timeout=` (default `5s`: how long connecting may take; a
+/// bare number counts seconds, as in libpq). Both take a unit: `500ms`, `3s`.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -186,12 +313,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
         #[cfg(feature = "postgres")]
         StoreKind::Postgres => {
             let mut config = crate::backend::postgres::PostgresConfig::default();
-            if let Some(limit) = millis_option(&parsed, "op_timeout")? {
-                config.op_timeout = limit;
-            }
-            if let Some(limit) = millis_option(&parsed, "connect_timeout")? {
-                config.connect_timeout = limit;
-            }
+            timeouts(&parsed, &mut config.op_timeout, &mut config.connect_timeout)?;
             if let Some(schema) = parsed.option("schema") {
                 config.schema = schema.to_owned();
             }
@@ -223,12 +345,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
         #[cfg(feature = "redis")]
         StoreKind::Redis => {
             let mut config = crate::backend::redis::RedisConfig::default();
-            if let Some(limit) = millis_option(&parsed, "op_timeout")? {
-                config.op_timeout = limit;
-            }
-            if let Some(limit) = millis_option(&parsed, "connect_timeout")? {
-                config.connect_timeout = limit;
-            }
+            timeouts(&parsed, &mut config.op_timeout, &mut config.connect_timeout)?;
             if let Some(prefix) = parsed.option("prefix") {
                 config.prefix = prefix.to_owned();
             }
@@ -253,12 +370,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
         #[cfg(feature = "etcd")]
         StoreKind::Etcd => {
             let mut config = crate::backend::etcd::EtcdConfig::default();
-            if let Some(limit) = millis_option(&parsed, "op_timeout")? {
-                config.op_timeout = limit;
-            }
-            if let Some(limit) = millis_option(&parsed, "connect_timeout")? {
-                config.connect_timeout = limit;
-            }
+            timeouts(&parsed, &mut config.op_timeout, &mut config.connect_timeout)?;
             if let Some(prefix) = parsed.option("prefix") {
                 config.prefix = prefix.to_owned();
             }
@@ -295,6 +407,91 @@ mod tests {
         assert_eq!(parsed.target, "postgres://u@h:6432/db?sslmode=require");
         assert_eq!(parsed.option("pool_mode"), Some("transaction"));
         assert_eq!(parsed.option("listen_url"), Some("postgres://u@h:5432/db"));
+    }
+
+    #[test]
+    fn an_option_no_one_reads_is_refused_by_name() {
+        for (url, name) in [
+            ("redis://h:6379?prefx=app:", "prefx"),
+            ("redis://h:6379?allow_evictoin=true", "allow_evictoin"),
+            ("redis://h:6379?schema=x", "schema"),
+            ("rediss+cluster://h:7000,h:7001?tabel=x", "tabel"),
+            (
+                "redis+sentinel://s:26379/main?sentinel_pasword=x",
+                "sentinel_pasword",
+            ),
+            ("postgres://u@h/db?shcema=x", "shcema"),
+            ("postgres://u@h/db?prefix=x", "prefix"),
+            ("etcd://h:2379?table=x", "table"),
+            ("sqlite:/tmp/x.db?prefix=x", "prefix"),
+        ] {
+            let error = parse_url(url).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                matches!(error, LockError::InvalidUrl { .. }),
+                "{url}: {text}"
+            );
+            assert!(text.contains(&format!("`{name}`")), "{url}: {text}");
+            assert!(
+                !error.is_transient(),
+                "{url}: a typo is never worth a retry"
+            );
+        }
+        let text = parse_url("redis://h?prefx=a").unwrap_err().to_string();
+        assert!(
+            text.contains("prefix, allow_eviction"),
+            "names the valid ones: {text}"
+        );
+        let error = parse_url("redis://h?allow_eviction=yes").unwrap_err();
+        assert!(error.to_string().contains("true or false"), "{error}");
+        // The drivers' own options pass.
+        for url in [
+            "redis://h:6379?protocol=resp3&prefix=a:",
+            "postgres://u@h/db?sslmode=require&application_name=x&keepalives=1",
+            "etcds://h:2379?sslrootcert=/ca.pem",
+            "redis+sentinel://s:26379/main?sentinel_password=x&min_replicas=1",
+        ] {
+            parse_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    #[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
+    #[test]
+    fn timeouts_parse_with_their_units() {
+        let url = parse_url("redis://h?op_timeout=750&connect_timeout=3").unwrap();
+        let (mut op, mut connect) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        timeouts(&url, &mut op, &mut connect).unwrap();
+        assert_eq!(
+            op,
+            std::time::Duration::from_millis(750),
+            "a bare op_timeout is ms"
+        );
+        assert_eq!(
+            connect,
+            std::time::Duration::from_secs(3),
+            "a bare connect_timeout is s, as in libpq"
+        );
+        let url = parse_url("postgres://u@h/db?op_timeout=2s&connect_timeout=500ms").unwrap();
+        timeouts(&url, &mut op, &mut connect).unwrap();
+        assert_eq!(
+            (op, connect),
+            (
+                std::time::Duration::from_secs(2),
+                std::time::Duration::from_millis(500)
+            )
+        );
+        assert_eq!(
+            url.target, "postgres://u@h/db",
+            "conc's options are not the driver's"
+        );
+        for bad in ["op_timeout=0", "op_timeout=fast", "connect_timeout=-1s"] {
+            let url = parse_url(&format!("redis://h?{bad}")).unwrap();
+            let error = timeouts(&url, &mut op, &mut connect).unwrap_err();
+            assert!(
+                matches!(error, LockError::InvalidUrl { .. }),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,89 @@ async fn a_ttl_of_duration_max_is_a_typed_error_not_a_panic() {
 }
 
 #[tokio::test]
+async fn a_ttl_inside_the_drift_margin_is_refused_with_the_reason() {
+    let store = MemoryLockStore::new();
+    for ttl in [
+        Duration::from_millis(1),
+        Duration::from_millis(2),
+        Duration::from_millis(6),
+    ] {
+        let error = store
+            .try_acquire(&LockRequest::new("k", "o", ttl))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, LockError::TtlWithinMargin { .. }),
+            "{ttl:?}: {error}"
+        );
+        assert!(error.to_string().contains("drift margin"), "{error}");
+        assert!(!error.is_transient());
+    }
+    assert!(!store.is_locked("k").await.unwrap(), "nothing was taken");
+    // A margin of its own makes a short TTL usable.
+    let lease = store
+        .try_acquire(
+            &LockRequest::new("k", "o", Duration::from_millis(10))
+                .with_drift_margin(Duration::from_millis(1)),
+        )
+        .await
+        .unwrap();
+    assert!(lease.is_some());
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_bad_postgres_url_is_a_permanent_error_naming_the_option() {
+    for url in [
+        "postgres://postgres@127.0.0.1:1/test?shcema=x",
+        "postgres://postgres@127.0.0.1:1/test?port=notaport",
+    ] {
+        let error = conc_lock_store::PostgresLockStore::connect(
+            url,
+            conc_lock_store::PostgresConfig::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, LockError::InvalidUrl { .. }),
+            "{url}: {error}"
+        );
+        assert!(!error.is_transient(), "{url}: {error}");
+    }
+    let error = conc_lock_store::connect("postgres://postgres@127.0.0.1:1/test?shcema=x")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("`shcema`"), "{error}");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_on_a_closed_port_is_refused_with_advice() {
+    let port = conc_lock_store::servers::free_port().unwrap();
+    let error = conc_lock_store::connect(&format!("redis://127.0.0.1:{port}?connect_timeout=2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            LockError::Connect {
+                cause: conc_lock_store::ConnectFailure::Refused,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("is the server running"),
+        "{error}"
+    );
+    let error = conc_lock_store::connect("redis://127.0.0.1:6379?prefx=app:")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("`prefx`"), "{error}");
+}
+
+#[tokio::test]
 async fn nul_bytes_and_blank_keys_are_refused() {
     let store = MemoryLockStore::new();
     for key in ["a\0b", "   ", "\t\n"] {

@@ -67,8 +67,8 @@ impl ElectionConfig {
         }
     }
 
-    /// Checks it as client-go does: `lease_duration > renew_deadline > 1.2 × retry_period
-    /// > 0`.
+    /// Checks it as client-go does: `lease_duration > renew_deadline >
+    /// 1.2 × retry_period > 0`.
     pub fn validate(&self) -> Result<(), LockError> {
         let bad = |reason: String| Err(LockError::InvalidElection { reason });
         if self.retry_period.is_zero() {

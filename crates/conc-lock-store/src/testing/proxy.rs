@@ -60,6 +60,7 @@ struct State {
 pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<watch::Sender<State>>,
+    upstream: Arc<watch::Sender<Option<String>>>,
     _tasks: JoinSet<()>,
 }
 
@@ -80,6 +81,19 @@ impl FaultProxy {
     ///
     /// Cancel safe: a dropped call leaves no listener behind.
     pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        let proxy = Self::start_unbound().await?;
+        proxy.forward_to(upstream);
+        Ok(proxy)
+    }
+
+    /// Listens on a free port of 127.0.0.1 before its upstream is known (a server that
+    /// must be told the proxy's address when it starts, as Sentinels are told the
+    /// primary's); connections wait until [`forward_to`](Self::forward_to) names it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no listener behind.
+    pub async fn start_unbound() -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (state, _) = watch::channel(State {
@@ -87,9 +101,11 @@ impl FaultProxy {
             resets: 0,
         });
         let state = Arc::new(state);
+        let (upstream, _) = watch::channel(None::<String>);
+        let upstream = Arc::new(upstream);
         let mut tasks = JoinSet::new();
-        let upstream = upstream.to_owned();
         let shared = state.clone();
+        let target = upstream.subscribe();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -97,8 +113,13 @@ impl FaultProxy {
                     continue;
                 };
                 let state = shared.subscribe();
-                let upstream = upstream.clone();
+                let mut target = target.clone();
                 connections.spawn(async move {
+                    let Ok(upstream) = target.wait_for(Option::is_some).await.map(|u| u.clone())
+                    else {
+                        return;
+                    };
+                    let upstream = upstream.unwrap_or_default();
                     if let Err(error) = carry(client, &upstream, state).await {
                         tracing::debug!(%error, "fault proxy: a connection ended");
                     }
@@ -110,8 +131,15 @@ impl FaultProxy {
         Ok(Self {
             addr,
             state,
+            upstream,
             _tasks: tasks,
         })
+    }
+
+    /// Forwards the connections from now on (and those waiting) to `upstream`
+    /// (`host:port`).
+    pub fn forward_to(&self, upstream: &str) {
+        self.upstream.send_replace(Some(upstream.to_owned()));
     }
 
     /// The proxy's address: point the client here.

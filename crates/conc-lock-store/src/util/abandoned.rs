@@ -51,7 +51,9 @@ impl Drop for Abandoned {
 
 /// Spawns `release` (one try of a token-checked release, bounded by the store's request
 /// timeout) until the store answers, with a doubling pause between tries, for at most
-/// [`RETRY_FOR`]. Outside a tokio runtime it does nothing but log: the lease expires with
+/// [`RETRY_FOR`]. A release that found nothing is sent once more after that answer, so
+/// that the call's request, held in the network on another connection than the release
+/// and delivered when the link heals, is released too. Outside a tokio runtime it does nothing but log: the lease expires with
 /// its TTL.
 pub(crate) fn release_in_background<F, Fut>(backend: &'static str, key: String, mut release: F)
 where
@@ -69,13 +71,23 @@ where
     runtime.spawn(async move {
         let started = tokio::time::Instant::now();
         let mut pause = FIRST_PAUSE;
+        let mut answered = false;
         loop {
             match release().await {
-                Ok(released) => {
-                    if released {
-                        tracing::debug!(backend, key, "released a grant its call had given up on");
-                    }
+                Ok(true) => {
+                    tracing::debug!(backend, key, "released a grant its call had given up on");
                     return;
+                }
+                // Nothing to release, in an answer to a release sent after the store had
+                // answered once: the call's request, if held in the network, arrived
+                // before it (a cut link delivers what it held when it heals).
+                Ok(false) if answered => return,
+                // Nothing yet: the call's request may be held on another connection and
+                // arrive as this answer does (when a cut heals, every connection's held
+                // bytes go through at once). Ask once more, a round trip later.
+                Ok(false) => {
+                    answered = true;
+                    continue;
                 }
                 Err(error) if error.is_transient() && started.elapsed() < RETRY_FOR => {
                     tracing::debug!(backend, key, %error, "releasing a grant its call gave up on failed; trying again");

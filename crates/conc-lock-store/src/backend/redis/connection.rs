@@ -63,6 +63,8 @@ pub(super) fn connect_error(error: redis::RedisError) -> LockError {
         _ if error.to_string().contains("NOAUTH") || error.to_string().contains("WRONGPASS") => {
             crate::error::ConnectFailure::Authentication
         }
+        _ if error.is_connection_refusal() => crate::error::ConnectFailure::Refused,
+        _ if error.is_timeout() => crate::error::ConnectFailure::Timeout,
         _ => LockError::connect_failure(&error),
     };
     LockError::Connect {
@@ -140,6 +142,19 @@ pub(super) fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, LockError>>
 /// A client for one server, with the root certificate an `sslrootcert=` option names.
 pub(super) fn client_for(url: &str) -> Result<redis::Client, LockError> {
     let split = crate::backend::tls::split(url);
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            if !crate::util::options::REDIS_DRIVER.contains(&name) {
+                return Err(LockError::InvalidUrl {
+                    reason: format!(
+                        "unknown option `{name}` in a Redis URL; it takes {} (and, through conc_lock_store::connect, prefix, allow_eviction, min_replicas, replica_timeout, op_timeout and connect_timeout)",
+                        crate::util::options::REDIS_DRIVER.join(", ")
+                    ),
+                });
+            }
+        }
+    }
     match &split.root_cert {
         Some(path) => redis::Client::build_with_tls(
             split.url.as_str(),

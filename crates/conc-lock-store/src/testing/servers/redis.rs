@@ -416,6 +416,9 @@ impl PrivateRedisCluster {
 pub struct PrivateRedisSentinel {
     nodes: Vec<PrivateRedis>,
     sentinels: Vec<PrivateRedis>,
+    /// The port the Sentinels know the first primary by, and its real port, when they
+    /// differ ([`start_behind`](Self::start_behind)).
+    alias: Option<(u16, u16)>,
     _dir: TempDir,
 }
 
@@ -427,6 +430,28 @@ impl PrivateRedisSentinel {
     /// every replica is in sync and every Sentinel sees the primary and its replicas.
     /// `Ok(None)`, after printing a `skipped:` line, when `redis-server` is not installed.
     pub fn start(replicas: usize, sentinels: usize) -> Result<Option<Self>, String> {
+        Self::start_with(replicas, sentinels, |port| port, 1000)
+    }
+
+    /// As [`start`](Self::start), but the Sentinels know the primary by the port `monitor`
+    /// returns for its real port (a [`FaultProxy`](crate::proxy::FaultProxy) in front of
+    /// it, say), so every client that finds the primary through them goes that way; the
+    /// replicas follow the primary directly. The Sentinels wait a minute before they call
+    /// the primary down, so the network faults a test puts in the way cause no failover.
+    pub fn start_behind(
+        replicas: usize,
+        sentinels: usize,
+        monitor: impl FnOnce(u16) -> u16,
+    ) -> Result<Option<Self>, String> {
+        Self::start_with(replicas, sentinels, monitor, 60_000)
+    }
+
+    fn start_with(
+        replicas: usize,
+        sentinels: usize,
+        monitor: impl FnOnce(u16) -> u16,
+        down_after_ms: u64,
+    ) -> Result<Option<Self>, String> {
         let Some(primary) = PrivateRedis::start(&["--repl-diskless-sync-delay", "0"])? else {
             return Ok(None);
         };
@@ -438,6 +463,7 @@ impl PrivateRedisSentinel {
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
         let dir = TempDir(dir);
         let primary_port = primary.port;
+        let monitored_port = monitor(primary_port);
         let mut nodes = vec![primary];
         for _ in 0..replicas {
             let port = primary_port.to_string();
@@ -457,8 +483,8 @@ impl PrivateRedisSentinel {
             let config = dir.0.join(format!("sentinel-{port}.conf"));
             let text = format!(
                 "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile {dir}/sentinel-{port}.log\ndir {dir}\n\
-                 sentinel monitor {name} 127.0.0.1 {primary_port} 2\n\
-                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel monitor {name} 127.0.0.1 {monitored_port} 2\n\
+                 sentinel down-after-milliseconds {name} {down_after_ms}\n\
                  sentinel failover-timeout {name} 10000\n\
                  sentinel parallel-syncs {name} 2\n",
                 dir = dir.0.display(),
@@ -478,6 +504,7 @@ impl PrivateRedisSentinel {
         let topology = Self {
             nodes,
             sentinels: watchers,
+            alias: (monitored_port != primary_port).then_some((monitored_port, primary_port)),
             _dir: dir,
         };
         topology.wait_until_ok(Duration::from_secs(30))?;
@@ -527,7 +554,12 @@ impl PrivateRedisSentinel {
             }
             named = Some(port);
         }
-        let port = named.ok_or("no Sentinel runs")?;
+        let mut port = named.ok_or("no Sentinel runs")?;
+        if let Some((known_as, real)) = self.alias
+            && port == known_as
+        {
+            port = real;
+        }
         let index = self
             .nodes
             .iter()
