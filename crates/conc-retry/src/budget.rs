@@ -4,8 +4,8 @@
 //!
 //! Every request [`deposit`](RetryBudget::deposit)s; every retry
 //! [`try_withdraw`](RetryBudget::try_withdraw)s. Within the last `ttl`, retries may reach
-//! `percent` of the requests, plus `min_per_second × ttl` so that low traffic can still
-//! retry.
+//! `ratio` of the requests (0.2: one retry for every five requests), plus
+//! `min_per_second × ttl` so that low traffic can still retry.
 
 use std::fmt;
 use std::time::Duration;
@@ -19,8 +19,8 @@ pub enum BudgetError {
     /// `ttl` outside 1 s ..= 60 s.
     #[error("ttl must be between 1 s and 60 s, got {0:?}")]
     BadTtl(Duration),
-    /// A negative or non-finite percentage.
-    #[error("percent must be a finite number of at least 0, got {0}")]
+    /// A negative or non-finite ratio.
+    #[error("the retry ratio must be a finite fraction of at least 0 (0.2 for 20%), got {0}")]
     BadPercent(f64),
 }
 
@@ -83,9 +83,11 @@ impl Window {
 }
 
 impl RetryBudget {
-    /// Retries up to `percent` (0.2 = 20%) of the requests of the last `ttl` (1–60 s), plus
-    /// `min_per_second` per second of it.
-    pub fn new(ttl: Duration, min_per_second: u32, percent: f64) -> Result<Self, BudgetError> {
+    /// Retries up to `ratio` of the requests of the last `ttl` (1–60 s), plus
+    /// `min_per_second` per second of it. `ratio` is a fraction, not a percentage: 0.2
+    /// allows one retry for every five requests (20%), 1.0 one for each.
+    pub fn new(ttl: Duration, min_per_second: u32, ratio: f64) -> Result<Self, BudgetError> {
+        let percent = ratio;
         if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
             return Err(BudgetError::BadTtl(ttl));
         }

@@ -70,10 +70,29 @@ pub trait Classify {
     fn class(&self) -> ErrorClass;
 }
 
+/// An I/O error's class, by its kind:
+///
+/// | kind | class | why |
+/// | --- | --- | --- |
+/// | an abort error of conc-core (`conc_core::is_abort_error`) | `Aborted` | the work was stopped: never retried |
+/// | `TimedOut`, `Interrupted`, `WouldBlock` | `Transient` | the next try may be quicker |
+/// | `ConnectionReset`, `ConnectionAborted`, `ConnectionRefused`, `NotConnected`, `BrokenPipe`, `UnexpectedEof` | `Transient` | a connection failed; a new one may not |
+/// | `AddrInUse`, `AddrNotAvailable`, `HostUnreachable`, `NetworkUnreachable`, `NetworkDown`, `ResourceBusy` | `Transient` | the network or host may recover |
+/// | `Other` (what `io::Error::other(e)` makes) | the class of the `io::Error` it wraps, if it wraps one; else `Server` | a wrapped failure of a lower layer or a dependency, which a retry may outlast (and a breaker counts); wrap a bad request in `InvalidInput` or `InvalidData` instead |
+/// | every other kind (`NotFound`, `PermissionDenied`, `InvalidInput`, `InvalidData`, `Unsupported`, …) | `Permanent` | the same call fails the same way |
 impl Classify for io::Error {
     fn class(&self) -> ErrorClass {
         if conc_core::is_abort_error(self) {
             return ErrorClass::Aborted;
+        }
+        if self.kind() == io::ErrorKind::Other {
+            return match self
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<io::Error>())
+            {
+                Some(inner) => inner.class(),
+                None => ErrorClass::Server,
+            };
         }
         match self.kind() {
             io::ErrorKind::TimedOut

@@ -12,7 +12,7 @@
 //!   how long, the last error and why it stopped ([`StopReason`]). Aborts are never retried.
 //! - [`CircuitBreaker`]: consecutive failures or a failure rate over a sliding window;
 //!   exactly N half-open probes (a loom model checks it); hooks; `isolate`/`reset`.
-//! - [`RetryBudget`]: retries as a share of successes plus a floor per second.
+//! - [`RetryBudget`]: retries as a share of requests plus a floor per second.
 //! - With the `tower` feature: `RetryLayer` and `CircuitBreakerLayer`.
 //!
 //! # Example
@@ -61,6 +61,9 @@ pub use breaker::{
 };
 pub use budget::{BudgetError, RetryBudget};
 pub use classify::{Classify, ErrorClass, classify_http, parse_retry_after};
+/// The abort signal of conc-core that a retry watches (a stop ends the waiting between
+/// attempts and the attempt itself), with its controller and reasons.
+pub use conc_core::{AbortController, AbortReason, AbortSignal};
 pub use policy::{Jitter, PolicyError, RetryPolicy, RetryPolicyBuilder, Schedule};
 pub use retry::{AttemptFailure, AttemptTimeout, Retry, RetryError, StopReason, retry};
 #[cfg(feature = "tower")]

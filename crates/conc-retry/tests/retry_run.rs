@@ -247,6 +247,21 @@ async fn io_errors_and_timeouts_are_classified() {
         Error::other(Aborted::new(AbortReason::Timeout)).class(),
         ErrorClass::Aborted
     );
+    // `Other` wraps a lower layer's failure: its own class if it is an I/O error, else a
+    // dependency failure worth a retry (documented on the `Classify` impl).
+    assert_eq!(
+        Error::other(Error::from(ErrorKind::ConnectionReset)).class(),
+        ErrorClass::Transient
+    );
+    assert_eq!(
+        Error::other(Error::from(ErrorKind::InvalidInput)).class(),
+        ErrorClass::Permanent
+    );
+    assert_eq!(
+        Error::other("tls handshake failed").class(),
+        ErrorClass::Server
+    );
+    assert!(Error::other("x").class().is_retryable());
     #[cfg(feature = "conc-async")]
     {
         let timeout = conc_async::TimeoutError::new("x", Duration::from_secs(1));
