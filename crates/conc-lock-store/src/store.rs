@@ -15,7 +15,22 @@ use crate::util::random;
 ///
 /// Every method is cancel safe in the sense that matters for locks: a dropped call never
 /// leaves a lock held past its TTL. A dropped `try_acquire` may still take the lock on the
-/// backend; nobody holds its lease, so the lock expires after the request's TTL.
+/// backend; nobody holds its lease, so the lock expires after the request's TTL (the
+/// backends of this crate also release it by its token in the background).
+///
+/// # Reading and implementing it
+///
+/// The trait is written with [`async_trait`](https://docs.rs/async-trait), so that
+/// `Arc<dyn LockStore>` works: rustdoc shows each async method as a plain `fn` returning
+/// `Pin<Box<dyn Future<Output = …> + Send + 'async_trait>>`. Read
+/// `fn try_acquire<'life0, 'life1, 'async_trait>(&'life0 self, request: &'life1 LockRequest)
+/// -> Pin<Box<…Result<Option<Lease>, LockError>…>>` as
+/// `async fn try_acquire(&self, request: &LockRequest) -> Result<Option<Lease>, LockError>`,
+/// and call it so: `store.try_acquire(&request).await`. To implement the trait for a store
+/// of your own, put `#[async_trait::async_trait]` on the `impl LockStore for …` block and
+/// write the methods as `async fn`s; the methods with a default (`acquire`, `renew_many`,
+/// `watch`, `announce_wait`, `is_locked`, …) may be left out. Check it with the
+/// `conformance` suite (feature `conformance`), which every backend of this crate passes.
 #[async_trait::async_trait]
 pub trait LockStore: Send + Sync + fmt::Debug {
     /// Takes the lock if it is free or its lease has expired; `Ok(None)` if someone holds
