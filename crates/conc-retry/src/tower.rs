@@ -111,7 +111,20 @@ impl<C, H> RetryLayer<C, H> {
         self
     }
 
-    /// Calls `hook` before each retry's sleep.
+    /// Calls `hook` before each retry's sleep with the failure, the attempt that failed
+    /// (1-based) and the delay. The layer does not know its service's error type until it
+    /// wraps one, so a closure names it in its first parameter:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conc_retry::{AttemptFailure, ErrorClass, RetryLayer, RetryPolicy};
+    ///
+    /// let layer = RetryLayer::new(RetryPolicy::default(), |_: &std::io::Error| ErrorClass::Transient)
+    ///     .on_retry(|failure: &AttemptFailure<std::io::Error>, attempt: u32, delay: Duration| {
+    ///         tracing::warn!(%failure, attempt, ?delay, "retrying");
+    ///     });
+    /// # let _ = layer;
+    /// ```
     pub fn on_retry<H2>(self, hook: H2) -> RetryLayer<C, H2> {
         RetryLayer {
             policy: self.policy,
@@ -275,6 +288,36 @@ impl<S, C, H> fmt::Debug for RetryService<S, C, H> {
 
 /// [`tower::ServiceBuilder`](https://docs.rs/tower/latest/tower/struct.ServiceBuilder.html)
 /// methods for conc's layers.
+///
+/// A retry above a breaker (`.conc_retry(…)` before `.conc_circuit_breaker(…)`) sees the
+/// breaker's errors, [`BreakerError`]s: classify them with
+/// [`BreakerError::classify_with`], so that an open circuit stops the retry at once
+/// instead of spending every attempt on rejections (the same stop as
+/// [`RetryLayer::with_breaker`], which asks the breaker itself).
+///
+/// ```
+/// use std::time::Duration;
+/// use conc_retry::{BreakerError, CircuitBreaker, ErrorClass, RetryLayer, RetryPolicy, ServiceBuilderExt, StopReason};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// fn classify(_: &std::io::Error) -> ErrorClass {
+///     ErrorClass::Server
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let breaker = CircuitBreaker::builder().consecutive_failures(2).build().unwrap();
+/// let service = ServiceBuilder::new()
+///     .conc_retry(RetryLayer::new(RetryPolicy::default(), BreakerError::classify_with(classify)))
+///     .conc_circuit_breaker(breaker, classify)
+///     .service(service_fn(|_: u32| async { Err::<u32, _>(std::io::Error::other("down")) }));
+/// let error = service.oneshot(1).await.unwrap_err();
+/// // Two failures opened the circuit; the third attempt was rejected, and the retry stopped.
+/// assert_eq!(error.attempts, 3);
+/// assert_eq!(error.stop, StopReason::Permanent);
+/// assert!(error.to_string().contains("the circuit is open"), "{error}");
+/// # }
+/// ```
 pub trait ServiceBuilderExt<L> {
     /// Adds a [`RetryLayer`].
     fn conc_retry<C, H>(

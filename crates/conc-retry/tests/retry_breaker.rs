@@ -274,3 +274,27 @@ async fn automatic_half_open_without_a_call() {
         [CircuitState::Open, CircuitState::HalfOpen]
     );
 }
+
+/// A failed call's error shows through the breaker's: in its message and as its source.
+#[test]
+fn a_failed_calls_cause_shows_through_the_breaker_error() {
+    use std::error::Error as _;
+    let error: conc_retry::BreakerError<std::io::Error> =
+        conc_retry::BreakerError::Inner(std::io::Error::other("upstream said 503"));
+    assert_eq!(error.to_string(), "the call failed: upstream said 503");
+    assert_eq!(
+        error.source().map(ToString::to_string).as_deref(),
+        Some("upstream said 503")
+    );
+    // The breaker's errors classify: an open circuit stops a retry, a failed call keeps
+    // its class.
+    use conc_retry::{Classify as _, ErrorClass};
+    assert_eq!(error.class(), ErrorClass::Server);
+    let open: conc_retry::BreakerError<std::io::Error> =
+        conc_retry::BreakerError::Open(conc_retry::CircuitOpen { retry_after: None });
+    assert_eq!(open.class(), ErrorClass::Permanent);
+    let classify =
+        conc_retry::BreakerError::classify_with(|_: &std::io::Error| ErrorClass::Transient);
+    assert_eq!(classify(&open), ErrorClass::Permanent);
+    assert_eq!(classify(&error), ErrorClass::Transient);
+}

@@ -18,9 +18,37 @@ pub enum BreakerError<E> {
     /// Rejected without calling.
     #[error(transparent)]
     Open(CircuitOpen),
-    /// The call failed.
-    #[error("the call failed")]
+    /// The call failed: its error shows in this error's message and as its `source()`.
+    #[error("the call failed: {0}")]
     Inner(#[source] E),
+}
+
+impl<E: crate::classify::Classify> crate::classify::Classify for BreakerError<E> {
+    /// An open circuit is [`Permanent`](crate::ErrorClass::Permanent) for the retry above
+    /// the breaker (a retry now would be rejected the same way, and would only spend
+    /// attempts and budget); a failed call keeps its own class.
+    fn class(&self) -> crate::classify::ErrorClass {
+        match self {
+            BreakerError::Open(_) => crate::classify::ErrorClass::Permanent,
+            BreakerError::Inner(error) => error.class(),
+        }
+    }
+}
+
+impl<E> BreakerError<E> {
+    /// Wraps a classifier of the call's errors into one of the breaker's: an open circuit
+    /// stops a retry above the breaker ([`Permanent`](crate::ErrorClass::Permanent)), a
+    /// failed call is classified by `inner`. Give it to a `RetryLayer` stacked over a
+    /// `CircuitBreakerLayer` (feature `tower`), whose errors are `BreakerError`s.
+    pub fn classify_with(
+        inner: impl Fn(&E) -> crate::classify::ErrorClass + Clone + Send + Sync + 'static,
+    ) -> impl Fn(&BreakerError<E>) -> crate::classify::ErrorClass + Clone + Send + Sync + 'static
+    {
+        move |error| match error {
+            BreakerError::Open(_) => crate::classify::ErrorClass::Permanent,
+            BreakerError::Inner(error) => inner(error),
+        }
+    }
 }
 
 /// A configuration that cannot work.
