@@ -232,10 +232,10 @@ fn dependencies_msrv(declared: &str) -> Result {
     }
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("msrv: cargo metadata's JSON: {e}"))?;
-    let version = |text: &str| -> Vec<u64> {
-        text.split('.')
-            .map(|part| part.parse().unwrap_or(0))
-            .collect()
+    // `1.89` and `1.89.0` are the same version: missing parts count as 0.
+    let version = |text: &str| -> [u64; 3] {
+        let mut parts = text.split('.').map(|part| part.parse().unwrap_or(0));
+        [(); 3].map(|()| parts.next().unwrap_or(0))
     };
     let packages: std::collections::HashMap<&str, &serde_json::Value> = metadata["packages"]
         .as_array()

@@ -92,11 +92,15 @@ pub use store::LockStore;
 pub use testing::{conformance, proxy, servers};
 pub use url::{StoreKind, StoreUrl, connect, parse_url};
 
-/// The rusqlite this crate links (bundled SQLite): a crate links one `libsqlite3-sys`, so a
-/// service that also talks to SQLite (to fence its writes into a table, say) uses this one
-/// rather than adding another version. With sqlx: sqlx's SQLite driver links a
-/// `libsqlite3-sys` of its own, and only one may be in a build; use sqlx for PostgreSQL
-/// beside this crate, or leave this crate's `sqlite` feature off.
+/// The rusqlite this crate links (0.43, bundled SQLite, through `libsqlite3-sys` 0.40): a
+/// build links one `libsqlite3-sys`, so a service that also talks to SQLite (to fence its
+/// writes into a table, say) uses this one, or a rusqlite of the same line, rather than
+/// another version. With sqlx: sqlx 0.8's SQLite driver links `libsqlite3-sys` 0.30,
+/// which cannot sit beside 0.40 in one build (Cargo refuses two crates that link the same
+/// native library), and Cargo resolves optional dependencies too, so even sqlx with only
+/// its `postgres` feature can clash through its lock file's `sqlx-sqlite`; keep sqlx's
+/// SQLite driver out of the build, or leave this crate's `sqlite` feature off
+/// (`default-features = false`) and use its PostgreSQL, Redis or etcd store.
 #[cfg(feature = "sqlite")]
 pub use rusqlite;
 
