@@ -130,6 +130,37 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     /// A dropped call may or may not have released.
     async fn force_release(&self, key: &str) -> Result<bool, LockError>;
 
+    /// Removes what this store keeps, for a namespace that is done with (a test, a trial,
+    /// a retired service): every lease, and what the backend keeps besides (on Redis, every
+    /// key under the store's prefix, the restart guard's marker included). Refuses
+    /// ([`LockError::Unsafe`]) while a lease is live, unless `force`, which frees live
+    /// leases too (their holders learn through [`watch`](Self::watch), and fences stay
+    /// forward: they are drawn from the store's clock and its floors). Returns how many
+    /// records it removed.
+    ///
+    /// The default frees every live lease (with `force`) and removes expired ones
+    /// ([`cleanup_expired`](Self::cleanup_expired)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may have removed part of it; run it again.
+    async fn purge(&self, force: bool) -> Result<u64, LockError> {
+        let mut removed = 0;
+        loop {
+            let live = self.list("", 1000).await?;
+            if live.is_empty() {
+                break;
+            }
+            if !force {
+                return Err(live_leases(live.len()));
+            }
+            for info in &live {
+                removed += u64::from(self.force_release(&info.key).await?);
+            }
+        }
+        Ok(removed + self.cleanup_expired().await?)
+    }
+
     /// Takes the lock whoever holds it, with a new fence: the previous holder's lease is
     /// lost (its renewals fail, its release returns `false`). For operators and for
     /// stopping a holder in another process without letting a third party in meanwhile.
@@ -295,6 +326,16 @@ pub trait LockStore: Send + Sync + fmt::Debug {
             }
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+}
+
+/// [`LockStore::purge`]'s refusal while `count` leases (or more) are live.
+pub(crate) fn live_leases(count: usize) -> LockError {
+    LockError::Unsafe {
+        backend: "lock store",
+        reason: format!(
+            "{count} lease(s) are live; purging would free locks their holders still use: stop the holders (`conc locks list` shows them), or purge with force"
+        ),
     }
 }
 

@@ -89,6 +89,9 @@ fn key(setup: &Setup, what: &str) -> String {
 async fn late_reply(setup: &Setup, intervals: &Intervals) {
     let key = key(setup, "late");
     let ttl = Duration::from_secs(2);
+    // A connection is open before the replies are held (a new one could not finish its
+    // handshake, and the acquire would never reach the server).
+    assert!(!setup.proxied.is_locked(&key).await.unwrap());
     setup.proxy.set(Fault::HoldReplies);
     let proxied = setup.proxied.clone();
     let request = LockRequest::new(&key, "a", ttl);
@@ -403,11 +406,13 @@ async fn redis_under_network_faults() {
     let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
     run_all(Setup {
         name: "redis",
-        direct,
+        direct: direct.clone(),
         proxied,
         proxy,
     })
     .await;
+    // The shared server is left as it was found.
+    direct.purge(true).await.unwrap();
 }
 
 #[cfg(feature = "etcd")]

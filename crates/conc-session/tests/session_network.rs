@@ -47,7 +47,13 @@ const QUEUE: GenerationMode = GenerationMode::Queue {
 };
 
 /// `here` reaches the lock store through `proxy`; `there` goes straight to it.
-async fn run_all(name: &str, here: SessionManager, there: SessionManager, proxy: FaultProxy) {
+async fn run_all(
+    name: &str,
+    here: SessionManager,
+    there: SessionManager,
+    proxy: FaultProxy,
+    here_locks: Arc<dyn LockStore>,
+) {
     let pid = std::process::id();
     let t0 = tokio::time::Instant::now();
     macro_rules! at {
@@ -105,6 +111,9 @@ async fn run_all(name: &str, here: SessionManager, there: SessionManager, proxy:
     // conversation meanwhile, and the late start never writes.
     let conversation = format!("net-{name}-late-{pid}");
     here.create_session(&conversation).await.unwrap();
+    // A connection to the lock store is open before the replies are held (a new one
+    // could not finish its handshake, and the start would never reach the store).
+    assert!(!here_locks.is_locked("warm-up").await.unwrap());
     proxy.set(Fault::HoldReplies);
     let late_start = {
         let here = here.clone();
@@ -194,15 +203,13 @@ async fn generations_on_redis_under_network_faults() {
     };
     let proxied = with_prefix(&url.replacen(&server, &proxy.addr().to_string(), 1));
     let (_dir, sessions) = sessions().await;
-    let here = manager(
-        sessions.clone(),
-        conc_lock_store::connect(&proxied).await.unwrap(),
-    );
-    let there = manager(
-        sessions,
-        conc_lock_store::connect(&with_prefix(&url)).await.unwrap(),
-    );
-    run_all("redis", here, there, proxy).await;
+    let here_locks = conc_lock_store::connect(&proxied).await.unwrap();
+    let here = manager(sessions.clone(), here_locks.clone());
+    let direct = conc_lock_store::connect(&with_prefix(&url)).await.unwrap();
+    let there = manager(sessions, direct.clone());
+    run_all("redis", here, there, proxy, here_locks).await;
+    // The shared server is left as it was found.
+    direct.purge(true).await.unwrap();
 }
 
 #[cfg(feature = "postgres")]
@@ -216,12 +223,16 @@ async fn generations_on_postgres_under_network_faults() {
     };
     let server = authority(&url);
     let proxy = FaultProxy::start(&server).await.unwrap();
-    let proxied = url.replacen(&server, &proxy.addr().to_string(), 1);
-    let (_dir, sessions) = sessions().await;
-    let here = manager(
-        sessions.clone(),
-        conc_lock_store::connect(&proxied).await.unwrap(),
+    // One pooled connection, which the scenarios keep open: a held start goes out on it
+    // (a new connection could not finish its handshake while replies are held).
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let proxied = format!(
+        "{}{separator}pool_size=1",
+        url.replacen(&server, &proxy.addr().to_string(), 1)
     );
+    let (_dir, sessions) = sessions().await;
+    let here_locks = conc_lock_store::connect(&proxied).await.unwrap();
+    let here = manager(sessions.clone(), here_locks.clone());
     let there = manager(sessions, conc_lock_store::connect(&url).await.unwrap());
-    run_all("postgres", here, there, proxy).await;
+    run_all("postgres", here, there, proxy, here_locks).await;
 }

@@ -96,7 +96,15 @@ async fn a_stop_right_after_the_start_reaches_the_generator_on_redis() {
     };
     let prefix = unique("redis");
     let separator = if url.contains('?') { '&' } else { '?' };
-    stops_reach_the_generator(&format!("{url}{separator}prefix={prefix}:"), "redis").await;
+    let url = format!("{url}{separator}prefix={prefix}:");
+    stops_reach_the_generator(&url, "redis").await;
+    // The shared server is left as it was found.
+    conc_lock_store::connect(&url)
+        .await
+        .unwrap()
+        .purge(true)
+        .await
+        .unwrap();
 }
 
 #[cfg(feature = "etcd")]

@@ -153,4 +153,11 @@ async fn the_server_serves_again_after_its_lock_store_link_heals() {
         2,
         "the other server sees it"
     );
+    // The shared server is left as it was found.
+    conc_lock_store::connect(&with_prefix(&url))
+        .await
+        .unwrap()
+        .purge(true)
+        .await
+        .unwrap();
 }

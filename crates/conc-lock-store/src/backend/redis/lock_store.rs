@@ -281,6 +281,32 @@ impl LockStore for RedisLockStore {
         Ok(removed)
     }
 
+    async fn purge(&self, force: bool) -> Result<u64, LockError> {
+        if !force {
+            let live = self.list("", 1).await?;
+            if !live.is_empty() {
+                return Err(crate::store::live_leases(live.len()));
+            }
+        }
+        // Every key of the prefix: the leases' hashes, the waits' announcements and the
+        // restart guard's markers. A store that still runs on the prefix finds its marker
+        // gone and grants nothing until any lease it knew could have run out (safe).
+        let names = self
+            .scan(&format!("{}*", glob_escape(&self.config.prefix)))
+            .await?;
+        let mut removed = 0;
+        for name in &names {
+            let node = self.is_cluster().then(|| super::slots::of(name.as_bytes()));
+            let mut command = redis::cmd("DEL");
+            command.arg(name);
+            removed += self.query::<u64>("purge", command, node).await?;
+            if let Some(key) = self.user_key(name) {
+                self.watchers.notify(key);
+            }
+        }
+        Ok(removed)
+    }
+
     async fn force_release(&self, key: &str) -> Result<bool, LockError> {
         validate_key(key)?;
         let mut invocation = self.scripts.force.prepare_invoke();
