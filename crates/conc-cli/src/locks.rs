@@ -1,8 +1,8 @@
-//! `conc locks`: list, inspect, release and clean up locks, for the people on call.
+//! `conc locks`: list, inspect, release, clean up and purge locks, for the people on call.
 
 use std::time::{Duration, SystemTime};
 
-use conc_lock_store::{LockInfo, LockRequest, LockStore};
+use conc_lock_store::{LockInfo, LockRequest, LockStore, StoreKind};
 use serde_json::json;
 
 /// How long ago `time` was (zero if in the future), and how long until it (zero if past).
@@ -160,6 +160,50 @@ pub(crate) async fn release(
             "released `{key}` (held by `{}`, fence {}); new fence {}: writes with an older fence are refused by a resource that checks fences. The holder keeps running until it notices (at once where the store notifies, else at its next renewal).",
             holder.owner, holder.fence, taken.fence
         )
+    })
+}
+
+/// The store spec a purge opens: `spec` with `prefix` as its key prefix (Redis, etcd);
+/// refused on the default namespace unless `force`.
+pub(crate) fn purge_spec(spec: &str, prefix: Option<&str>, force: bool) -> Result<String, String> {
+    let parsed = conc_lock_store::parse_url(spec).map_err(|e| e.to_string())?;
+    let kind = parsed.kind;
+    let spec = match prefix {
+        None => spec.to_owned(),
+        Some(prefix) if matches!(kind, StoreKind::Redis | StoreKind::Etcd) => {
+            let separator = if spec.contains('?') { '&' } else { '?' };
+            format!("{spec}{separator}prefix={prefix}")
+        }
+        Some(_) => {
+            return Err(
+                "--prefix names a Redis or etcd key prefix; on PostgreSQL name the namespace with schema= in the URL, and a SQLite file is its own".into(),
+            );
+        }
+    };
+    let parsed = conc_lock_store::parse_url(&spec).map_err(|e| e.to_string())?;
+    let default = match kind {
+        StoreKind::Redis | StoreKind::Etcd => parsed.option("prefix").is_none(),
+        StoreKind::Postgres => parsed.option("schema").is_none(),
+        _ => false,
+    };
+    if default && !force {
+        return Err(
+            "this is the default namespace, which every service without a prefix (or schema) of its own shares: name yours with --prefix (Redis, etcd) or schema= (PostgreSQL), or add --force if you mean all of it".into(),
+        );
+    }
+    Ok(spec)
+}
+
+pub(crate) async fn purge(
+    store: &dyn LockStore,
+    force: bool,
+    as_json: bool,
+) -> Result<String, String> {
+    let removed = store.purge(force).await.map_err(|e| e.to_string())?;
+    Ok(if as_json {
+        json!({ "removed": removed }).to_string()
+    } else {
+        format!("purged: removed {removed} record(s)")
     })
 }
 

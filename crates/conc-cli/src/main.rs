@@ -110,6 +110,19 @@ enum LockAction {
     },
     /// Remove expired locks.
     Cleanup,
+    /// Remove a namespace that is done with (after a test or a trial): every lock and, on
+    /// Redis, every key of the store's prefix. Refused while a lock is live, and on the
+    /// default namespace (no `prefix=` on Redis or etcd, no `schema=` on PostgreSQL),
+    /// unless --force.
+    Purge {
+        /// The key prefix of the namespace on Redis or etcd (the URL's `prefix=`).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Also free live locks, and allow the default namespace, which other services
+        /// may share.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// A duration, by `humantime` (`10s`, `500ms`, `1m 30s`); a bare number is seconds.
@@ -208,6 +221,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     ));
                 }
             }
+            let spec = match &action {
+                LockAction::Purge { prefix, force } => {
+                    locks::purge_spec(&spec, prefix.as_deref(), *force)?
+                }
+                _ => spec,
+            };
             let looking = matches!(action, LockAction::List { .. } | LockAction::Inspect { .. });
             let store = if looking {
                 stores::locks_read_only(&spec).await
@@ -229,6 +248,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     locks::release(&*store, &key, json).await?
                 }
                 LockAction::Cleanup => locks::cleanup(&*store, json).await?,
+                LockAction::Purge { force, .. } => locks::purge(&*store, force, json).await?,
             };
             println!("{output}");
             Ok(ExitCode::SUCCESS)

@@ -103,6 +103,47 @@ async fn exercise(store: Arc<dyn LockStore>, spec: &str, prefix: &str) {
 }
 
 #[tokio::test]
+async fn purge_refuses_live_locks_and_the_default_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locks.db");
+    let store = SqliteLockStore::open(&path).await.unwrap();
+    let lease = store
+        .try_acquire(&LockRequest::new(
+            "purge:1",
+            "worker",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = format!("sqlite:{}", path.display());
+    let refused = conc(&["locks", "purge", "--locks", &spec]);
+    assert!(!refused.status.success(), "a live lock refuses the purge");
+    assert!(store.is_locked("purge:1").await.unwrap());
+    let purged = conc(&["locks", "purge", "--force", "--locks", &spec]);
+    assert!(
+        purged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&purged.stderr)
+    );
+    assert!(!store.is_locked("purge:1").await.unwrap());
+    assert!(!store.release(&lease).await.unwrap());
+    // The default namespace of a shared server is refused before anything is opened.
+    let output = conc(&["locks", "purge", "--locks", "redis://127.0.0.1:1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("default namespace") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let output = conc(&["locks", "purge", "--prefix", "x:", "--locks", &spec]);
+    assert!(
+        !output.status.success(),
+        "--prefix names a Redis or etcd prefix"
+    );
+}
+
+#[tokio::test]
 async fn locks_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("locks.db");
