@@ -314,13 +314,15 @@ async fn run_all(setup: Setup) {
     intervals.check();
 }
 
-/// `host:port` of a URL's authority (`scheme://[user@]host:port/...`).
-fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
-    rest.rsplit_once('@')
-        .map_or(rest, |(_, host)| host)
-        .to_owned()
+/// Both stores: one straight to `direct`, one to `through` behind a new proxy.
+async fn setup(name: &'static str, direct: &str, through: &str) -> Setup {
+    let (proxy, proxied) = FaultProxy::in_front_of(through).await.unwrap();
+    Setup {
+        name,
+        direct: conc_lock_store::connect(direct).await.unwrap(),
+        proxied: conc_lock_store::connect(&proxied).await.unwrap(),
+        proxy,
+    }
 }
 
 fn env_url(name: &str, what: &str) -> Option<String> {
@@ -339,18 +341,7 @@ async fn postgres_under_network_faults() {
     let Some(url) = env_url("CONC_TEST_POSTGRES_URL", "PostgreSQL") else {
         return;
     };
-    let server = authority(&url);
-    let proxy = FaultProxy::start(&server).await.unwrap();
-    let proxied_url = url.replacen(&server, &proxy.addr().to_string(), 1);
-    let direct = conc_lock_store::connect(&url).await.unwrap();
-    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
-    run_all(Setup {
-        name: "postgres",
-        direct,
-        proxied,
-        proxy,
-    })
-    .await;
+    run_all(setup("postgres", &url, &url).await).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -360,7 +351,7 @@ async fn postgres_through_pgbouncer_under_network_faults() {
     let Some(url) = env_url("CONC_TEST_POSTGRES_URL", "PostgreSQL through PgBouncer") else {
         return;
     };
-    let server = authority(&url);
+    let server = conc_lock_store::proxy::authority(&url);
     let (host, port) = server.rsplit_once(':').unwrap();
     let Some(bouncer) =
         PrivatePgBouncer::start(host, port.parse().unwrap(), BouncerMode::Transaction, 8).unwrap()
@@ -369,23 +360,7 @@ async fn postgres_through_pgbouncer_under_network_faults() {
     };
     let database = url.rsplit('/').next().unwrap().split('?').next().unwrap();
     let bouncer_url = bouncer.url("postgres", database, "?pool_mode=transaction");
-    let proxy = FaultProxy::start(&format!("127.0.0.1:{}", bouncer.port()))
-        .await
-        .unwrap();
-    let proxied_url = bouncer_url.replacen(
-        &format!("127.0.0.1:{}", bouncer.port()),
-        &proxy.addr().to_string(),
-        1,
-    );
-    let direct = conc_lock_store::connect(&url).await.unwrap();
-    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
-    run_all(Setup {
-        name: "pgbouncer",
-        direct,
-        proxied,
-        proxy,
-    })
-    .await;
+    run_all(setup("pgbouncer", &url, &bouncer_url).await).await;
 }
 
 #[cfg(feature = "redis")]
@@ -394,23 +369,11 @@ async fn redis_under_network_faults() {
     let Some(url) = env_url("CONC_TEST_REDIS_URL", "Redis") else {
         return;
     };
-    let server = authority(&url);
-    let proxy = FaultProxy::start(&server).await.unwrap();
-    let prefix = format!("conc-net-{}:", std::process::id());
-    let with_prefix = |url: &str| {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}prefix={prefix}")
-    };
-    let proxied_url = with_prefix(&url.replacen(&server, &proxy.addr().to_string(), 1));
-    let direct = conc_lock_store::connect(&with_prefix(&url)).await.unwrap();
-    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
-    run_all(Setup {
-        name: "redis",
-        direct: direct.clone(),
-        proxied,
-        proxy,
-    })
-    .await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{separator}prefix=conc-net-{}:", std::process::id());
+    let setup = setup("redis", &url, &url).await;
+    let direct = setup.direct.clone();
+    run_all(setup).await;
     // The shared server is left as it was found.
     direct.purge(true).await.unwrap();
 }
@@ -421,19 +384,7 @@ async fn etcd_under_network_faults() {
     let Some(cluster) = conc_lock_store::servers::PrivateEtcdCluster::start(3).unwrap() else {
         return;
     };
-    let member = cluster.member_url(0);
-    let server = authority(&member);
-    let proxy = FaultProxy::start(&server).await.unwrap();
-    let proxied_url = member.replacen(&server, &proxy.addr().to_string(), 1);
-    let direct = conc_lock_store::connect(&cluster.url()).await.unwrap();
-    let proxied = conc_lock_store::connect(&proxied_url).await.unwrap();
-    run_all(Setup {
-        name: "etcd",
-        direct,
-        proxied,
-        proxy,
-    })
-    .await;
+    run_all(setup("etcd", &cluster.url(), &cluster.member_url(0)).await).await;
 }
 
 /// Redis through Sentinel: the Sentinels know the primary by the proxy's address, so the

@@ -169,15 +169,6 @@ async fn run_all(
     assert!(current.finish().await.unwrap());
 }
 
-/// `host:port` of a URL's authority.
-fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
-    rest.rsplit_once('@')
-        .map_or(rest, |(_, host)| host)
-        .to_owned()
-}
-
 async fn sessions() -> (tempfile::TempDir, Arc<dyn SessionStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteSessionStore::open(dir.path().join("sessions.db"))
@@ -194,18 +185,16 @@ async fn generations_on_redis_under_network_faults() {
         );
         return;
     };
-    let server = authority(&url);
-    let proxy = FaultProxy::start(&server).await.unwrap();
-    let prefix = format!("conc-session-net-{}:", std::process::id());
-    let with_prefix = |url: &str| {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}prefix={prefix}")
-    };
-    let proxied = with_prefix(&url.replacen(&server, &proxy.addr().to_string(), 1));
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{url}{separator}prefix=conc-session-net-{}:",
+        std::process::id()
+    );
+    let (proxy, proxied) = FaultProxy::in_front_of(&url).await.unwrap();
     let (_dir, sessions) = sessions().await;
     let here_locks = conc_lock_store::connect(&proxied).await.unwrap();
     let here = manager(sessions.clone(), here_locks.clone());
-    let direct = conc_lock_store::connect(&with_prefix(&url)).await.unwrap();
+    let direct = conc_lock_store::connect(&url).await.unwrap();
     let there = manager(sessions, direct.clone());
     run_all("redis", here, there, proxy, here_locks).await;
     // The shared server is left as it was found.
@@ -221,15 +210,11 @@ async fn generations_on_postgres_under_network_faults() {
         );
         return;
     };
-    let server = authority(&url);
-    let proxy = FaultProxy::start(&server).await.unwrap();
+    let (proxy, proxied) = FaultProxy::in_front_of(&url).await.unwrap();
     // One pooled connection, which the scenarios keep open: a held start goes out on it
     // (a new connection could not finish its handshake while replies are held).
     let separator = if url.contains('?') { '&' } else { '?' };
-    let proxied = format!(
-        "{}{separator}pool_size=1",
-        url.replacen(&server, &proxy.addr().to_string(), 1)
-    );
+    let proxied = format!("{proxied}{separator}pool_size=1");
     let (_dir, sessions) = sessions().await;
     let here_locks = conc_lock_store::connect(&proxied).await.unwrap();
     let here = manager(sessions.clone(), here_locks.clone());

@@ -77,26 +77,16 @@ async fn the_server_serves_again_after_its_lock_store_link_heals() {
         );
         return;
     };
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-    let server_addr = rest.split(['/', '?']).next().unwrap_or(rest);
-    let server_addr = server_addr
-        .rsplit_once('@')
-        .map_or(server_addr, |(_, h)| h)
-        .to_owned();
-    let proxy = FaultProxy::start(&server_addr).await.unwrap();
-    let prefix = format!("conc-chat-net-{}:", std::process::id());
-    let with_prefix = |url: &str| {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}prefix={prefix}&op_timeout=1000")
-    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{url}{separator}prefix=conc-chat-net-{}:&op_timeout=1000",
+        std::process::id()
+    );
+    let (proxy, proxied) = FaultProxy::in_front_of(&url).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chat.db");
-    let cut = server(
-        &path,
-        &with_prefix(&url.replacen(&server_addr, &proxy.addr().to_string(), 1)),
-    )
-    .await;
-    let other = server(&path, &with_prefix(&url)).await;
+    let cut = server(&path, &proxied).await;
+    let other = server(&path, &url).await;
 
     let (status, _) = call(&cut, "POST", "/api/conversations", Some(r#"{"id":"net"}"#)).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -154,7 +144,7 @@ async fn the_server_serves_again_after_its_lock_store_link_heals() {
         "the other server sees it"
     );
     // The shared server is left as it was found.
-    conc_lock_store::connect(&with_prefix(&url))
+    conc_lock_store::connect(&url)
         .await
         .unwrap()
         .purge(true)

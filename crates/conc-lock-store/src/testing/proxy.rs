@@ -142,6 +142,19 @@ impl FaultProxy {
         self.upstream.send_replace(Some(upstream.to_owned()));
     }
 
+    /// Starts a proxy in front of the server that `url` names (`scheme://[user@]host:port/…`)
+    /// and returns it with `url` pointed at the proxy instead.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no listener behind.
+    pub async fn in_front_of(url: &str) -> std::io::Result<(Self, String)> {
+        let server = authority(url);
+        let proxy = Self::start(&server).await?;
+        let proxied = url.replacen(&server, &proxy.addr().to_string(), 1);
+        Ok((proxy, proxied))
+    }
+
     /// The proxy's address: point the client here.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -168,6 +181,20 @@ impl FaultProxy {
     pub fn reset(&self) {
         self.state.send_modify(|state| state.resets += 1);
     }
+}
+
+/// `host:port` of a URL's authority (`scheme://[user@]host:port/…`): what a proxy in front
+/// of that server forwards to.
+///
+/// ```
+/// assert_eq!(conc_lock_store::proxy::authority("postgres://u@db:5432/app?x=1"), "db:5432");
+/// ```
+pub fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
+    rest.rsplit_once('@')
+        .map_or(rest, |(_, host)| host)
+        .to_owned()
 }
 
 /// Carries one connection until either side closes it or the proxy resets it.

@@ -1,6 +1,7 @@
 //! The query options each store's driver reads from a URL, which conc passes on: the URL
 //! parser refuses any other option (a typo must not be dropped in silence), and the
-//! PostgreSQL backend checks a URL given to it directly against the same list.
+//! PostgreSQL backend and the Redis client check a URL given to them directly against the
+//! same lists ([`refuse_unknown`]).
 
 /// What tokio-postgres reads from a URL's query, with `sslrootcert` (conc's TLS).
 pub(crate) const POSTGRES_DRIVER: &[&str] = &[
@@ -35,3 +36,30 @@ pub(crate) const SENTINEL_DRIVER: &[&str] =
 
 /// What an `etcd://` URL's query may hold besides conc's own options.
 pub(crate) const ETCD_DRIVER: &[&str] = &["sslrootcert"];
+
+/// `Ok` if every query option of `url` is one of `driver`'s; else `LockError::InvalidUrl`
+/// naming the option, `what` the URL is, the driver's options, and `own`: the options
+/// [`connect`](crate::connect) reads besides.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn refuse_unknown(
+    url: &str,
+    driver: &[&str],
+    what: &str,
+    own: &str,
+) -> Result<(), crate::error::LockError> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        if !driver.contains(&name) {
+            return Err(crate::error::LockError::InvalidUrl {
+                reason: format!(
+                    "unknown option `{name}` in {what}; the driver reads {}, and conc_lock_store::connect also reads {own}",
+                    driver.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}

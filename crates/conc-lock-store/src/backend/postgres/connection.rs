@@ -109,19 +109,12 @@ pub(super) fn build_pool(
     LockError,
 > {
     let split = crate::backend::tls::split(url);
-    if let Some((_, query)) = split.url.split_once('?') {
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-            if !crate::util::options::POSTGRES_DRIVER.contains(&name) {
-                return Err(LockError::InvalidUrl {
-                    reason: format!(
-                        "unknown option `{name}` in a PostgreSQL URL; the driver reads {}, and conc_lock_store::connect also reads schema, table, pool_size, pool_mode, listen_url, watch_interval, op_timeout and connect_timeout",
-                        crate::util::options::POSTGRES_DRIVER.join(", ")
-                    ),
-                });
-            }
-        }
-    }
+    crate::util::options::refuse_unknown(
+        &split.url,
+        crate::util::options::POSTGRES_DRIVER,
+        "a PostgreSQL URL",
+        "schema, table, pool_size, pool_mode, listen_url, watch_interval, op_timeout and connect_timeout",
+    )?;
     let mut pg: tokio_postgres::Config =
         split.url.parse().map_err(|e: tokio_postgres::Error| {
             // The driver's own words are in its source ("invalid value for option

@@ -142,19 +142,12 @@ pub(super) fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, LockError>>
 /// A client for one server, with the root certificate an `sslrootcert=` option names.
 pub(super) fn client_for(url: &str) -> Result<redis::Client, LockError> {
     let split = crate::backend::tls::split(url);
-    if let Some((_, query)) = url.split_once('?') {
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-            if !crate::util::options::REDIS_DRIVER.contains(&name) {
-                return Err(LockError::InvalidUrl {
-                    reason: format!(
-                        "unknown option `{name}` in a Redis URL; it takes {} (and, through conc_lock_store::connect, prefix, allow_eviction, min_replicas, replica_timeout, op_timeout and connect_timeout)",
-                        crate::util::options::REDIS_DRIVER.join(", ")
-                    ),
-                });
-            }
-        }
-    }
+    crate::util::options::refuse_unknown(
+        url,
+        crate::util::options::REDIS_DRIVER,
+        "a Redis URL",
+        "prefix, allow_eviction, min_replicas, replica_timeout, op_timeout and connect_timeout",
+    )?;
     match &split.root_cert {
         Some(path) => redis::Client::build_with_tls(
             split.url.as_str(),

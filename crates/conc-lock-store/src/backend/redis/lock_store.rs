@@ -9,9 +9,9 @@ use crate::request::{LockRequest, renewal_deadline, validate_key, validate_ttl};
 use crate::store::LockStore;
 use crate::util::clock::from_unix_millis;
 
-use super::client::Acks;
 use super::connection::{glob_escape, parse_error, redis_error, timed_out};
 use super::replies::{info, ms};
+use super::run::Acks;
 use super::{BACKEND, BATCH, RedisLockStore};
 
 #[async_trait::async_trait]
@@ -25,20 +25,9 @@ impl LockStore for RedisLockStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
-        let invocation = |retry: &'static str| {
-            let mut invocation = self.scripts.release.prepare_invoke();
-            invocation
-                .key(self.lock_key(&lease.key))
-                .arg(&lease.key)
-                .arg(&lease.token)
-                .arg(ms(self.config.grace))
-                .arg(self.events_channel())
-                .arg(retry);
-            invocation
-        };
-        let (released, acks): (i64, Acks) = self
-            .run_write("release", &invocation("0"), &invocation("1"))
-            .await?;
+        let first = self.release_invocation(&lease.key, &lease.token, false);
+        let retry = self.release_invocation(&lease.key, &lease.token, true);
+        let (released, acks): (i64, Acks) = self.run_write("release", &first, &retry).await?;
         if released == 1 {
             self.watchers.notify(&lease.key);
             // A release too few replicas saw can come back after a failover, until its

@@ -58,6 +58,7 @@ mod connection;
 mod lock_store;
 mod pubsub;
 mod replies;
+mod run;
 mod scripts;
 mod sentinel;
 mod slots;

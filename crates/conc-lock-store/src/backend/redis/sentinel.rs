@@ -382,7 +382,7 @@ impl Drop for Pending<'_> {
 fn primary_gone(error: &redis::RedisError) -> bool {
     // What a retry on the same connection could outlive, and a refused connection: the
     // primary is gone, so the Sentinels are asked again.
-    super::client::retriable(error) || error.is_connection_refusal()
+    super::run::retriable(error) || error.is_connection_refusal()
 }
 
 fn timed_out(what: &str, limit: Duration) -> redis::RedisError {
