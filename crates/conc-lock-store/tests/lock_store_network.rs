@@ -4,13 +4,13 @@
 //! the moment its acquire returned to the moment it saw the loss or began its release,
 //! on this process's one monotonic clock) never overlap, and that fences rise with them.
 //!
-//! Scenarios, on PostgreSQL (direct and through PgBouncer), Redis and etcd (three
-//! members):
+//! Scenarios, on PostgreSQL (direct and through PgBouncer), Redis (one server, through
+//! Sentinel, and a Cluster of three masters) and etcd (three members):
 //! - a late reply: the answer to an acquire is held past the lease's TTL and delivered
 //!   after another holder took the key: it is never handed out;
-//! - a black hole: an acquire with wait W returns within about W, not the request timeout,
-//!   and after the heal the grant its held request made is released at once (the key is
-//!   free within a round trip, not a TTL);
+//! - a black hole, and replies dropped: an acquire with wait W returns within about W, not
+//!   the request timeout, and after the heal the grant its request made is released at
+//!   once (the key is free within a round trip, not a TTL);
 //! - black-holed renewals: the holder sees its loss before the other holder gets the key;
 //!   after the heal its renewal says `Lost` and its release `false`;
 //! - connections reset every 500 ms, and 150 ms each way: no loss.
@@ -79,7 +79,27 @@ struct Setup {
     direct: Arc<dyn LockStore>,
     /// A store through the proxy.
     proxied: Arc<dyn LockStore>,
-    proxy: FaultProxy,
+    /// The proxies in front of the server (one per node of a cluster).
+    proxies: Vec<FaultProxy>,
+    /// An acquire takes the key in its first request (etcd first asks for a lease, and
+    /// waits for the answer).
+    one_request: bool,
+}
+
+impl Setup {
+    /// Puts `fault` between the proxied store and every node.
+    fn set(&self, fault: Fault) {
+        for proxy in &self.proxies {
+            proxy.set(fault);
+        }
+    }
+
+    /// Resets every connection of the proxied store.
+    fn reset(&self) {
+        for proxy in &self.proxies {
+            proxy.reset();
+        }
+    }
 }
 
 fn key(setup: &Setup, what: &str) -> String {
@@ -89,10 +109,18 @@ fn key(setup: &Setup, what: &str) -> String {
 async fn late_reply(setup: &Setup, intervals: &Intervals) {
     let key = key(setup, "late");
     let ttl = Duration::from_secs(2);
-    // A connection is open before the replies are held (a new one could not finish its
-    // handshake, and the acquire would never reach the server).
-    assert!(!setup.proxied.is_locked(&key).await.unwrap());
-    setup.proxy.set(Fault::HoldReplies);
+    // A connection is open, and the acquire's script known to the server, before the
+    // replies are held (a new connection could not finish its handshake, and a script's
+    // first run waits for the answer that it is unknown: either way the acquire would
+    // never take the key).
+    let warm = setup
+        .proxied
+        .try_acquire(&LockRequest::new(&key, "a", ttl))
+        .await
+        .unwrap()
+        .expect("the key is free");
+    assert!(setup.proxied.release(&warm).await.unwrap());
+    setup.set(Fault::HoldReplies);
     let proxied = setup.proxied.clone();
     let request = LockRequest::new(&key, "a", ttl);
     let a = tokio::spawn(async move {
@@ -101,6 +129,16 @@ async fn late_reply(setup: &Setup, intervals: &Intervals) {
     });
     // The server granted A's request; its answer waits in the proxy. B takes the key once
     // A's lease has run out.
+    // A's request reached the server and took the key (its answer is what is held).
+    let asked = Instant::now();
+    while setup.one_request && !setup.direct.is_locked(&key).await.unwrap() {
+        assert!(
+            asked.elapsed() < ttl,
+            "{}: A's request never took the key",
+            setup.name
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let b = LockGuard::acquire(
         setup.direct.clone(),
         LockRequest::new(&key, "b", Duration::from_secs(20)),
@@ -114,7 +152,7 @@ async fn late_reply(setup: &Setup, intervals: &Intervals) {
         )
     });
     let b_from = Instant::now();
-    setup.proxy.set(Fault::Pass);
+    setup.set(Fault::Pass);
     let (a_result, a_at) = a.await.unwrap();
     match a_result {
         Ok(guard) => {
@@ -152,9 +190,16 @@ async fn late_reply(setup: &Setup, intervals: &Intervals) {
     );
 }
 
-async fn black_hole(setup: &Setup) {
-    let key = key(setup, "hole");
-    setup.proxy.set(Fault::BlackHole);
+/// `fault` is [`Fault::BlackHole`] (the request waits in the network) or
+/// [`Fault::DropReplies`] (the request runs, its answer is lost).
+async fn cut_off(setup: &Setup, fault: Fault) {
+    let what = if fault == Fault::BlackHole {
+        "black hole"
+    } else {
+        "replies dropped"
+    };
+    let key = key(setup, &what.replace(' ', "-"));
+    setup.set(fault);
     let wait = Duration::from_secs(1);
     let started = Instant::now();
     let result = setup
@@ -162,20 +207,16 @@ async fn black_hole(setup: &Setup) {
         .acquire(&LockRequest::new(&key, "a", Duration::from_secs(30)), wait)
         .await;
     let took = started.elapsed();
-    assert!(
-        result.is_err(),
-        "{}: a black-holed acquire fails",
-        setup.name
-    );
+    assert!(result.is_err(), "{}: {what}: the acquire fails", setup.name);
     // The request timeout is 5 s: an acquire bounded by its own wait returns long before.
     assert!(
         took < Duration::from_secs(3),
-        "{}: an acquire with a 1 s wait took {took:?} under a black hole",
+        "{}: {what}: an acquire with a 1 s wait took {took:?}",
         setup.name
     );
-    // The heal delivers the held request, which may take the key for nobody; the call
-    // that gave up releases it.
-    setup.proxy.set(Fault::Pass);
+    // The request took the key for nobody (when the reply was dropped), or the heal
+    // delivers it and it may (a black hole); the call that gave up releases it.
+    setup.set(Fault::Pass);
     let healed = Instant::now();
     let b = setup
         .direct
@@ -186,12 +227,12 @@ async fn black_hole(setup: &Setup) {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "{}: the key is free soon after the heal, not after the 30 s TTL: {e}",
+                "{}: {what}: the key is free soon after the heal, not after the 30 s TTL: {e}",
                 setup.name
             )
         });
     println!(
-        "figures: {}: black hole: an acquire with a 1 s wait returned after {took:?}; after the heal the key was taken {:?} later (TTL 30 s)",
+        "figures: {}: {what}: an acquire with a 1 s wait returned after {took:?}; after the heal the key was taken {:?} later (TTL 30 s)",
         setup.name,
         healed.elapsed()
     );
@@ -210,7 +251,7 @@ async fn black_holed_renewals(setup: &Setup, intervals: &Intervals) {
     .unwrap();
     let a_from = Instant::now();
     let lease = a.lease();
-    setup.proxy.set(Fault::BlackHole);
+    setup.set(Fault::BlackHole);
     let lost_at = hold_until_lost_or(&a, Duration::from_secs(10))
         .await
         .unwrap_or_else(|| panic!("{}: A sees its loss", setup.name));
@@ -229,7 +270,7 @@ async fn black_holed_renewals(setup: &Setup, intervals: &Intervals) {
         setup.name,
         b_at.duration_since(lost_at)
     );
-    setup.proxy.set(Fault::Pass);
+    setup.set(Fault::Pass);
     let renewed =
         conc_lock_store::servers::through_transient_errors(Duration::from_secs(10), async || {
             setup.proxied.renew(&lease, ttl).await
@@ -269,16 +310,16 @@ async fn resets_and_slow_link(setup: &Setup, intervals: &Intervals) {
     let from = Instant::now();
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        setup.proxy.reset();
+        setup.reset();
     }
     assert!(
         a.is_valid(),
         "{}: resets every 500 ms lost the lease",
         setup.name
     );
-    setup.proxy.set(Fault::Delay(Duration::from_millis(150)));
+    setup.set(Fault::Delay(Duration::from_millis(150)));
     let lost = hold_until_lost_or(&a, Duration::from_secs(4)).await;
-    setup.proxy.set(Fault::Pass);
+    setup.set(Fault::Pass);
     intervals.record(
         &key,
         "A (resets, slow link)",
@@ -308,7 +349,8 @@ async fn run_all(setup: Setup) {
         .try_init();
     let intervals = Intervals::default();
     late_reply(&setup, &intervals).await;
-    black_hole(&setup).await;
+    cut_off(&setup, Fault::BlackHole).await;
+    cut_off(&setup, Fault::DropReplies).await;
     black_holed_renewals(&setup, &intervals).await;
     resets_and_slow_link(&setup, &intervals).await;
     intervals.check();
@@ -321,7 +363,8 @@ async fn setup(name: &'static str, direct: &str, through: &str) -> Setup {
         name,
         direct: conc_lock_store::connect(direct).await.unwrap(),
         proxied: conc_lock_store::connect(&proxied).await.unwrap(),
-        proxy,
+        proxies: vec![proxy],
+        one_request: name != "etcd",
     }
 }
 
@@ -413,7 +456,55 @@ async fn redis_sentinel_under_network_faults() {
         name: "sentinel",
         direct,
         proxied,
-        proxy,
+        proxies: vec![proxy],
+        one_request: true,
+    })
+    .await;
+}
+
+/// Redis Cluster: each node tells the cluster and its clients that it listens on its
+/// proxy's port, so both stores go through the proxies (a cluster client learns the nodes'
+/// addresses from the nodes), and the faults touch only the connections of the store that
+/// logs in as the user `faulted`.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_under_network_faults() {
+    use conc_lock_store::servers::PrivateRedisCluster;
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        let proxy = FaultProxy::start_unbound().await.unwrap();
+        proxy.only_for(b"faulted");
+        proxies.push(proxy);
+    }
+    let user = ["--user", "faulted", "on", ">faulted", "~*", "&*", "+@all"];
+    let mut next = proxies.iter();
+    let started = tokio::task::block_in_place(|| {
+        PrivateRedisCluster::start_behind(3, 0, &user, |port| {
+            let proxy = next.next().expect("one proxy per node");
+            proxy.forward_to(&format!("127.0.0.1:{port}"));
+            proxy.port()
+        })
+    })
+    .unwrap();
+    let Some(cluster) = started else {
+        return;
+    };
+    let direct = conc_lock_store::connect(&cluster.url()).await.unwrap();
+    let proxied = format!(
+        "redis+cluster://faulted:faulted@{}",
+        proxies
+            .iter()
+            .map(|proxy| proxy.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let proxied = conc_lock_store::connect(&proxied).await.unwrap();
+    run_all(Setup {
+        name: "cluster",
+        direct,
+        proxied,
+        proxies,
+        one_request: true,
     })
     .await;
 }

@@ -61,8 +61,12 @@ pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<watch::Sender<State>>,
     upstream: Arc<watch::Sender<Option<String>>>,
+    only: Only,
     _tasks: JoinSet<()>,
 }
+
+/// The marker set by [`FaultProxy::only_for`], if any.
+type Only = Arc<parking_lot::Mutex<Option<Arc<[u8]>>>>;
 
 /// Which way bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +107,11 @@ impl FaultProxy {
         let state = Arc::new(state);
         let (upstream, _) = watch::channel(None::<String>);
         let upstream = Arc::new(upstream);
+        let only = Only::default();
         let mut tasks = JoinSet::new();
         let shared = state.clone();
         let target = upstream.subscribe();
+        let marker = only.clone();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -114,13 +120,14 @@ impl FaultProxy {
                 };
                 let state = shared.subscribe();
                 let mut target = target.clone();
+                let marker = marker.lock().clone();
                 connections.spawn(async move {
                     let Ok(upstream) = target.wait_for(Option::is_some).await.map(|u| u.clone())
                     else {
                         return;
                     };
                     let upstream = upstream.unwrap_or_default();
-                    if let Err(error) = carry(client, &upstream, state).await {
+                    if let Err(error) = carry(client, &upstream, state, marker).await {
                         tracing::debug!(%error, "fault proxy: a connection ended");
                     }
                 });
@@ -132,6 +139,7 @@ impl FaultProxy {
             addr,
             state,
             upstream,
+            only,
             _tasks: tasks,
         })
     }
@@ -153,6 +161,15 @@ impl FaultProxy {
         let proxy = Self::start(&server).await?;
         let proxied = url.replacen(&server, &proxy.addr().to_string(), 1);
         Ok((proxy, proxied))
+    }
+
+    /// From now on, faults (resets included) touch only the connections accepted later whose
+    /// first request contains `marker`; the others are carried untouched. Two clients that
+    /// must both go through the proxy (a cluster's clients learn the nodes' addresses from
+    /// the nodes, so every client goes the same way), only one of them faulted: connect
+    /// that one with a user name (say) that puts `marker` in its first request.
+    pub fn only_for(&self, marker: &[u8]) {
+        *self.only.lock() = Some(marker.into());
     }
 
     /// The proxy's address: point the client here.
@@ -197,13 +214,29 @@ pub fn authority(url: &str) -> String {
         .to_owned()
 }
 
-/// Carries one connection until either side closes it or the proxy resets it.
+/// Carries one connection until either side closes it or the proxy resets it; with a
+/// `marker`, one whose first request lacks it is carried untouched.
 async fn carry(
-    client: TcpStream,
+    mut client: TcpStream,
     upstream: &str,
-    state: watch::Receiver<State>,
+    mut state: watch::Receiver<State>,
+    marker: Option<Arc<[u8]>>,
 ) -> std::io::Result<()> {
     let server = TcpStream::connect(upstream).await?;
+    let mut first = Vec::new();
+    // Kept alive while the connection is carried: a closed channel would read as a reset.
+    let untouched = watch::channel(State {
+        fault: Fault::Pass,
+        resets: 0,
+    });
+    if let Some(marker) = marker {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let n = client.read(&mut buffer).await?;
+        first.extend_from_slice(&buffer[..n]);
+        if !first.windows(marker.len()).any(|w| *w == *marker) {
+            state = untouched.0.subscribe();
+        }
+    }
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     // A close is a reset (RST), as when a middlebox drops a connection.
@@ -218,10 +251,16 @@ async fn carry(
         client_read,
         server_write,
         Way::Up,
-        state.clone(),
-        broken.clone(),
+        (state.clone(), broken.clone()),
+        first,
     );
-    let down = pump(server_read, client_write, Way::Down, state, broken);
+    let down = pump(
+        server_read,
+        client_write,
+        Way::Down,
+        (state, broken),
+        Vec::new(),
+    );
     let reset = async {
         loop {
             if resets.changed().await.is_err() {
@@ -241,13 +280,13 @@ async fn carry(
 
 /// Carries bytes one way, as the fault in force says. A delay is latency, not a limit on
 /// throughput: each chunk is written its delay after it was read, while later chunks are
-/// read on.
+/// read on. `first` holds bytes already read from `from`.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     way: Way,
-    mut state: watch::Receiver<State>,
-    broken: Arc<std::sync::atomic::AtomicBool>,
+    (mut state, broken): (watch::Receiver<State>, Arc<std::sync::atomic::AtomicBool>),
+    first: Vec<u8>,
 ) -> std::io::Result<()> {
     let (chunks, mut due) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(1024);
     let writer = async move {
@@ -259,8 +298,15 @@ async fn pump(
     };
     let reader = async move {
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut first = (!first.is_empty()).then_some(first);
         loop {
-            let n = from.read(&mut buffer).await?;
+            let n = match first.take() {
+                Some(bytes) => {
+                    buffer[..bytes.len()].copy_from_slice(&bytes);
+                    bytes.len()
+                }
+                None => from.read(&mut buffer).await?,
+            };
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
             }

@@ -189,6 +189,29 @@ impl PrivateRedisCluster {
     /// `Ok(None)`, after printing a `skipped:` line, when `redis-server` or `redis-cli` is
     /// not installed.
     pub fn start(masters: usize, replicas: usize) -> Result<Option<Self>, String> {
+        Self::start_with(masters, replicas, &[], None)
+    }
+
+    /// As [`start`](Self::start), but every node gets `args` too (an ACL user, say) and
+    /// tells the cluster and its clients that it listens on the port `announce` returns
+    /// for its real port (a [`FaultProxy`](crate::proxy::FaultProxy) in front of it,
+    /// say), so every client goes that way; the nodes reach each other on their own
+    /// cluster bus ports, not through it.
+    pub fn start_behind(
+        masters: usize,
+        replicas: usize,
+        args: &[&str],
+        mut announce: impl FnMut(u16) -> u16,
+    ) -> Result<Option<Self>, String> {
+        Self::start_with(masters, replicas, args, Some(&mut announce))
+    }
+
+    fn start_with(
+        masters: usize,
+        replicas: usize,
+        extra: &[&str],
+        mut announce: Option<&mut dyn FnMut(u16) -> u16>,
+    ) -> Result<Option<Self>, String> {
         if Command::new("redis-cli")
             .arg("--version")
             .stdout(Stdio::null())
@@ -210,10 +233,15 @@ impl PrivateRedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            // The bus port is chosen too: the default, 10000 above the node's port, does
+            // not exist for a port above 55535.
+            let bus = free_port().map_err(|e| format!("no free port: {e}"))?;
             let config = dir.0.join(format!("nodes-{port}.conf"));
             let args = [
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                &bus.to_string(),
                 "--cluster-config-file",
                 &config.display().to_string(),
                 "--cluster-node-timeout",
@@ -228,9 +256,19 @@ impl PrivateRedisCluster {
                 &dir.0.display().to_string(),
             ]
             .map(str::to_owned);
+            let mut args = args.to_vec();
+            args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+            if let Some(announce) = announce.as_mut() {
+                args.extend([
+                    "--cluster-announce-port".to_owned(),
+                    announce(port).to_string(),
+                    "--cluster-announce-bus-port".to_owned(),
+                    bus.to_string(),
+                ]);
+            }
             let mut node = PrivateRedis {
                 port,
-                args: args.to_vec(),
+                args,
                 child: None,
                 tls: false,
                 sentinel_config: None,
