@@ -20,7 +20,7 @@ commands:
   features                         each library crate with no features, then each alone
   msrv                             cargo check on the declared rust-version (if installed)
   tidy                             the repository's own lints
-  test                             every crate's tests, all features
+  test                             every crate's tests, all features; the lock store's without `tls`
   binaries                         each binary built alone, against every URL kind its help names
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
   bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
@@ -354,6 +354,21 @@ fn test() -> Result {
     run(
         "test",
         cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+    )?;
+    // What only a build without a feature does: the networked backends without `tls`
+    // refuse the URLs that ask for it.
+    run(
+        "test-without-tls",
+        cargo().args([
+            "test",
+            "-p",
+            "conc-lock-store",
+            "--lib",
+            "--no-default-features",
+            "--features",
+            "postgres,redis,etcd",
+            "without_tls",
+        ]),
     )
 }
 

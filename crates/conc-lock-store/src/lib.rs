@@ -16,8 +16,9 @@
 //! Backends: [`MemoryLockStore`] (one process), [`SqliteLockStore`] (feature `sqlite`, the
 //! default: one machine, several processes), and PostgreSQL, Redis (one server, a Redis
 //! Cluster, or a primary that Sentinels watch) and etcd (feature `etcd`: a consensus store,
-//! whose locks survive a leader failover) for many machines.
-//! Each one passes the same `conformance` suite (feature `conformance`).
+//! whose locks survive a leader failover) for many machines (features `postgres` and
+//! `redis`; TLS to them is the `tls` feature). Each one passes the same `conformance` suite
+//! (feature `conformance`).
 //!
 //! # Example
 //!

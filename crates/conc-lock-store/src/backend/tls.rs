@@ -1,11 +1,15 @@
-//! URL options of conc's own (`sslrootcert`), and the rustls client configuration the
-//! PostgreSQL and Redis backends share.
+//! URL options of conc's own (`sslrootcert`), the rustls client configuration the
+//! PostgreSQL and Redis backends share, and the error a URL that asks for TLS gets from a
+//! build without the `tls` feature.
 
+#[cfg(feature = "tls")]
 use std::path::Path;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 use std::path::PathBuf;
 
-use crate::error::{ConnectFailure, LockError};
+#[cfg(feature = "tls")]
+use crate::error::ConnectFailure;
+use crate::error::LockError;
 
 /// A URL with conc's own query options taken out.
 #[cfg(any(feature = "postgres", feature = "redis"))]
@@ -60,7 +64,19 @@ pub(crate) fn split(url: &str) -> SplitUrl {
     }
 }
 
+/// The error for a URL that asks for TLS (`what`: the part of it that does) in a build
+/// without the `tls` feature: a configuration error, never transient.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn not_built(backend: &'static str, what: &str) -> LockError {
+    LockError::InvalidUrl {
+        reason: format!(
+            "the {backend} URL asks for TLS ({what}), and this build of conc-lock-store has none: enable its `tls` feature (conc-lock-store = {{ features = [\"{backend}\", \"tls\"] }}), or reach the server without TLS"
+        ),
+    }
+}
+
 /// The PEM bytes of `path`, or a typed error naming it.
+#[cfg(feature = "tls")]
 pub(crate) fn read_root_cert(backend: &'static str, path: &Path) -> Result<Vec<u8>, LockError> {
     std::fs::read(path).map_err(|e| LockError::Connect {
         backend,
@@ -70,8 +86,10 @@ pub(crate) fn read_root_cert(backend: &'static str, path: &Path) -> Result<Vec<u
 }
 
 /// A rustls client configuration trusting the public web roots and, if given, the PEM
-/// certificates in `root_cert`.
-#[cfg(feature = "postgres")]
+/// certificates in `root_cert`; its crypto is the process's default provider when the
+/// application installed one (`CryptoProvider::install_default`, aws-lc-rs's for
+/// post-quantum key exchange, say), else *ring*'s.
+#[cfg(all(feature = "postgres", feature = "tls"))]
 pub(crate) fn client_config(
     backend: &'static str,
     root_cert: Option<&Path>,
@@ -107,12 +125,23 @@ pub(crate) fn client_config(
             )));
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(ring_provider);
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// *ring*'s provider: rustls 0.23.48 deprecates it for want of post-quantum key exchange,
+/// and keeps it; it is what builds everywhere without a C toolchain, so it stays the
+/// fallback when the application installed no provider of its own.
+#[cfg(all(feature = "postgres", feature = "tls"))]
+#[allow(deprecated)]
+fn ring_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
 
 #[cfg(all(test, any(feature = "postgres", feature = "redis")))]
@@ -131,5 +160,68 @@ mod tests {
         assert_eq!(parts.ssl_mode.as_deref(), Some("verify-full"));
         assert_eq!(split("redis://h:1").url, "redis://h:1");
         assert_eq!(split("rediss://h:1?sslrootcert=/a").url, "rediss://h:1");
+    }
+}
+
+/// A build without the `tls` feature refuses, before any connection, every URL that asks
+/// for TLS, naming the feature; a URL that may go plain connects plain.
+#[cfg(all(test, not(feature = "tls")))]
+mod without_tls {
+    use crate::error::LockError;
+
+    async fn refused(url: &str, what: &str) {
+        match crate::connect(url).await {
+            Err(LockError::InvalidUrl { reason }) => {
+                assert!(
+                    reason.contains("`tls` feature") && reason.contains(what),
+                    "{url}: {reason}"
+                );
+            }
+            Err(other) => panic!("{url}: not refused as a URL: {other}"),
+            Ok(_) => panic!("{url}: connected without TLS"),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_urls_that_insist_on_tls_are_refused() {
+        // Port 1: nothing listens, so only a refusal before connecting passes.
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u@127.0.0.1:1/db?sslmode={mode}");
+            refused(&url, &format!("sslmode={mode}")).await;
+        }
+        refused(
+            "postgres://u@127.0.0.1:1/db?sslrootcert=/ca.pem",
+            "sslrootcert=/ca.pem",
+        )
+        .await;
+        // `prefer` may go plain, as libpq without SSL does: the error is the connection's.
+        let config = crate::PostgresConfig::default();
+        assert!(
+            crate::postgres_pool("postgres://u@127.0.0.1:1/db?sslmode=prefer", &config).is_ok()
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_urls_that_ask_for_tls_are_refused() {
+        refused("rediss://127.0.0.1:1", "rediss://").await;
+        refused("rediss+cluster://127.0.0.1:1,127.0.0.1:2", "rediss://").await;
+        refused(
+            "rediss+sentinel://127.0.0.1:1/primary",
+            "rediss+sentinel://",
+        )
+        .await;
+        refused(
+            "redis://127.0.0.1:1?sslrootcert=/ca.pem",
+            "sslrootcert=/ca.pem",
+        )
+        .await;
+    }
+
+    #[cfg(feature = "etcd")]
+    #[tokio::test]
+    async fn etcd_urls_that_ask_for_tls_are_refused() {
+        refused("etcds://127.0.0.1:1", "etcds://").await;
     }
 }

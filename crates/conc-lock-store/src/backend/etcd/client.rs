@@ -126,6 +126,11 @@ impl EtcdLockStore {
                 .with_user(user, password)
                 .with_auto_token_refresh(true);
         }
+        #[cfg(not(feature = "tls"))]
+        if endpoints.urls.iter().any(|u| u.starts_with("https://")) {
+            return Err(crate::backend::tls::not_built(BACKEND, "etcds://"));
+        }
+        #[cfg(feature = "tls")]
         if endpoints.urls.iter().any(|u| u.starts_with("https://")) {
             let mut tls = etcd_client::TlsOptions::new().with_enabled_roots();
             if let Some(path) = &endpoints.root_cert {

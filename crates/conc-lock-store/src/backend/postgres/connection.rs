@@ -8,6 +8,25 @@ use crate::error::LockError;
 
 use super::{BACKEND, PostgresConfig, PostgresPoolMode};
 
+/// The TLS connector of the pools and the notification connections: rustls with the `tls`
+/// feature; without it, a type that never connects with TLS (a URL that asks for it is
+/// refused before any connection is made).
+#[cfg(feature = "tls")]
+pub(super) type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+/// The TLS connector of the pools and the notification connections: none (this build has
+/// no `tls` feature, and a URL that insists on TLS is refused).
+#[cfg(not(feature = "tls"))]
+pub(super) type Tls = NoTls;
+
+/// A connector of its own for each connection.
+#[allow(
+    clippy::clone_on_copy,
+    reason = "`Tls` is `Copy` only in a build without the `tls` feature"
+)]
+pub(super) fn connector(tls: &Tls) -> Tls {
+    tls.clone()
+}
+
 pub(super) fn identifier(name: &str, what: &str) -> Result<String, LockError> {
     let valid = !name.is_empty()
         && name.len() <= 63
@@ -90,8 +109,11 @@ pub fn pooler_symptom(error: &tokio_postgres::Error) -> Option<String> {
 /// `sslrootcert=PATH`), plain otherwise; `statement_timeout` = `op_timeout` on every
 /// connection; connect and wait timeouts from `config`. A server certificate that does not
 /// verify is refused ([`ConnectFailure::Tls`](crate::error::ConnectFailure::Tls)); there is no
-/// silent fallback to plaintext. Share it with [`PostgresLockStore`](crate::PostgresLockStore) and the session store,
-/// or with the rest of a service.
+/// silent fallback to plaintext. Without the `tls` feature, a URL whose `sslmode` insists on
+/// TLS (`require`, `verify-ca`, `verify-full`) or that names `sslrootcert` is refused with
+/// [`LockError::InvalidUrl`](crate::LockError::InvalidUrl) naming the feature. Share it
+/// with [`PostgresLockStore`](crate::PostgresLockStore) and the session store, or with the
+/// rest of a service.
 pub fn postgres_pool(url: &str, config: &PostgresConfig) -> Result<Pool, LockError> {
     build_pool(url, config).map(|(pool, _, _)| pool)
 }
@@ -100,14 +122,7 @@ pub fn postgres_pool(url: &str, config: &PostgresConfig) -> Result<Pool, LockErr
 pub(super) fn build_pool(
     url: &str,
     config: &PostgresConfig,
-) -> Result<
-    (
-        Pool,
-        tokio_postgres::Config,
-        Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    ),
-    LockError,
-> {
+) -> Result<(Pool, tokio_postgres::Config, Option<Tls>), LockError> {
     let split = crate::backend::tls::split(url);
     crate::util::options::refuse_unknown(
         &split.url,
@@ -141,17 +156,32 @@ pub(super) fn build_pool(
         )
     });
     // TLS only when asked for: a URL without `sslmode` stays plain, as before.
+    #[cfg(feature = "tls")]
     let tls = match split.ssl_mode.as_deref() {
         None | Some("disable") => None,
         Some(_) => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
             crate::backend::tls::client_config(BACKEND, split.root_cert.as_deref())?,
         )),
     };
+    // Without TLS built in, a URL that may go plain does (as libpq built without SSL
+    // does); one that insists on TLS is refused, naming the feature.
+    #[cfg(not(feature = "tls"))]
+    let tls: Option<Tls> = match (split.ssl_mode.as_deref(), &split.root_cert) {
+        (_, Some(path)) => {
+            let what = format!("sslrootcert={}", path.display());
+            return Err(crate::backend::tls::not_built(BACKEND, &what));
+        }
+        (None | Some("disable" | "allow" | "prefer"), None) => None,
+        (Some(mode), None) => {
+            let what = format!("sslmode={mode}");
+            return Err(crate::backend::tls::not_built(BACKEND, &what));
+        }
+    };
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
     let manager = match &tls {
-        Some(tls) => Manager::from_config(pg.clone(), tls.clone(), manager_config),
+        Some(tls) => Manager::from_config(pg.clone(), connector(tls), manager_config),
         None => Manager::from_config(pg.clone(), NoTls, manager_config),
     };
     let mut builder = Pool::builder(manager);

@@ -13,7 +13,7 @@ use crate::notify::Watchers;
 /// tell what it missed) and connects again. Ends when the store is dropped.
 pub(super) async fn listen(
     config: tokio_postgres::Config,
-    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    tls: Option<super::connection::Tls>,
     channel: String,
     watchers: Weak<Watchers>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
@@ -23,7 +23,8 @@ pub(super) async fn listen(
         let session = async {
             match &tls {
                 Some(tls) => {
-                    let (client, connection) = config.connect(tls.clone()).await?;
+                    let (client, connection) =
+                        config.connect(super::connection::connector(tls)).await?;
                     listen_on(client, connection, &channel, &watchers).await
                 }
                 None => {

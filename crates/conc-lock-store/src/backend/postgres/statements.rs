@@ -35,10 +35,7 @@ impl PostgresLockStore {
     pub(super) async fn build(
         pool: Pool,
         config: PostgresConfig,
-        listener: Option<(
-            tokio_postgres::Config,
-            Option<tokio_postgres_rustls::MakeRustlsConnect>,
-        )>,
+        listener: Option<(tokio_postgres::Config, Option<super::connection::Tls>)>,
     ) -> Result<Self, LockError> {
         let schema = identifier(&config.schema, "schema")?;
         let table = identifier(&config.table, "table")?;

@@ -80,12 +80,16 @@ impl RedisLockStore {
         config: RedisConfig,
     ) -> Result<Self, LockError> {
         let mut urls = Vec::new();
+        #[cfg(feature = "tls")]
         let mut root_cert = None;
         for node in nodes {
             let split = crate::backend::tls::split(node.as_ref());
+            #[cfg(feature = "tls")]
             if let Some(path) = &split.root_cert {
                 root_cert = Some(crate::backend::tls::read_root_cert(BACKEND, path)?);
             }
+            #[cfg(not(feature = "tls"))]
+            super::connection::refuse_tls(&split.url, split.root_cert.as_deref())?;
             urls.push(split.url);
         }
         if urls.is_empty() {
@@ -93,10 +97,12 @@ impl RedisLockStore {
                 reason: "a Redis Cluster needs at least one node URL".into(),
             });
         }
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.op_timeout)
             .retries(2);
+        #[cfg(feature = "tls")]
         if let Some(pem) = &root_cert {
             builder = builder.certs(redis::TlsCertificates {
                 client_tls: None,

@@ -148,7 +148,10 @@ pub(super) fn client_for(url: &str) -> Result<redis::Client, LockError> {
         "a Redis URL",
         "prefix, allow_eviction, min_replicas, replica_timeout, op_timeout and connect_timeout",
     )?;
-    match &split.root_cert {
+    #[cfg(not(feature = "tls"))]
+    refuse_tls(&split.url, split.root_cert.as_deref())?;
+    #[cfg(feature = "tls")]
+    let client = match &split.root_cert {
         Some(path) => redis::Client::build_with_tls(
             split.url.as_str(),
             redis::TlsCertificates {
@@ -157,10 +160,31 @@ pub(super) fn client_for(url: &str) -> Result<redis::Client, LockError> {
             },
         ),
         None => redis::Client::open(split.url.as_str()),
-    }
-    .map_err(|e| LockError::InvalidUrl {
+    };
+    #[cfg(not(feature = "tls"))]
+    let client = redis::Client::open(split.url.as_str());
+    client.map_err(|e| LockError::InvalidUrl {
         reason: format!("bad Redis URL: {e}"),
     })
+}
+
+/// In a build without the `tls` feature, refuses a URL that asks for TLS (`rediss…://`, or
+/// a root certificate to trust), naming the feature.
+#[cfg(not(feature = "tls"))]
+pub(super) fn refuse_tls(url: &str, root_cert: Option<&std::path::Path>) -> Result<(), LockError> {
+    if let Some((scheme, _)) = url.split_once("://")
+        && scheme.starts_with("rediss")
+    {
+        let what = format!("{scheme}://");
+        return Err(crate::backend::tls::not_built(BACKEND, &what));
+    }
+    match root_cert {
+        Some(path) => {
+            let what = format!("sslrootcert={}", path.display());
+            Err(crate::backend::tls::not_built(BACKEND, &what))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Escapes the glob characters of `text` for `SCAN … MATCH`.

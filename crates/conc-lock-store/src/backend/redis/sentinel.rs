@@ -20,6 +20,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, TlsMode};
 
 use crate::error::LockError;
 
+#[cfg(feature = "tls")]
 use super::BACKEND;
 
 /// A request unanswered for this long drops the connection it went out on.
@@ -178,10 +179,19 @@ impl SentinelConnection {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self, LockError> {
+        #[cfg(feature = "tls")]
         let root_cert = match &target.root_cert {
             Some(path) => Some(crate::backend::tls::read_root_cert(BACKEND, path)?),
             None => None,
         };
+        #[cfg(not(feature = "tls"))]
+        if target.tls || target.root_cert.is_some() {
+            let scheme = if target.tls { "rediss" } else { "redis" };
+            super::connection::refuse_tls(
+                &format!("{scheme}+sentinel://"),
+                target.root_cert.as_deref(),
+            )?;
+        }
         let addresses = target.sentinels.iter().map(|(host, port)| {
             if target.tls {
                 ConnectionAddr::TcpTls {
@@ -217,6 +227,7 @@ impl SentinelConnection {
             builder = builder
                 .set_client_to_redis_tls_mode(TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            #[cfg(feature = "tls")]
             if let Some(pem) = root_cert {
                 let certificates = || redis::TlsCertificates {
                     client_tls: None,
