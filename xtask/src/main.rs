@@ -9,19 +9,21 @@ use std::time::{Duration, Instant};
 use xtask::{report, tidy, workspace_root};
 
 mod binaries;
+mod latest;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
   ci                               fmt, clippy, tidy, features, msrv, test, binaries, loom, doc,
-                                   bench build
+                                   bench build, latest
   lint                             fmt check, clippy, tidy
   features                         each library crate with no features, then each alone
   msrv                             cargo check on the declared rust-version (if installed)
   tidy                             the repository's own lints
   test                             every crate's tests, all features; the lock store's without `tls`
   binaries                         each binary built alone, against every URL kind its help names
+  latest                           clippy against the newest compatible versions (a copy, updated)
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
   bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
   bench-report DIR OUT MACHINE     the report of a criterion directory from another machine
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Some("tidy") => step_tidy(),
         Some("test") => test(),
         Some("binaries") => binaries::binaries(),
+        Some("latest") => latest::latest(),
         Some("loom") => loom(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("bench-report") => bench_report(&args[1..]),
@@ -104,6 +107,7 @@ fn ci() -> Result {
         "bench-build",
         cargo().args(["bench", "--workspace", "--all-features", "--no-run"]),
     )?;
+    latest::latest()?;
     run(
         "clippy-sqlx-peers",
         cargo()
