@@ -10,19 +10,21 @@ use xtask::{report, tidy, workspace_root};
 
 mod binaries;
 mod latest;
+mod wasm;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                               fmt, clippy, tidy, features, msrv, test, binaries, loom, doc,
-                                   bench build, latest
+  ci                               fmt, clippy, tidy, features, msrv, test, binaries, loom, wasm,
+                                   doc, bench build, latest
   lint                             fmt check, clippy, tidy
   features                         each library crate with no features, then each alone
   msrv                             cargo check on the declared rust-version (if installed)
   tidy                             the repository's own lints
   test                             every crate's tests, all features; the lock store's without `tls`
   binaries                         each binary built alone, against every URL kind its help names
+  wasm                             conc-core and conc-retry's WebAssembly tests, in Node and Chromium
   latest                           clippy against the newest compatible versions (a copy, updated)
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
   bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("binaries") => binaries::binaries(),
         Some("latest") => latest::latest(),
+        Some("wasm") => wasm::wasm(),
         Some("loom") => loom(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("bench-report") => bench_report(&args[1..]),
@@ -102,6 +105,7 @@ fn ci() -> Result {
     test()?;
     binaries::binaries()?;
     loom(&[])?;
+    wasm::wasm()?;
     doc()?;
     run(
         "bench-build",

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::time::Instant;
 
 /// A budget that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

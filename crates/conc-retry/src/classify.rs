@@ -9,7 +9,7 @@
 //! | `Aborted` | never | no (an outcome, not a failure) |
 
 use std::io;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use conc_core::Aborted;
 
@@ -173,10 +173,9 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    // Through the Unix epoch: std's `SystemTime::now` panics on WebAssembly.
+    let at = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(at.saturating_sub(crate::time::unix_now()))
 }
 
 #[cfg(test)]
@@ -192,7 +191,8 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(past), Some(Duration::ZERO), "{past}");
         }
-        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let later =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
         let parsed = parse_retry_after(&later).expect("a future IMF-fixdate");
         assert!(parsed > Duration::from_secs(110) && parsed <= Duration::from_secs(120));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 PST"), None);

@@ -52,6 +52,7 @@ mod classify;
 mod loom;
 mod policy;
 mod retry;
+mod time;
 #[cfg(feature = "tower")]
 mod tower;
 

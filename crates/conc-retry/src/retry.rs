@@ -4,8 +4,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::time::Instant;
 use conc_core::AbortSignal;
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::breaker::CircuitBreaker;
@@ -424,7 +424,7 @@ impl<'a, E> Retry<'a, E> {
             // The timeout's timer is boxed: it is big, and the common path has none.
             let attempt = async {
                 match limit {
-                    Some(limit) => Box::pin(tokio::time::timeout(limit, operation()))
+                    Some(limit) => Box::pin(crate::time::timeout(limit, operation()))
                         .await
                         .map_err(|_| AttemptTimeout { limit }),
                     None => Ok(operation().await),
@@ -542,7 +542,7 @@ impl<'a, E> Retry<'a, E> {
         metrics::counter!("conc_retry_retries_total").increment(1);
         let signal = self.signal.clone().unwrap_or_else(AbortSignal::never);
         if signal
-            .run_until_aborted(tokio::time::sleep(delay))
+            .run_until_aborted(crate::time::sleep(delay))
             .await
             .is_err()
         {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::time::Instant;
 
 use super::error::BreakerConfigError;
 use super::state::{Core, CoreConfig, StateChange};

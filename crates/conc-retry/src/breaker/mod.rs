@@ -52,7 +52,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::time::Instant;
 
 pub use self::builder::CircuitBreakerBuilder;
 pub use self::error::{BreakerConfigError, BreakerError, CircuitOpen};
