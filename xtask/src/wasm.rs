@@ -5,15 +5,18 @@
 //! with `cargo install` when it is missing. A machine without them (no rustup download,
 //! no registry) prints a `skipped:` line naming what is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{Result, cargo, run};
 
 const TARGET: &str = "wasm32-unknown-unknown";
 
-/// The crates and their WebAssembly test targets.
-const TESTS: &[(&str, &str)] = &[("conc-core", "core_wasm"), ("conc-retry", "retry_wasm")];
+/// The crates, their WebAssembly test targets and the features to test them with.
+const TESTS: &[(&str, &str, &str)] = &[
+    ("conc-core", "core_wasm", "web"),
+    ("conc-retry", "retry_wasm", ""),
+];
 
 pub(crate) fn wasm() -> Result {
     if !target_installed() {
@@ -31,26 +34,58 @@ pub(crate) fn wasm() -> Result {
     let Some(runner) = runner()? else {
         return Ok(());
     };
-    for (krate, _) in TESTS {
+    for (krate, _, features) in TESTS {
         run(
             &format!("wasm-build {krate}"),
             cargo().args(["build", "-p", krate, "--target", TARGET]),
         )?;
+        if !features.is_empty() {
+            run(
+                &format!("wasm-build {krate} --features {features}"),
+                cargo().args([
+                    "build",
+                    "-p",
+                    krate,
+                    "--target",
+                    TARGET,
+                    "--features",
+                    features,
+                ]),
+            )?;
+        }
     }
+    let has_node = Command::new("node").arg("--version").output().is_ok();
     let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists());
-    for (krate, test) in TESTS {
-        let mut node = cargo();
-        node.args(["test", "-p", krate, "--target", TARGET, "--test", test])
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner);
-        run(&format!("wasm-node {krate}"), &mut node)?;
+    for (krate, test, features) in TESTS {
+        let test_args = [
+            "test",
+            "-p",
+            krate,
+            "--target",
+            TARGET,
+            "--test",
+            test,
+            "--features",
+            features,
+        ];
+        if has_node {
+            let mut node = cargo();
+            node.args(test_args)
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner);
+            run(&format!("wasm-node {krate}"), &mut node)?;
+        } else {
+            println!(
+                "skipped: node is not installed, so {krate}'s WebAssembly tests do not run in Node"
+            );
+        }
         match &chromedriver {
             Some(driver) => {
                 let mut browser = cargo();
                 browser
-                    .args(["test", "-p", krate, "--target", TARGET, "--test", test])
+                    .args(test_args)
                     .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner)
                     .env("WASM_BINDGEN_USE_BROWSER", "1")
                     .env("CHROMEDRIVER", driver);
@@ -61,7 +96,62 @@ pub(crate) fn wasm() -> Result {
             ),
         }
     }
-    Ok(())
+    page(&runner, chromedriver.is_some())
+}
+
+/// The chat's Rust front end: `examples/chat-web` built for release, `wasm-bindgen
+/// --target web` into `target/chat-web/pkg` (with `wasm-opt -Oz` when binaryen is
+/// installed), then the chat-server's browser test of it.
+fn page(runner: &Path, chromium: bool) -> Result {
+    run(
+        "wasm-build chat-web",
+        cargo().args(["build", "-p", "chat-web", "--release", "--target", TARGET]),
+    )?;
+    let bindgen = runner.with_file_name("wasm-bindgen");
+    let out = crate::target_dir()?.join("chat-web").join("pkg");
+    let module = crate::target_dir()?
+        .join(TARGET)
+        .join("release")
+        .join("chat_web.wasm");
+    run(
+        "wasm-bindgen chat-web",
+        Command::new(&bindgen)
+            .args(["--target", "web", "--no-typescript", "--out-dir"])
+            .arg(&out)
+            .arg(&module),
+    )?;
+    let page = out.join("chat_web_bg.wasm");
+    if Command::new("wasm-opt").arg("--version").output().is_ok() {
+        run(
+            "wasm-opt chat-web",
+            Command::new("wasm-opt")
+                .args([
+                    "-Oz",
+                    "--enable-bulk-memory",
+                    "--enable-nontrapping-float-to-int",
+                ])
+                .arg(&page)
+                .arg("-o")
+                .arg(&page),
+        )?;
+    }
+    let size = std::fs::metadata(&page).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "xtask wasm: the page's module is {size} bytes ({})",
+        page.display()
+    );
+    if !chromium {
+        println!(
+            "skipped: chromedriver is not installed, so the Rust front end is not tested in Chromium"
+        );
+        return Ok(());
+    }
+    run(
+        "wasm-page chat-server browser_wasm",
+        cargo()
+            .args(["test", "-p", "chat-server", "--test", "browser_wasm"])
+            .env("CONC_CHAT_WEB_DIR", &out),
+    )
 }
 
 fn target_installed() -> bool {

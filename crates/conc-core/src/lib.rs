@@ -77,6 +77,8 @@ mod loom;
 mod mutex;
 mod sequence;
 mod spin;
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+mod web;
 
 #[cfg(all(test, loom))]
 mod tests;
@@ -88,6 +90,8 @@ pub use abort::{
 pub use idempotency::{IdempotencyError, IdempotencyKey, IdempotencyRegistry, KeyError};
 pub use mutex::{Lock, MappedMutexGuard, Mutex, MutexGuard, OwnedMutexGuard, TryLockError};
 pub use sequence::{Scope, SequenceGuard, SequenceToken};
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub use web::{WebAbortSignal, from_web};
 
 /// The crate's README, whose examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]

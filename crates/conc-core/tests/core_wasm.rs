@@ -143,3 +143,50 @@ async fn a_stop_aborts_the_work_in_flight() {
     };
     assert_eq!(stopped.reason(), &AbortReason::user("stop"));
 }
+
+/// conc's abort reaches the browser signal a `fetch` would watch, with its reason.
+#[cfg(feature = "web")]
+#[wasm_bindgen_test]
+fn a_conc_abort_aborts_the_browser_signal() {
+    let controller = conc_core::AbortController::new();
+    let web = controller.signal().to_web();
+    assert!(!web.signal().aborted());
+    controller.abort(AbortReason::Superseded);
+    assert!(web.signal().aborted());
+    let reason = web.signal().reason().as_string().unwrap();
+    assert_eq!(reason, AbortReason::Superseded.to_string());
+    // A signal that is already aborted gives an aborted browser signal.
+    assert!(controller.signal().to_web().signal().aborted());
+}
+
+/// Superseded work aborts its request: the browser signal of the first of two searches
+/// fires when the second begins.
+#[cfg(feature = "web")]
+#[wasm_bindgen_test]
+async fn superseded_work_aborts_its_browser_signal() {
+    let aborts = AbortManager::new();
+    let first = aborts.begin();
+    let web = first.signal().to_web();
+    let second = aborts.begin();
+    assert!(web.signal().aborted());
+    assert!(!second.signal().to_web().signal().aborted());
+}
+
+/// The browser's abort (an unmount, a user's controller) stops conc's work.
+#[cfg(feature = "web")]
+#[wasm_bindgen_test]
+async fn a_browser_abort_stops_concs_work() {
+    let browser = web_sys::AbortController::new().unwrap();
+    let signal = conc_core::from_web(&browser.signal());
+    let work = spawn(async move {
+        signal
+            .run_until_aborted(sleep(Duration::from_secs(60)))
+            .await
+    });
+    sleep(Duration::from_millis(5)).await;
+    browser.abort_with_reason(&wasm_bindgen::JsValue::from_str("unmounted"));
+    let stopped = work.await.unwrap_err();
+    assert_eq!(stopped.reason(), &AbortReason::user("unmounted"));
+    // Already aborted: the conc signal is too.
+    assert!(conc_core::from_web(&browser.signal()).is_aborted());
+}

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +40,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+
+mod web;
+pub use web::{MAX_SEARCH_DELAY, SearchStats};
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -76,6 +80,8 @@ pub struct AppState {
     supervisor: Supervisor,
     sequence: Arc<AtomicU64>,
     housekeeping: Arc<Housekeeping>,
+    web_dir: Option<Arc<PathBuf>>,
+    search: Arc<web::SearchStats>,
 }
 
 /// This server's part in the cluster's housekeeping (see
@@ -131,7 +137,17 @@ impl AppState {
             supervisor: Supervisor::new("chat-server").with_max_tasks(256),
             sequence: Arc::default(),
             housekeeping: Arc::default(),
+            web_dir: None,
+            search: Arc::default(),
         }
+    }
+
+    /// Serves the WebAssembly front end (`/app`) from `dir`: the output of
+    /// `wasm-bindgen --target web` for `examples/chat-web` (`cargo xtask wasm` writes it to
+    /// `target/chat-web/pkg`).
+    pub fn with_web_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.web_dir = Some(Arc::new(dir.into()));
+        self
     }
 
     /// Starts the cluster's housekeeping under the supervisor: every server on the same
@@ -295,6 +311,10 @@ pub fn router(state: AppState) -> Router {
             "/api/conversations",
             get(list_conversations).post(create_conversation),
         )
+        .route("/app", get(web::app_page))
+        .route("/wasm/{file}", get(web::wasm_file))
+        .route("/api/search", get(web::search))
+        .route("/api/search/stats", get(web::search_stats))
         .route("/api/conversations/{id}", get(get_conversation))
         .route("/api/conversations/{id}/messages", post(send_message))
         .route("/api/conversations/{id}/stop", post(stop))

@@ -38,6 +38,11 @@ struct Args {
     /// Share of generations that fail half-way, from 0 to 1.
     #[arg(long, default_value_t = 0.0, value_parser = share, allow_negative_numbers = true)]
     failure_rate: f64,
+    /// Serve the Rust front end (`/app?conversation=ID`) from this folder: the output of
+    /// `wasm-bindgen --target web` for `examples/chat-web` (`cargo xtask wasm` writes it to
+    /// `target/chat-web/pkg`).
+    #[arg(long)]
+    web_dir: Option<std::path::PathBuf>,
 }
 
 /// A share from 0 to 1 (`--failure-rate`): anything else is an error, not clamped.
@@ -90,11 +95,14 @@ async fn main() -> std::process::ExitCode {
         failure_rate: args.failure_rate,
         ..ModelConfig::default()
     };
-    let state = AppState::new(
+    let mut state = AppState::new(
         manager,
         model,
         args.queue_wait_ms.map(Duration::from_millis),
     );
+    if let Some(dir) = args.web_dir {
+        state = state.with_web_dir(dir);
+    }
     let identity = format!("{}#{}", args.addr, std::process::id());
     if let Err(e) = state
         .start_housekeeping(identity, ElectionConfig::default(), Duration::from_secs(30))

@@ -537,3 +537,66 @@ async fn housekeeping_runs_on_one_elected_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The Rust front end's routes: the search (its delay capped, its counters), the page's
+/// conversation id checked, the module's files refused without a folder to serve them.
+#[tokio::test(start_paused = true)]
+async fn the_front_end_routes_search_and_refuse_bad_input() {
+    let app = app(Duration::from_millis(10));
+    for id in ["conv-alpha", "conv-beta", "other"] {
+        let body = json!({ "id": id }).to_string();
+        let (status, _) = call(&app, "POST", "/api/conversations", Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{id}");
+    }
+    let (status, body) = call(&app, "GET", "/api/search?q=CONV&delay_ms=100", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut found: Vec<String> = serde_json::from_value(body["conversations"].clone()).unwrap();
+    found.sort();
+    assert_eq!(found, ["conv-alpha", "conv-beta"]);
+    // A delay past the cap waits the cap (paused time: it advances at once).
+    let started = tokio::time::Instant::now();
+    let (status, _) = call(&app, "GET", "/api/search?q=x&delay_ms=999999", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(started.elapsed(), chat_server::MAX_SEARCH_DELAY);
+    let (_, stats) = call(&app, "GET", "/api/search/stats", None).await;
+    assert_eq!(
+        stats,
+        json!({ "started": 2, "answered": 2, "abandoned": 0 })
+    );
+    // A search whose client goes away first is counted as abandoned.
+    let request = Request::builder()
+        .uri("/api/search?q=c&delay_ms=1000")
+        .body(Body::empty())
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_millis(10), app.clone().oneshot(request));
+    assert!(dropped.await.is_err());
+    let (_, stats) = call(&app, "GET", "/api/search/stats", None).await;
+    assert_eq!(
+        stats,
+        json!({ "started": 3, "answered": 2, "abandoned": 1 })
+    );
+
+    let (status, body) = call(&app, "GET", "/api/search?delay_ms=1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no q: {body}");
+    let (status, body) = call(&app, "GET", "/app?conversation=%3Cscript%3E", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("conversation="),
+        "{body}"
+    );
+    let (status, page) = call(&app, "GET", "/app?conversation=conv-alpha", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.as_str()
+            .unwrap()
+            .contains("data-conversation=\"conv-alpha\"")
+    );
+    let (status, body) = call(&app, "GET", "/wasm/chat_web.js", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"].as_str().unwrap().contains("--web-dir"),
+        "{body}"
+    );
+    let (status, _) = call(&app, "GET", "/wasm/secret.txt", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
