@@ -3,6 +3,7 @@
 
 pub mod report;
 pub mod tidy;
+pub mod wasm_size;
 
 use std::path::{Path, PathBuf};
 

@@ -27,7 +27,8 @@ commands:
   wasm                             conc-core and conc-retry's WebAssembly tests, in Node and Chromium
   latest                           clippy against the newest compatible versions (a copy, updated)
   loom [CRATE] [--preemptions N]   the loom models (default: every crate that has them, N = 3)
-  bench [--quick] [FILTER]         the criterion harness and target/conc-bench/report.md
+  bench [--quick] [--goals|FILTER] the criterion harness and target/conc-bench/report.md
+                                   (--goals: only the cases an issue sets a goal for)
   bench-report DIR OUT MACHINE     the report of a criterion directory from another machine
   services [--start]               whether PostgreSQL and Redis answer at the test URLs
 ";
@@ -503,7 +504,14 @@ const QUICK: [&str; 8] = [
 
 fn bench(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let goals = report::goal_filter();
+    let mut filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if args.iter().any(|a| a == "--goals") {
+        if !filter.is_empty() {
+            return Err("bench: --goals is a filter of its own; give no other".into());
+        }
+        filter.push(&goals);
+    }
     let features = bench_features();
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "conc-benches"]).args(&features);
@@ -531,9 +539,17 @@ fn bench(args: &[String]) -> Result {
     run("bench-sqlx-peers", &mut sqlx)?;
     // The hand-off latency is a distribution (p50, p99) and saturation a throughput per
     // concurrency level, not criterion cases: each writes a table of its own.
+    // The hand-off table holds goals of its own (p50 and p99 across processes).
+    let goals_only = args.iter().any(|a| a == "--goals");
     let tables: Vec<&str> = ["handoff", "scale"]
         .into_iter()
-        .filter(|bench| filter.is_empty() || filter.iter().any(|f| bench.contains(f.as_str())))
+        .filter(|bench| {
+            if goals_only {
+                *bench == "handoff"
+            } else {
+                filter.is_empty() || filter.iter().any(|f| bench.contains(f.as_str()))
+            }
+        })
         .collect();
     for bench in &tables {
         let mut table = cargo();

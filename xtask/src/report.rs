@@ -112,6 +112,12 @@ pub const GOALS: &[Goal] = &[
         "at most 0.5x tokio per hand-off",
     ),
     ratio(
+        "mutex_handoff",
+        "async-lock",
+        1.0,
+        "at most async-lock's hand-off (async-lock's is not FIFO)",
+    ),
+    ratio(
         "mutex_contended",
         "tokio",
         1.0,
@@ -157,20 +163,20 @@ pub const GOALS: &[Goal] = &[
     ratio(
         "lock_server_acquire_release",
         "rslock",
-        1.0,
-        "at most rslock's pair (Redlock on one instance)",
+        1.1,
+        "at most 1.1x rslock's pair (Redlock on one instance: no fence, no metadata)",
     ),
     ratio(
         "lock_server_acquire_release",
         "distributed-lock-redis",
-        1.0,
-        "at most distributed-lock-redis's pair",
+        1.1,
+        "at most 1.1x distributed-lock-redis's pair (no fence)",
     ),
     absolute(
         "redis_server_time",
         "raw-redis",
-        8_000.0,
-        "at most 8 µs a pair inside Redis (the raw pair's time beside it)",
+        12_000.0,
+        "at most 12 µs a pair inside Redis 7.0 (the raw pair's time beside it)",
     ),
     ratio(
         "retry_tower_success_path",
@@ -246,6 +252,15 @@ pub const GOALS: &[Goal] = &[
         "flat: 10^6 keys within 1.5x of 10^3",
     ),
 ];
+
+/// A criterion filter (a regular expression) that runs every case a goal names, and
+/// nothing else: `cargo xtask bench --goals`.
+pub fn goal_filter() -> String {
+    let mut groups: Vec<&str> = GOALS.iter().map(|g| g.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    format!("^({})/", groups.join("|"))
+}
 
 /// The case whose goal compares a backend with itself at two loads: an acquire+release
 /// pair with 10^6 live keys against the same with 10^3 (the "peer" of the row).
@@ -557,21 +572,30 @@ mod tests {
     }
 
     #[test]
+    fn the_goal_filter_names_every_goal_case() {
+        let filter = goal_filter();
+        assert!(filter.starts_with("^(") && filter.ends_with(")/"));
+        for goal in GOALS {
+            assert!(filter.contains(goal.group), "{}", goal.group);
+        }
+    }
+
+    #[test]
     fn an_absolute_goal_judges_concs_own_time() {
         let rows = rows_of(&[
-            ("redis_server_time", "conc", "", 7_000.0),
+            ("redis_server_time", "conc", "", 11_000.0),
             ("redis_server_time", "raw-redis", "", 1_000.0),
         ]);
         assert_eq!(
             rows[0].verdict(),
             Some(true),
-            "7 µs is within 8 µs, whatever the ratio"
+            "11 µs is within 12 µs, whatever the ratio"
         );
         let rows = rows_of(&[
-            ("redis_server_time", "conc", "", 9_000.0),
-            ("redis_server_time", "raw-redis", "", 8_500.0),
+            ("redis_server_time", "conc", "", 13_000.0),
+            ("redis_server_time", "raw-redis", "", 12_500.0),
         ]);
-        assert_eq!(rows[0].verdict(), Some(false), "9 µs is over 8 µs");
+        assert_eq!(rows[0].verdict(), Some(false), "13 µs is over 12 µs");
     }
 
     fn rows_of(ms: &[(&str, &str, &str, f64)]) -> Vec<Row> {

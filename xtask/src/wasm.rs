@@ -35,6 +35,16 @@ pub(crate) fn wasm() -> Result {
         return Ok(());
     };
     for (krate, _, features) in TESTS {
+        // What docs.rs builds for the target: the docs, every feature the target takes.
+        let mut doc = cargo();
+        doc.args(["doc", "--no-deps", "-p", krate, "--target", TARGET]);
+        if !features.is_empty() {
+            doc.args(["--features", features]);
+        }
+        run(
+            &format!("wasm-doc {krate}"),
+            doc.env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
         run(
             &format!("wasm-build {krate}"),
             cargo().args(["build", "-p", krate, "--target", TARGET]),
@@ -99,19 +109,27 @@ pub(crate) fn wasm() -> Result {
     page(&runner, chromedriver.is_some())
 }
 
-/// The chat's Rust front end: `examples/chat-web` built for release, `wasm-bindgen
-/// --target web` into `target/chat-web/pkg` (with `wasm-opt -Oz` when binaryen is
-/// installed), then the chat-server's browser test of it.
+/// The chat's Rust front end: `examples/chat-web` built with the `wasm-release` profile,
+/// `wasm-bindgen --target web` into `target/chat-web/pkg`, its size reported, then the
+/// chat-server's browser test of it.
 fn page(runner: &Path, chromium: bool) -> Result {
     run(
         "wasm-build chat-web",
-        cargo().args(["build", "-p", "chat-web", "--release", "--target", TARGET]),
+        cargo().args([
+            "build",
+            "-p",
+            "chat-web",
+            "--profile",
+            "wasm-release",
+            "--target",
+            TARGET,
+        ]),
     )?;
     let bindgen = runner.with_file_name("wasm-bindgen");
     let out = crate::target_dir()?.join("chat-web").join("pkg");
     let module = crate::target_dir()?
         .join(TARGET)
-        .join("release")
+        .join("wasm-release")
         .join("chat_web.wasm");
     run(
         "wasm-bindgen chat-web",
@@ -121,25 +139,7 @@ fn page(runner: &Path, chromium: bool) -> Result {
             .arg(&module),
     )?;
     let page = out.join("chat_web_bg.wasm");
-    if Command::new("wasm-opt").arg("--version").output().is_ok() {
-        run(
-            "wasm-opt chat-web",
-            Command::new("wasm-opt")
-                .args([
-                    "-Oz",
-                    "--enable-bulk-memory",
-                    "--enable-nontrapping-float-to-int",
-                ])
-                .arg(&page)
-                .arg("-o")
-                .arg(&page),
-        )?;
-    }
-    let size = std::fs::metadata(&page).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "xtask wasm: the page's module is {size} bytes ({})",
-        page.display()
-    );
+    report_size(&page)?;
     if !chromium {
         println!(
             "skipped: chromedriver is not installed, so the Rust front end is not tested in Chromium"
@@ -152,6 +152,60 @@ fn page(runner: &Path, chromium: bool) -> Result {
             .args(["test", "-p", "chat-server", "--test", "browser_wasm"])
             .env("CONC_CHAT_WEB_DIR", &out),
     )
+}
+
+/// The page's size, gzipped, and conc-core's share of it, into
+/// `target/conc-bench/wasm-size.md`; fails when conc-core's share passes its budget.
+fn report_size(page: &Path) -> Result {
+    let bytes = std::fs::read(page).map_err(|e| format!("{}: {e}", page.display()))?;
+    let sizes = xtask::wasm_size::measure(&bytes, "conc_core")?;
+    // What ships: the module without its names (kept above to name conc-core's part).
+    let shipped = xtask::wasm_size::strip_custom_sections(&bytes)?;
+    let stripped = page.with_extension("stripped.wasm");
+    std::fs::write(&stripped, &shipped).map_err(|e| format!("{}: {e}", stripped.display()))?;
+    let gzip = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(&stripped)
+        .output()
+        .map_err(|e| format!("gzip could not start: {e}"))?;
+    if !gzip.status.success() {
+        return Err(format!("gzip failed ({})", gzip.status));
+    }
+    let gzipped = gzip.stdout.len() as f64;
+    let kb = |bytes: f64| bytes / 1024.0;
+    // conc-core's functions' share of the shipped module, applied to the gzipped size.
+    let share = sizes.crate_code as f64 / shipped.len().max(1) as f64;
+    let core = gzipped * share;
+    let table = format!(
+        "# WebAssembly size\n\n\
+         The chat's Rust front end (`examples/chat-web`): profile `wasm-release` (opt-level z, \
+         LTO), `wasm-bindgen --target web`, custom sections (names) stripped; no `wasm-opt` \
+         (Debian 12's binaryen 108 breaks wasm-bindgen's externref table).\n\
+         conc-core's share: the bodies of the functions named for it (code inlined elsewhere \
+         counts for its caller), as a share of the module, applied to the gzipped size.\n\n\
+         | module | raw | gzipped | conc-core (raw) | conc-core (gzipped, est.) | budget |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n\
+         | chat_web_bg.wasm | {:.1} KB | {:.1} KB | {:.1} KB | {:.1} KB | 30 KB |\n",
+        kb(shipped.len() as f64),
+        kb(gzipped),
+        kb(sizes.crate_code as f64),
+        kb(core),
+    );
+    let dir = crate::target_dir()?.join("conc-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("wasm-size.md"), &table).map_err(|e| format!("wasm-size.md: {e}"))?;
+    eprint!("{table}");
+    if sizes.named == 0 {
+        println!(
+            "skipped: the page's module has no name section, so conc-core's share is not measured"
+        );
+    } else if kb(core) > 30.0 {
+        return Err(format!(
+            "conc-core takes {:.1} KB of the page gzipped, over its 30 KB budget",
+            kb(core)
+        ));
+    }
+    Ok(())
 }
 
 fn target_installed() -> bool {

@@ -2,13 +2,13 @@
 //! chat-server at `/app`: the page's logic on conc-core's primitives, the way a chat
 //! client uses them.
 //!
-//! - Search as you type: each keystroke takes a [`SequenceGuard`] token and begins an
-//!   [`AbortManager`] lease; the lease's signal, linked to the browser's
-//!   ([`AbortSignal::to_web`](conc_core::AbortSignal::to_web)), aborts the previous
+//! - Search as you type: each keystroke takes a `SequenceGuard` token and begins an
+//!   `AbortManager` lease; the lease's signal, linked to the browser's
+//!   (`AbortSignal::to_web`), aborts the previous
 //!   search's `fetch`, and an answer is shown only if its token is still current. The
 //!   server answers shorter queries later (`delay_ms`), so without both a stale answer
 //!   would land last.
-//! - Send: the click runs through an [`IdempotencyRegistry`] keyed by conversation and
+//! - Send: the click runs through an `IdempotencyRegistry` keyed by conversation and
 //!   text, so three quick clicks make one request.
 //! - Stop: aborts the page's watch of the reply and asks the server to stop the
 //!   generation.
