@@ -43,6 +43,41 @@ async fn a_change_before_the_first_poll_wakes_the_watch() {
     }
 }
 
+/// The watcher looks when the file changes, not only at its poll: with a poll interval of
+/// ten minutes, a watch still sees another store's (another process's) acquire, and then
+/// its release, within seconds, through the operating system's notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_the_file_wakes_the_watch_before_the_poll() {
+    use conc_lock_store::{LockRequest, SqliteConfig};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.db");
+    let config = || SqliteConfig::default().with_watch_interval(Duration::from_secs(600));
+    let watching: Arc<dyn LockStore> =
+        Arc::new(SqliteLockStore::open_with(&path, config()).await.unwrap());
+    let other: Arc<dyn LockStore> =
+        Arc::new(SqliteLockStore::open_with(&path, config()).await.unwrap());
+    let mut watch = watching
+        .watch("notified")
+        .expect("SQLite stores watch keys");
+    let lease = other
+        .try_acquire(&LockRequest::new(
+            "notified",
+            "other",
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the acquire in another store wakes the watch long before the 10-minute poll");
+    assert!(other.release(&lease).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the release in another store wakes the watch long before the 10-minute poll");
+}
+
 /// Two stores on one file see each other's locks, and fences keep rising across them.
 #[tokio::test]
 async fn two_stores_on_one_file_share_locks_and_fences() {

@@ -65,9 +65,12 @@ pub struct SqliteConfig {
     pub max_ttl: Duration,
     /// Jobs that may queue for the connection's thread (default 1024).
     pub queue: usize,
-    /// How often a watched key is checked for a change made by another process (default
-    /// 25 ms): SQLite has no notifications, so a cheap `PRAGMA data_version` tells when
-    /// anything changed, and only then are the watched keys read.
+    /// How often a watched key is checked for a change made by another process when no
+    /// notification of a change to the file comes (default 25 ms). The watcher looks at
+    /// once when the operating system reports that the database's files changed (inotify
+    /// on Linux), and every `watch_interval` as the fallback where it does not (a network
+    /// file system): a cheap `PRAGMA data_version` tells whether anything changed, and
+    /// only then are the watched keys read.
     pub watch_interval: Duration,
     /// Open the file read-only (default `false`): for looking, never writing. The file and
     /// its lock table must exist (nothing is created); acquire, release and cleanup fail.

@@ -1,9 +1,15 @@
-//! The watcher thread: finds other processes' changes to watched keys by polling the
-//! file's `PRAGMA data_version`, and reads the keys only when it moved.
+//! The watcher thread: finds other processes' changes to watched keys through the file's
+//! `PRAGMA data_version`, and reads the keys only when it moved. It looks when the
+//! database's files change (inotify, through the `notify` crate: a commit writes the WAL
+//! file, a checkpoint or a rollback-journal commit the main file) and, as the fallback where
+//! no notification comes (a network file system), every `interval`; with nothing watched it
+//! sleeps until a change or a quarter second, so an idle store costs no CPU.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::Weak;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -23,6 +29,12 @@ use super::lock_store::now_millis;
 /// the new watch is woken at once (a spurious wake-up, which watches allow).
 pub(super) fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: Duration) {
     let run = move || {
+        let events = FileEvents::start(&path);
+        let mut watched = false;
+        // Looks left soon after a change was reported: a commit's WAL write is reported
+        // before its writer updates the shared index that `data_version` reads, so the
+        // first look may come too early.
+        let mut rechecks = 0u32;
         let mut connection: Option<Connection> = None;
         let mut version: Option<i64> = None;
         // The number of the last completed poll on this connection, and `data_version` as
@@ -30,11 +42,29 @@ pub(super) fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: D
         let mut last_poll: Option<(u64, i64)> = None;
         let mut seen: HashMap<String, Option<String>> = HashMap::new();
         loop {
-            std::thread::sleep(interval.max(Duration::from_millis(1)));
+            let poll = interval.max(Duration::from_millis(1));
+            match &events {
+                // A change, or the fallback poll (the idle check when nothing is watched).
+                Some(events) => {
+                    let wait = if rechecks > 0 {
+                        rechecks -= 1;
+                        RECHECK.min(poll)
+                    } else if watched {
+                        poll
+                    } else {
+                        poll.max(IDLE_CHECK)
+                    };
+                    if events.changed.recv_timeout(wait).is_ok() {
+                        rechecks = RECHECKS;
+                    }
+                }
+                None => std::thread::sleep(poll),
+            }
             let Some(watchers) = watchers.upgrade() else {
                 return;
             };
-            if !watchers.is_watched() {
+            watched = watchers.is_watched();
+            if !watched {
                 seen.clear();
                 continue;
             }
@@ -121,5 +151,81 @@ pub(super) fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: D
         .spawn(run)
     {
         tracing::warn!(%error, "could not start the SQLite lock watcher; holders learn of a take-over at their next renewal");
+    }
+}
+
+/// After a reported change, the watcher looks again this often, [`RECHECKS`] times.
+const RECHECK: Duration = Duration::from_millis(1);
+
+/// How many looks follow a reported change (see [`RECHECK`]).
+const RECHECKS: u32 = 3;
+
+/// How long a watcher with nothing to watch sleeps between checks that its store is alive
+/// and still unwatched (a change to the files wakes it at once).
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Changes to the database's files, as the operating system reports them: a message (one at
+/// most waits; more changes before the watcher looks are one look) each time the main file
+/// or its WAL file is written or replaced. Readers write neither (their marks live in the
+/// `-shm` file), so the watcher's own reads wake nobody.
+struct FileEvents {
+    changed: Receiver<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl FileEvents {
+    /// `None` where the platform or the file system gives no notifications (the watcher
+    /// then polls every `interval`, as it always does besides).
+    fn start(path: &Path) -> Option<Self> {
+        use notify::Watcher as _;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name()?.to_os_string();
+        let mut wal = name.clone();
+        wal.push("-wal");
+        let (sender, changed) = sync_channel(1);
+        let mut watcher = notify::recommended_watcher(Self::handler(sender, [name, wal]))
+            .map_err(|error| {
+                tracing::debug!(%error, "no file notifications: the SQLite watcher polls only");
+            })
+            .ok()?;
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|error| {
+                tracing::debug!(%error, dir = %dir.display(), "cannot watch the database's folder: the SQLite watcher polls only");
+            })
+            .ok()?;
+        Some(Self {
+            changed,
+            _watcher: watcher,
+        })
+    }
+
+    fn handler(
+        sender: SyncSender<()>,
+        names: [OsString; 2],
+    ) -> impl Fn(notify::Result<notify::Event>) + Send + 'static {
+        move |event| {
+            let Ok(event) = event else {
+                // Events may have been lost: look.
+                let _ = sender.try_send(());
+                return;
+            };
+            let writes = matches!(
+                event.kind,
+                notify::EventKind::Modify(_)
+                    | notify::EventKind::Create(_)
+                    | notify::EventKind::Remove(_)
+            );
+            let ours = event.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|n| names.iter().any(|name| name == n))
+            });
+            if writes && ours {
+                let _ = sender.try_send(());
+            }
+        }
     }
 }
