@@ -1,9 +1,12 @@
 //! `cargo xtask wasm`: conc-core and conc-retry on `wasm32-unknown-unknown`, their
 //! WebAssembly tests (`tests/*_wasm.rs`, wasm-bindgen-test) run in Node and in headless
-//! Chromium (through chromedriver). The target comes from rustup; the test runner is
+//! Chromium (through chromedriver). The target comes from rustup where it can be added;
+//! where it cannot (no download), from Debian: `rustc-web`'s compiler, `rust-web-src`'s std
+//! sources built for the target (`-Zbuild-std`, in `target/wasm-debian`) and `lld`'s
+//! `wasm-ld` (`CONC_WASM_ROUTE=debian` takes that route anyway). The test runner is
 //! `wasm-bindgen-cli` at the version of `wasm-bindgen` in the lock file, installed once
-//! with `cargo install` when it is missing. A machine without them (no rustup download,
-//! no registry) prints a `skipped:` line naming what is missing.
+//! with `cargo install` when it is missing. A machine without them prints a `skipped:`
+//! line naming what is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,26 +21,80 @@ const TESTS: &[(&str, &str, &str)] = &[
     ("conc-retry", "retry_wasm", ""),
 ];
 
-pub(crate) fn wasm() -> Result {
-    if !target_installed() {
-        let added = Command::new("rustup")
-            .args(["target", "add", TARGET])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !added {
-            println!(
-                "skipped: the {TARGET} target is not installed and rustup could not add it, so the WebAssembly tests do not run"
-            );
-            return Ok(());
+/// How this machine builds for the target.
+struct Route {
+    /// Debian's compiler and std sources, not rustup's target.
+    debian: bool,
+    /// The target folder of the builds for the target.
+    target_dir: PathBuf,
+}
+
+impl Route {
+    /// rustup's target where it is (or can be) installed, else Debian's packages.
+    fn find() -> Result<Option<Self>> {
+        let forced = std::env::var("CONC_WASM_ROUTE").is_ok_and(|r| r == "debian");
+        if !forced
+            && (target_installed()
+                || Command::new("rustup")
+                    .args(["target", "add", TARGET])
+                    .status()
+                    .is_ok_and(|s| s.success()))
+        {
+            return Ok(Some(Self {
+                debian: false,
+                target_dir: crate::target_dir()?,
+            }));
         }
+        let packaged = Path::new(DEBIAN_RUSTC).exists()
+            && Path::new(DEBIAN_STD).exists()
+            && Command::new("wasm-ld").arg("--version").output().is_ok();
+        if !packaged {
+            println!(
+                "skipped: the {TARGET} target is not installed, rustup could not add it, and Debian's rustc-web, rust-web-src and lld are not all installed, so the WebAssembly tests do not run"
+            );
+            return Ok(None);
+        }
+        eprintln!("xtask wasm: building for {TARGET} with Debian's rustc-web and std sources");
+        Ok(Some(Self {
+            debian: true,
+            target_dir: crate::target_dir()?.join("wasm-debian"),
+        }))
     }
+
+    /// `cargo SUBCOMMAND` for the target: on the Debian route, its compiler, linker and a
+    /// std built from source.
+    fn cargo(&self, subcommand: &str) -> Command {
+        let mut cmd = cargo();
+        cmd.arg(subcommand)
+            .env("CARGO_TARGET_DIR", &self.target_dir);
+        if self.debian {
+            cmd.arg("-Zbuild-std=std,panic_abort")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("RUSTC", DEBIAN_RUSTC)
+                .env("RUSTDOC", DEBIAN_RUSTDOC)
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "wasm-ld");
+        }
+        cmd
+    }
+}
+
+/// Debian's `rustc-web` compiler and its rustdoc.
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_RUSTDOC: &str = "/usr/bin/rustdoc";
+/// Debian's `rust-web-src`: std's sources, for `-Zbuild-std`.
+const DEBIAN_STD: &str = "/usr/lib/rustlib/src/rust/library";
+
+pub(crate) fn wasm() -> Result {
+    let Some(route) = Route::find()? else {
+        return Ok(());
+    };
     let Some(runner) = runner()? else {
         return Ok(());
     };
     for (krate, _, features) in TESTS {
         // What docs.rs builds for the target: the docs, every feature the target takes.
-        let mut doc = cargo();
-        doc.args(["doc", "--no-deps", "-p", krate, "--target", TARGET]);
+        let mut doc = route.cargo("doc");
+        doc.args(["--no-deps", "-p", krate, "--target", TARGET]);
         if !features.is_empty() {
             doc.args(["--features", features]);
         }
@@ -47,13 +104,12 @@ pub(crate) fn wasm() -> Result {
         )?;
         run(
             &format!("wasm-build {krate}"),
-            cargo().args(["build", "-p", krate, "--target", TARGET]),
+            route.cargo("build").args(["-p", krate, "--target", TARGET]),
         )?;
         if !features.is_empty() {
             run(
                 &format!("wasm-build {krate} --features {features}"),
-                cargo().args([
-                    "build",
+                route.cargo("build").args([
                     "-p",
                     krate,
                     "--target",
@@ -71,7 +127,6 @@ pub(crate) fn wasm() -> Result {
         .find(|p| p.exists());
     for (krate, test, features) in TESTS {
         let test_args = [
-            "test",
             "-p",
             krate,
             "--target",
@@ -82,7 +137,7 @@ pub(crate) fn wasm() -> Result {
             features,
         ];
         if has_node {
-            let mut node = cargo();
+            let mut node = route.cargo("test");
             node.args(test_args)
                 .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner);
             run(&format!("wasm-node {krate}"), &mut node)?;
@@ -93,7 +148,7 @@ pub(crate) fn wasm() -> Result {
         }
         match &chromedriver {
             Some(driver) => {
-                let mut browser = cargo();
+                let mut browser = route.cargo("test");
                 browser
                     .args(test_args)
                     .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner)
@@ -106,17 +161,16 @@ pub(crate) fn wasm() -> Result {
             ),
         }
     }
-    page(&runner, chromedriver.is_some())
+    page(&route, &runner, chromedriver.is_some())
 }
 
 /// The chat's Rust front end: `examples/chat-web` built with the `wasm-release` profile,
 /// `wasm-bindgen --target web` into `target/chat-web/pkg`, its size reported, then the
 /// chat-server's browser test of it.
-fn page(runner: &Path, chromium: bool) -> Result {
+fn page(route: &Route, runner: &Path, chromium: bool) -> Result {
     run(
         "wasm-build chat-web",
-        cargo().args([
-            "build",
+        route.cargo("build").args([
             "-p",
             "chat-web",
             "--profile",
@@ -127,7 +181,8 @@ fn page(runner: &Path, chromium: bool) -> Result {
     )?;
     let bindgen = runner.with_file_name("wasm-bindgen");
     let out = crate::target_dir()?.join("chat-web").join("pkg");
-    let module = crate::target_dir()?
+    let module = route
+        .target_dir
         .join(TARGET)
         .join("wasm-release")
         .join("chat_web.wasm");

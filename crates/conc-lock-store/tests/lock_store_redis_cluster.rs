@@ -210,7 +210,7 @@ async fn replica_acknowledgement_on_a_cluster_with_replicas() {
     let Some(mut cluster) = PrivateRedisCluster::start(3, 1).unwrap() else {
         return;
     };
-    let acked = config().with_replica_ack(1, Duration::from_millis(300));
+    let acked = config().with_replica_ack(1, Duration::from_secs(1));
     let store: Arc<dyn LockStore> = Arc::new(
         RedisLockStore::connect(&cluster.url(), acked.clone())
             .await

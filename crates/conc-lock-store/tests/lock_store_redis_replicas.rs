@@ -52,7 +52,7 @@ async fn lock_writes_wait_for_a_replica_and_an_unreplicated_acquire_is_undone() 
     let config = || {
         RedisConfig::default()
             .with_prefix("replicated:")
-            .with_replica_ack(1, Duration::from_millis(300))
+            .with_replica_ack(1, Duration::from_secs(2))
     };
     let acked: Arc<dyn LockStore> = Arc::new(
         RedisLockStore::connect(&primary.url(), config())
