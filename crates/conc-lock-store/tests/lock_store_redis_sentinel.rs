@@ -31,7 +31,7 @@ fn config(acknowledged: bool) -> RedisConfig {
         .with_op_timeout(Duration::from_secs(2))
         .with_connect_timeout(Duration::from_secs(2));
     if acknowledged {
-        config.with_replica_ack(1, Duration::from_secs(1))
+        config.with_replica_ack(1, Duration::from_millis(500))
     } else {
         config
     }
