@@ -111,9 +111,21 @@ async fn run_all(
     // conversation meanwhile, and the late start never writes.
     let conversation = format!("net-{name}-late-{pid}");
     here.create_session(&conversation).await.unwrap();
-    // A connection to the lock store is open before the replies are held (a new one
-    // could not finish its handshake, and the start would never reach the store).
+    // A connection to the lock store is open, and the acquire's statement (or script)
+    // known on it, before the replies are held: a new connection could not finish its
+    // handshake, and a first acquire on a fresh one waits for its statement's preparation
+    // to be answered, so the start would never reach the store.
     assert!(!here_locks.is_locked("warm-up").await.unwrap());
+    let warm = here_locks
+        .try_acquire(&conc_lock_store::LockRequest::new(
+            "warm-up",
+            "warm",
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap()
+        .expect("the warm-up key is free");
+    assert!(here_locks.release(&warm).await.unwrap());
     proxy.set(Fault::HoldReplies);
     let late_start = {
         let here = here.clone();
