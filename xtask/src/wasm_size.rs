@@ -41,22 +41,11 @@ fn usize_of(value: u64) -> Result<usize, String> {
 /// Measures `module`: its size, its code, and the code of functions whose (mangled) name
 /// contains `krate` (`conc_core`).
 pub fn measure(module: &[u8], krate: &str) -> Result<Sizes, String> {
-    if module.get(..4) != Some(b"\0asm") {
-        return Err("not a WebAssembly module".into());
-    }
-    let mut at = 8;
     let mut imported_functions = 0u64;
     let mut bodies: Vec<u64> = Vec::new();
     let mut names: Vec<(u64, String)> = Vec::new();
-    while at < module.len() {
-        let id = module[at];
-        at += 1;
-        let size = usize_of(leb(module, &mut at)?)?;
-        let end = at
-            .checked_add(size)
-            .filter(|e| *e <= module.len())
-            .ok_or("a section runs past the end")?;
-        let section = &module[at..end];
+    for (id, _, body) in sections(module)? {
+        let section = &module[body];
         match id {
             // Imports: count the functions, whose indices come first.
             2 => imported_functions = count_function_imports(section)?,
@@ -84,7 +73,6 @@ pub fn measure(module: &[u8], krate: &str) -> Result<Sizes, String> {
             }
             _ => {}
         }
-        at = end;
     }
     let code: u64 = bodies.iter().sum();
     let mut crate_code = 0;
@@ -107,10 +95,24 @@ pub fn measure(module: &[u8], krate: &str) -> Result<Sizes, String> {
 /// `module` without its custom sections (names, producers, target features): what a
 /// page ships once stripped.
 pub fn strip_custom_sections(module: &[u8]) -> Result<Vec<u8>, String> {
-    if module.get(..4) != Some(b"\0asm") {
+    let mut out = module[..8].to_vec();
+    for (id, whole, _) in sections(module)? {
+        if id != 0 {
+            out.extend_from_slice(&module[whole]);
+        }
+    }
+    Ok(out)
+}
+
+/// A section: its id, its whole extent (header included) and its body's.
+type Section = (u8, std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// Each section of `module`.
+fn sections(module: &[u8]) -> Result<Vec<Section>, String> {
+    if module.get(..4) != Some(b"\0asm") || module.len() < 8 {
         return Err("not a WebAssembly module".into());
     }
-    let mut out = module[..8].to_vec();
+    let mut found = Vec::new();
     let mut at = 8;
     while at < module.len() {
         let start = at;
@@ -121,12 +123,10 @@ pub fn strip_custom_sections(module: &[u8]) -> Result<Vec<u8>, String> {
             .checked_add(size)
             .filter(|e| *e <= module.len())
             .ok_or("a section runs past the end")?;
-        if id != 0 {
-            out.extend_from_slice(&module[start..end]);
-        }
+        found.push((id, start..end, at..end));
         at = end;
     }
-    Ok(out)
+    Ok(found)
 }
 
 fn count_function_imports(section: &[u8]) -> Result<u64, String> {

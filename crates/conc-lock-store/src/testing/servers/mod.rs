@@ -10,12 +10,14 @@ mod etcd;
 mod pgbouncer;
 mod postgres;
 mod redis;
+mod redis_sentinel;
 
 #[cfg(feature = "etcd")]
 pub use etcd::PrivateEtcdCluster;
 pub use pgbouncer::{BouncerMode, PrivatePgBouncer};
 pub use postgres::PrivatePostgres;
-pub use redis::{PrivateRedis, PrivateRedisCluster, PrivateRedisSentinel};
+pub use redis::{PrivateRedis, PrivateRedisCluster};
+pub use redis_sentinel::PrivateRedisSentinel;
 
 use std::net::TcpListener;
 use std::process::Command;
