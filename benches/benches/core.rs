@@ -69,37 +69,50 @@ fn mutex_contended(c: &mut Criterion) {
     group.finish();
 }
 
-/// The hand-off itself: `waiters` tasks queued on one current-thread runtime, each taking
-/// the lock and releasing it at once, over and over. A fair mutex queues the re-lock
-/// behind the others, so every release hands the lock to the next waiter and the time
-/// measured is from an unlock to the next holder running (one wake-up, one poll). The
-/// tasks are spawned and queued before the clock starts; the time is per hand-off.
+/// The hand-off itself: `waiters` tasks queued on one runtime, each taking the lock and
+/// releasing it at once, over and over. A fair mutex queues the re-lock behind the others,
+/// so every release hands the lock to the next waiter and the time measured is from an
+/// unlock to the next holder running (one wake-up, one poll). The tasks are spawned and
+/// queued before the clock starts; the time is per hand-off.
+///
+/// What each mutex gives differs, and the figures with it: conc's and tokio's are FIFO, so
+/// each hand-off is a task switch; async-lock's is not (a release lets the releasing task
+/// take the lock straight back, and a waiter gets it only once it has starved for 500 µs),
+/// so most of its "hand-offs" are a re-lock by the same task with no task switch. The
+/// `yield_now` row is the floor of any FIFO hand-off: the same tasks switching with no lock.
 fn mutex_handoff(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let mut group = c.benchmark_group("mutex_handoff");
+    handoff_group(c, &rt, "mutex_handoff", "");
+    handoff_group(c, &runtime(2), "mutex_handoff_2_threads", " on 2 threads");
+}
+
+fn handoff_group(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, threads: &str) {
+    let mut group = c.benchmark_group(name);
     for waiters in [4usize, 16, 64] {
-        let label = format!("{waiters} waiters");
+        let label = format!("{waiters} waiters{threads}");
         macro_rules! case {
-            ($name:literal, $mutex:expr) => {
+            ($name:literal, $new:expr, |$mutex:ident| $first:block, $step:expr) => {
                 group.bench_function(BenchmarkId::new($name, &label), |b| {
                     b.iter_custom(|iters| {
                         let rounds = iters.div_ceil(waiters as u64).max(1);
-                        let mutex = Arc::new($mutex);
+                        let mutex = Arc::new($new);
                         let elapsed = rt.block_on(async {
                             let held = mutex.lock().await;
                             let handles: Vec<_> = (0..waiters)
                                 .map(|_| {
-                                    let mutex = mutex.clone();
+                                    let $mutex = mutex.clone();
                                     tokio::spawn(async move {
+                                        $first
                                         for _ in 0..rounds {
-                                            *mutex.lock().await += 1;
+                                            $step;
                                         }
                                     })
                                 })
                                 .collect();
-                            // Let every task run to its first `lock()` and queue.
+                            // Let every task run to its first `lock()` and queue (on a
+                            // multi-thread runtime the workers pick them up meanwhile).
                             tokio::task::yield_now().await;
                             let started = Instant::now();
                             drop(held);
@@ -114,9 +127,32 @@ fn mutex_handoff(c: &mut Criterion) {
                 });
             };
         }
-        case!("conc", conc_core::Mutex::new(0u64));
-        case!("tokio", tokio::sync::Mutex::new(0u64));
-        case!("async-lock", async_lock::Mutex::new(0u64));
+        case!(
+            "conc",
+            conc_core::Mutex::new(0u64),
+            |m| {},
+            *m.lock().await += 1
+        );
+        case!(
+            "tokio",
+            tokio::sync::Mutex::new(0u64),
+            |m| {},
+            *m.lock().await += 1
+        );
+        case!(
+            "async-lock",
+            async_lock::Mutex::new(0u64),
+            |m| {},
+            *m.lock().await += 1
+        );
+        // The floor: the tasks take turns with no lock; the held lock only holds back their
+        // start until the clock runs.
+        case!(
+            "yield_now",
+            conc_core::Mutex::new(0u64),
+            |m| { drop(m.lock().await) },
+            tokio::task::yield_now().await
+        );
     }
     group.finish();
 }

@@ -115,7 +115,19 @@ pub const GOALS: &[Goal] = &[
         "mutex_handoff",
         "async-lock",
         1.0,
-        "at most async-lock's hand-off (async-lock's is not FIFO)",
+        "at most async-lock's time (not FIFO: its releasing task takes the lock back, no task switch)",
+    ),
+    ratio(
+        "mutex_handoff",
+        "yield_now",
+        1.2,
+        "within 1.2x of a task switch, the floor of any FIFO hand-off",
+    ),
+    ratio(
+        "mutex_handoff_2_threads",
+        "tokio",
+        0.75,
+        "at most 0.75x tokio per hand-off on 2 threads",
     ),
     ratio(
         "mutex_contended",
@@ -375,15 +387,21 @@ pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
             });
         }
     }
+    // conc's own cases are `conc`, and `conc <setting>` for conc in another mode (such as
+    // `conc durability=guard`): each is compared with every peer of its case.
+    let is_conc = |function: &str| function == "conc" || function.starts_with("conc ");
     for ((group, parameter), ms) in cases {
-        let Some(conc) = ms.iter().find(|m| m.function == "conc") else {
-            continue;
-        };
-        for peer in ms.iter().filter(|m| m.function != "conc") {
-            let case = if parameter.is_empty() {
-                group.clone()
-            } else {
-                format!("{group} ({parameter})")
+        for (conc, peer) in ms.iter().filter(|m| is_conc(&m.function)).flat_map(|conc| {
+            ms.iter()
+                .filter(|m| !is_conc(&m.function))
+                .map(move |peer| (conc, peer))
+        }) {
+            let mode = conc.function.strip_prefix("conc ");
+            let case = match (parameter.is_empty(), mode) {
+                (true, None) => group.clone(),
+                (true, Some(mode)) => format!("{group} ({mode})"),
+                (false, None) => format!("{group} ({parameter})"),
+                (false, Some(mode)) => format!("{group} ({parameter}, {mode})"),
             };
             rows.push(Row {
                 case,

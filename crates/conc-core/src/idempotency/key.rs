@@ -150,7 +150,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 impl PartialEq for IdempotencyKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.text == other.text
+        // Clones of one key share their text: equal without reading it (the common case of
+        // callers of one operation passing clones of one key).
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
