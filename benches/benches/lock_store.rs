@@ -297,6 +297,18 @@ fn servers(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("conc", "postgres"), |b| {
                 b.iter(|| pair(&rt, &store, &request))
             });
+            // No flush per grant, a crash waited out instead (its own table: a flushing
+            // store refuses a guarded one).
+            let config = conc_lock_store::PostgresConfig::default()
+                .with_schema("conc_bench_guard")
+                .with_durability(conc_lock_store::PostgresDurability::Guard);
+            let guarded: Arc<dyn LockStore> = Arc::new(
+                rt.block_on(conc_lock_store::PostgresLockStore::connect(&url, config))
+                    .expect("connect"),
+            );
+            group.bench_function(BenchmarkId::new("conc durability=guard", "postgres"), |b| {
+                b.iter(|| pair(&rt, &guarded, &request))
+            });
             let client = rt.block_on(async {
                 let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                     .await

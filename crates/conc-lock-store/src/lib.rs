@@ -71,7 +71,7 @@ pub use backend::etcd::{EtcdConfig, EtcdLockStore};
 pub use backend::memory::MemoryLockStore;
 #[cfg(feature = "postgres")]
 pub use backend::postgres::{
-    PostgresConfig, PostgresLockStore, PostgresPoolMode, is_connection_lost,
+    PostgresConfig, PostgresDurability, PostgresLockStore, PostgresPoolMode, is_connection_lost,
     pool_error as postgres_pool_error, pooler_symptom as postgres_pooler_symptom, postgres_pool,
 };
 #[cfg(feature = "redis")]

@@ -48,6 +48,7 @@ const OWN: &[&str] = &[
     "watch_interval",
     "min_replicas",
     "replica_timeout",
+    "durability",
     "op_timeout",
     "connect_timeout",
 ];
@@ -218,6 +219,7 @@ fn known_options(
                 "pool_mode",
                 "listen_url",
                 "watch_interval",
+                "durability",
                 "op_timeout",
                 "connect_timeout",
             ],
@@ -278,8 +280,9 @@ impl StoreUrl {
 /// Opens the lock store `url` names (see [`parse_url`]), with the default settings and
 /// conc's options from the query string: `schema=`, `table=`, `pool_size=`,
 /// `pool_mode=transaction` (behind a transaction pooler such as PgBouncer), `listen_url=`
-/// (a direct URL for the one `LISTEN` connection, percent-encoded) and `watch_interval=`
-/// (ms, for polling without `LISTEN`) for PostgreSQL, `prefix=`, `min_replicas=` and
+/// (a direct URL for the one `LISTEN` connection, percent-encoded), `watch_interval=`
+/// (ms, for polling without `LISTEN`) and `durability=guard` (no disk flush per grant; a
+/// crash is waited out: [`PostgresDurability`](crate::PostgresDurability)) for PostgreSQL, `prefix=`, `min_replicas=` and
 /// `replica_timeout=` (ms: every lock write waits for that many replicas)
 /// and `allow_eviction=true` for Redis, `prefix=` for etcd, and TLS from `sslmode=` and `sslrootcert=`
 /// (PostgreSQL) or the `rediss://` scheme (Redis, with `sslrootcert=` for a private CA).
@@ -336,6 +339,10 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockStore>, LockError> {
                     reason: format!("watch_interval is in milliseconds, such as 100, not `{ms}`"),
                 })?;
                 config.watch_interval = std::time::Duration::from_millis(ms.max(1));
+            }
+            if let Some(durability) = parsed.option("durability") {
+                config.durability =
+                    crate::backend::postgres::PostgresDurability::parse(durability)?;
             }
             Ok(Arc::new(
                 crate::backend::postgres::PostgresLockStore::connect(&parsed.target, config)

@@ -2,6 +2,7 @@
 //! operation timeout and one retry on a fresh connection when one is lost.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
@@ -14,6 +15,7 @@ use crate::request::{LockRequest, call_deadline};
 use crate::util::abandoned::{Abandoned, release_in_background};
 
 use super::connection::{build_pool, connection_lost, pg_error, pool_error, pooler_symptom};
+use super::guard::{Guard, Marker};
 use super::lock_store::millis;
 use super::{BACKEND, PostgresConfig, PostgresLockStore, PostgresPoolMode};
 
@@ -66,6 +68,33 @@ impl PostgresLockStore {
         force: bool,
     ) -> Result<Option<Lease>, LockError> {
         request.validate(self.config.max_ttl)?;
+        let mut recovered = false;
+        loop {
+            match self.acquire_once(request, force).await? {
+                Granted::Answer(lease) => return Ok(lease),
+                Granted::MarkerMissing if !recovered => {
+                    recovered = true;
+                    self.recover(call_deadline(self.config.op_timeout, request.deadline))
+                        .await?;
+                }
+                // Missing again at once: another crash meanwhile; the next call sees.
+                Granted::MarkerMissing => {
+                    return Err(LockError::Recovering {
+                        backend: BACKEND,
+                        until: SystemTime::now(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One try of [`acquire_inner`](Self::acquire_inner).
+    async fn acquire_once(&self, request: &LockRequest, force: bool) -> Result<Granted, LockError> {
+        self.record_longest(
+            millis(request.ttl),
+            call_deadline(self.config.op_timeout, request.deadline),
+        )
+        .await?;
         let token = crate::util::random::shared_token();
         let metadata = encode_metadata(&request.metadata);
         let ttl = millis(request.ttl);
@@ -99,8 +128,30 @@ impl PostgresLockStore {
             .await?;
         let Some(row) = rows.first() else {
             abandoned.disarm();
-            return Ok(None);
+            return Ok(Granted::Answer(None));
         };
+        if self.guard.is_some() {
+            // The guarded statement answers one row always: the marker's state, and the
+            // lease's columns where it granted.
+            match Guard::marker(row, what)? {
+                Marker::Open => {}
+                Marker::Missing => {
+                    abandoned.disarm();
+                    return Ok(Granted::MarkerMissing);
+                }
+                Marker::Closed(until) => {
+                    abandoned.disarm();
+                    return Err(LockError::Recovering {
+                        backend: BACKEND,
+                        until,
+                    });
+                }
+            }
+            if column::<Option<i64>>(row, 0, what)?.is_none() {
+                abandoned.disarm();
+                return Ok(Granted::Answer(None));
+            }
+        }
         let lease = Lease {
             key: request.key.clone(),
             owner: request.owner.clone(),
@@ -113,7 +164,7 @@ impl PostgresLockStore {
         }
         .fresh(request.margin(), what)?;
         abandoned.disarm();
-        Ok(Some(lease))
+        Ok(Granted::Answer(Some(lease)))
     }
 
     /// The cleanup of an acquire of `key` with `token` that may not be handed out: a
@@ -294,4 +345,12 @@ pub(super) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
                 "column {index} of its row could not be read ({e}); behind a transaction pooler such as PgBouncer, add `pool_mode=transaction` to the URL"
             ),
         })
+}
+
+/// What one try of a grant found.
+enum Granted {
+    /// The store's answer: the lease, or none (the key is held).
+    Answer(Option<Lease>),
+    /// The crash guard's marker is missing (guard mode only): recover, then try again.
+    MarkerMissing,
 }

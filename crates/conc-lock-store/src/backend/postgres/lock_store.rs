@@ -77,6 +77,8 @@ impl LockStore for PostgresLockStore {
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         validate_ttl(ttl, self.config.max_ttl)?;
+        self.record_longest(millis(ttl), renewal_deadline(self.config.op_timeout, lease))
+            .await?;
         let sent = tokio::time::Instant::now();
         let rows = self
             .rows_until(
@@ -121,6 +123,16 @@ impl LockStore for PostgresLockStore {
                 .map(|lease| renewal_deadline(self.config.op_timeout, lease))
                 .min()
                 .unwrap_or(sent + self.config.op_timeout);
+            let longest = ttls.iter().copied().max().unwrap_or(0);
+            match self.record_longest(longest, deadline).await {
+                Ok(()) => {}
+                Err(error) => {
+                    for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                        *slot = Some(Err(error.for_each_of_a_batch()));
+                    }
+                    return out.into_iter().flatten().collect();
+                }
+            }
             match self
                 .rows_until(
                     "renew",

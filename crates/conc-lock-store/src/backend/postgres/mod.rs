@@ -25,6 +25,9 @@
 //! - Every call has a timeout; a call that fails on a dropped connection is retried on a
 //!   fresh one.
 //! - Work against the primary only: a replica's table would lag.
+//! - [`PostgresDurability::Guard`] (`guard.rs`): grants commit without a flush, and an
+//!   unlogged marker table, emptied by every crash, makes the store wait out every lease
+//!   that could have been lost.
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use crate::notify::Watchers;
 
 mod client;
 mod connection;
+mod guard;
 mod listen;
 mod lock_store;
 mod poll;
@@ -106,6 +110,50 @@ pub struct PostgresConfig {
     /// transaction pooler without [`listen_url`](Self::listen_url), or a store made with
     /// [`PostgresLockStore::from_pool`]); default 100 ms. URL option `watch_interval=` (ms).
     pub watch_interval: Duration,
+    /// Whether each grant waits for the server's disk ([`PostgresDurability::Flush`], the
+    /// default) or is guarded against a crash instead ([`PostgresDurability::Guard`]). URL
+    /// option `durability=`.
+    pub durability: PostgresDurability,
+}
+
+/// What a grant waits for before the store hands out its lease.
+///
+/// Every process on one table must use the same: a store in `Flush` mode refuses a table
+/// that a `Guard` store has used (drop its `<table>_guard` table once none is left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PostgresDurability {
+    /// A grant commits with `synchronous_commit` as the server sets it (by default, once
+    /// its WAL record is on disk): a crash of the server loses no grant it answered.
+    #[default]
+    Flush,
+    /// A grant commits without waiting for the disk (about a WAL flush less per grant: the
+    /// better part of a pair's time where the disk is slow), and a crash is guarded instead,
+    /// as the Redis store guards a restart: an unlogged marker table, which PostgreSQL
+    /// empties after every crash, an immediate shutdown, on a promoted replica and in a
+    /// restored backup (every case that can lose commits not yet flushed), and keeps
+    /// through a clean restart (which loses nothing). Every grant checks the marker in its
+    /// own statement. Found empty, the store grants nothing until the longest lease that
+    /// could have been granted has run out ([`LockError::Recovering`], transient); the
+    /// longest TTL is kept in a logged `<table>_longest` table, raised with a flushed
+    /// commit before a longer lease is granted. Fences stay floored by the database clock,
+    /// so they go forward through the wait. URL option `durability=guard`.
+    Guard,
+}
+
+impl PostgresDurability {
+    /// Reads `flush` or `guard` (the URL option `durability=`).
+    pub fn parse(text: &str) -> Result<Self, LockError> {
+        match text {
+            "flush" => Ok(Self::Flush),
+            "guard" => Ok(Self::Guard),
+            other => Err(LockError::InvalidUrl {
+                reason: format!(
+                    "durability must be `flush` (each grant waits for the disk) or `guard` (no flush per grant; a crash is waited out), not `{other}`"
+                ),
+            }),
+        }
+    }
 }
 
 /// How a [`PostgresLockStore`] (and the session store) reaches PostgreSQL.
@@ -154,6 +202,7 @@ impl Default for PostgresConfig {
             pool_mode: PostgresPoolMode::Session,
             listen_url: None,
             watch_interval: Duration::from_millis(100),
+            durability: PostgresDurability::Flush,
         }
     }
 }
@@ -235,6 +284,13 @@ impl PostgresConfig {
         self.watch_interval = watch_interval;
         self
     }
+
+    /// Sets [`durability`](Self::durability).
+    #[must_use]
+    pub fn with_durability(mut self, durability: PostgresDurability) -> Self {
+        self.durability = durability;
+        self
+    }
 }
 
 /// A [`LockStore`](crate::LockStore) in PostgreSQL.
@@ -258,6 +314,8 @@ pub struct PostgresLockStore {
     config: PostgresConfig,
     sql: Sql,
     watchers: Arc<Watchers>,
+    /// The crash guard's state ([`PostgresDurability::Guard`] only).
+    guard: Option<Arc<guard::Guard>>,
     /// Dropped with the store, which ends the listening task.
     _listener: Arc<tokio::sync::oneshot::Sender<()>>,
 }

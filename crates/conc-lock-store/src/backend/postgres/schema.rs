@@ -62,6 +62,7 @@ impl PostgresLockStore {
                 .map_err(pg_error("drop the old expiry index"))?;
             }
             metadata_to_jsonb(&tx, table).await?;
+            self.migrate_guard(&tx).await?;
             tx.commit().await.map_err(pg_error("commit migration"))
         };
         tokio::time::timeout(self.config.op_timeout * 2, work)

@@ -10,6 +10,7 @@ use crate::error::LockError;
 use crate::notify::Watchers;
 
 use super::connection::identifier;
+use super::guard::Guard;
 use super::listen::listen;
 use super::poll::Poller;
 use super::{PostgresConfig, PostgresLockStore};
@@ -53,10 +54,21 @@ impl PostgresLockStore {
         // in transaction mode hands on nothing).
         let async_commit = "set_config('synchronous_commit', 'off', true)";
         // The fence of a fresh row is the clock; of an existing row, drawn under its lock.
+        let values = format!(
+            "$1, $2, $3, {clock_us}, $4::text::jsonb, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond'"
+        );
+        // With the crash guard, the row comes from the marker's CTE `g` (see `guard.rs`): no
+        // row while the marker is missing or closed, so nothing is granted.
+        let guarded = config.durability.guarded();
+        let source = if guarded {
+            format!("SELECT {values} FROM g WHERE NOT g.closed")
+        } else {
+            format!("VALUES ({values})")
+        };
         let upsert = |condition: &str| {
             format!(
                 "INSERT INTO {t} AS t (key, owner, token, fence, metadata, acquired_at, expires_at)
-                 VALUES ($1, $2, $3, {clock_us}, $4::text::jsonb, clock_timestamp(), clock_timestamp() + $5::bigint * interval '1 millisecond')
+                 {source}
                  ON CONFLICT (key) DO UPDATE SET
                      owner = EXCLUDED.owner, token = EXCLUDED.token,
                      fence = GREATEST(t.fence + 1, {clock_us}),
@@ -66,7 +78,7 @@ impl PostgresLockStore {
                  RETURNING fence, acquired_at, expires_at"
             )
         };
-        let sql = Sql {
+        let mut sql = Sql {
             // A retry after a lost connection finds its own token (the first try committed):
             // it takes its lease again rather than lock itself out.
             acquire: upsert("WHERE t.expires_at <= clock_timestamp() OR t.token = EXCLUDED.token"),
@@ -143,6 +155,27 @@ impl PostgresLockStore {
                  SELECT gone.live, {notify} FROM gone, (SELECT $1::text AS key) k"
             ),
         };
+        let guard = if guarded {
+            let (guard_table, longest_table) = super::guard::tables(&config)?;
+            sql.acquire = Guard::grant(
+                &guard_table,
+                &upsert("WHERE t.expires_at <= clock_timestamp() OR t.token = EXCLUDED.token"),
+                "",
+            );
+            sql.take_over = Guard::grant(
+                &guard_table,
+                &upsert(""),
+                &format!(
+                    ", CASE WHEN taken.fence IS NOT NULL THEN pg_notify('{channel}', $1::text) END"
+                ),
+            );
+            // A lost renewal is a lease the wait after a crash covers, as a lost grant is.
+            sql.renew.push_str(&format!(", {async_commit}"));
+            sql.renew_many.push_str(&format!(", {async_commit}"));
+            Some(Arc::new(Guard::new(&guard_table, &longest_table)))
+        } else {
+            None
+        };
         let watchers = Arc::<Watchers>::default();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Self {
@@ -150,6 +183,7 @@ impl PostgresLockStore {
             config,
             sql,
             watchers: watchers.clone(),
+            guard,
             _listener: std::sync::Arc::new(stop),
         };
         store.migrate(&schema, &t).await?;

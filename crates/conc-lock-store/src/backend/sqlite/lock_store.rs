@@ -253,6 +253,11 @@ impl LockStore for SqliteLockStore {
     }
 
     fn watch(&self, key: &str) -> Option<LockWatch> {
-        Some(self.watchers.subscribe(key))
+        let watch = self.watchers.subscribe(key);
+        if let Some(wake) = &self.wake_watcher {
+            // Full means a look is already due.
+            let _ = wake.try_send(());
+        }
+        Some(watch)
     }
 }

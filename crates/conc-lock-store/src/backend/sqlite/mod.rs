@@ -195,6 +195,8 @@ pub struct SqliteLockStore {
     config: SqliteConfig,
     path: PathBuf,
     watchers: Arc<Watchers>,
+    /// Wakes the watcher thread when a watch is made (none for an in-memory database).
+    wake_watcher: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl fmt::Debug for SqliteLockStore {
@@ -340,18 +342,19 @@ impl SqliteLockStore {
             }
         };
         let watchers = Arc::<Watchers>::default();
-        if path != Path::new(":memory:") {
+        let wake_watcher = (path != Path::new(":memory:")).then(|| {
             spawn_watcher(
                 path.clone(),
                 Arc::downgrade(&watchers),
                 config.watch_interval,
-            );
-        }
+            )
+        });
         Ok(Self {
             worker,
             config,
             path,
             watchers,
+            wake_watcher,
         })
     }
 

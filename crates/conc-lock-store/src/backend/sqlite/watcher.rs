@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -27,9 +27,20 @@ use super::lock_store::now_millis;
 /// at the watch's creation only when `data_version` shows that no other connection wrote
 /// between the end of the poll before the watch was made and that first read; otherwise
 /// the new watch is woken at once (a spurious wake-up, which watches allow).
-pub(super) fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: Duration) {
+///
+/// Returns the sender that wakes the thread: the store sends on it when a watch is made, so
+/// that the thread starts watching the files (it does so only while a key is watched: an
+/// unwatched store's own writes wake no thread) and reads the new key at once.
+pub(super) fn spawn_watcher(
+    path: PathBuf,
+    watchers: Weak<Watchers>,
+    interval: Duration,
+) -> SyncSender<()> {
+    // One message at most waits: more changes before the thread looks are one look.
+    let (wake, changed) = sync_channel(1);
+    let sender = wake.clone();
     let run = move || {
-        let events = FileEvents::start(&path);
+        let mut events = FileEvents::new(&path, sender);
         let mut watched = false;
         // Looks left soon after a change was reported: a commit's WAL write is reported
         // before its writer updates the shared index that `data_version` reads, so the
@@ -43,27 +54,26 @@ pub(super) fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: D
         let mut seen: HashMap<String, Option<String>> = HashMap::new();
         loop {
             let poll = interval.max(Duration::from_millis(1));
-            match &events {
-                // A change, or the fallback poll (the idle check when nothing is watched).
-                Some(events) => {
-                    let wait = if rechecks > 0 {
-                        rechecks -= 1;
-                        RECHECK.min(poll)
-                    } else if watched {
-                        poll
-                    } else {
-                        poll.max(IDLE_CHECK)
-                    };
-                    if events.changed.recv_timeout(wait).is_ok() {
-                        rechecks = RECHECKS;
-                    }
-                }
-                None => std::thread::sleep(poll),
+            // A change, a new watch, or the fallback poll (the idle check when nothing is
+            // watched; the fallback every `interval` where the files report no change).
+            let wait = if rechecks > 0 {
+                rechecks -= 1;
+                RECHECK.min(poll)
+            } else if watched {
+                poll
+            } else {
+                poll.max(IDLE_CHECK)
+            };
+            if changed.recv_timeout(wait).is_ok() {
+                rechecks = RECHECKS;
             }
             let Some(watchers) = watchers.upgrade() else {
                 return;
             };
             watched = watchers.is_watched();
+            if let Some(files) = events.as_mut() {
+                files.watch(watched);
+            }
             if !watched {
                 seen.clear();
                 continue;
@@ -152,6 +162,7 @@ pub(super) fn spawn_watcher(path: PathBuf, watchers: Weak<Watchers>, interval: D
     {
         tracing::warn!(%error, "could not start the SQLite lock watcher; holders learn of a take-over at their next renewal");
     }
+    wake
 }
 
 /// After a reported change, the watcher looks again this often, [`RECHECKS`] times.
@@ -164,20 +175,19 @@ const RECHECKS: u32 = 3;
 /// and still unwatched (a change to the files wakes it at once).
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
-/// Changes to the database's files, as the operating system reports them: a message (one at
-/// most waits; more changes before the watcher looks are one look) each time the main file
-/// or its WAL file is written or replaced. Readers write neither (their marks live in the
-/// `-shm` file), so the watcher's own reads wake nobody.
+/// Changes to the database's files, as the operating system reports them: a message on the
+/// watcher's channel each time the main file or its WAL file is written or replaced, while
+/// [`watch`](Self::watch) is on. Readers write neither (their marks live in the `-shm`
+/// file), so the watcher's own reads wake nobody.
 struct FileEvents {
-    changed: Receiver<()>,
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    dir: PathBuf,
+    on: bool,
 }
 
 impl FileEvents {
-    /// `None` where the platform or the file system gives no notifications (the watcher
-    /// then polls every `interval`, as it always does besides).
-    fn start(path: &Path) -> Option<Self> {
-        use notify::Watcher as _;
+    /// `None` where the system gives no notifications: the watcher then polls.
+    fn new(path: &Path, sender: SyncSender<()>) -> Option<Self> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -185,22 +195,40 @@ impl FileEvents {
         let name = path.file_name()?.to_os_string();
         let mut wal = name.clone();
         wal.push("-wal");
-        let (sender, changed) = sync_channel(1);
-        let mut watcher = notify::recommended_watcher(Self::handler(sender, [name, wal]))
+        let watcher = notify::recommended_watcher(Self::handler(sender, [name, wal]))
             .map_err(|error| {
                 tracing::debug!(%error, "no file notifications: the SQLite watcher polls only");
             })
             .ok()?;
-        watcher
-            .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|error| {
-                tracing::debug!(%error, dir = %dir.display(), "cannot watch the database's folder: the SQLite watcher polls only");
-            })
-            .ok()?;
         Some(Self {
-            changed,
-            _watcher: watcher,
+            watcher,
+            dir,
+            on: false,
         })
+    }
+
+    /// Turns the notifications on while keys are watched, off when none is (then this
+    /// store's own writes wake no thread). Where the folder cannot be watched, the watcher
+    /// polls every `interval`, as without notifications.
+    fn watch(&mut self, on: bool) {
+        use notify::Watcher as _;
+        if on == self.on {
+            return;
+        }
+        let done = if on {
+            self.watcher
+                .watch(&self.dir, notify::RecursiveMode::NonRecursive)
+        } else {
+            self.watcher.unwatch(&self.dir)
+        };
+        match done {
+            Ok(()) => self.on = on,
+            Err(error) if on => {
+                tracing::debug!(%error, dir = %self.dir.display(), "cannot watch the database's folder: the SQLite watcher polls");
+            }
+            // Not watched any more (the folder went away): off all the same.
+            Err(_) => self.on = false,
+        }
     }
 
     fn handler(

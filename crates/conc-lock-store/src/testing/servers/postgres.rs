@@ -203,6 +203,61 @@ impl PrivatePostgres {
     }
 }
 
+impl PrivatePostgres {
+    /// Appends `settings` (`name = value` lines) to `postgresql.conf`; they apply from the
+    /// next start ([`crash`](Self::crash) then [`start_again`](Self::start_again)).
+    pub fn configure(&self, settings: &str) -> Result<(), String> {
+        let path = self.dir.join("postgresql.conf");
+        let old = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        std::fs::write(&path, format!("{old}\n{settings}\n")).map_err(|e| e.to_string())
+    }
+
+    /// Kills the server as a power cut would: the postmaster is stopped, then it and every
+    /// process it started get SIGKILL, so nothing still in the server's memory (the WAL
+    /// not yet written out, unlogged tables' pages) reaches the disk. Returns once all are
+    /// gone.
+    pub fn crash(&self) -> Result<(), String> {
+        let pid = self.pid().ok_or("the server is not running")?;
+        super::signal(pid, "-STOP")?;
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &pid.to_string()])
+            .status();
+        if stop_by_pid(pid, "-KILL") {
+            // Its children go with it; wait until none is left.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Command::new("pgrep")
+                .args(["-P", &pid.to_string()])
+                .output()
+                .is_ok_and(|out| !out.stdout.is_empty())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(())
+        } else {
+            Err(format!("the postmaster {pid} outlived SIGKILL"))
+        }
+    }
+
+    /// Starts the server again on its folder and port (after [`crash`](Self::crash): it
+    /// recovers from its WAL first).
+    pub fn start_again(&self) -> Result<(), String> {
+        let data = self.dir.display().to_string();
+        let log = self
+            .dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join("log")
+            .display()
+            .to_string();
+        pg_tool(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-t", "30", "start"],
+        )
+        .map(drop)
+    }
+}
+
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         // Immediate shutdown, by PID; then wait for it to go.
