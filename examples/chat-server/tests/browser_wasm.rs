@@ -7,48 +7,18 @@
 //! `target/chat-screenshots/`. `cargo xtask wasm` builds the page and runs this test with
 //! `CONC_CHAT_WEB_DIR` set; without it, it prints a `skipped:` line.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_server::{AppState, ModelConfig, router};
 use conc_lock_store::SqliteLockStore;
 use conc_session::{Role, SessionConfig, SessionContext, SessionManager, SqliteSessionStore};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+mod support;
+use support::{browser, browser_installed, screenshot, wait_until};
 
 async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.unwrap()
@@ -61,13 +31,6 @@ async fn stat(client: &Client, name: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-async fn screenshot(client: &Client, name: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/chat-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let png = client.screenshot().await.unwrap();
-    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
 async fn search_stats(base: &str) -> Value {
@@ -93,10 +56,7 @@ async fn the_rust_front_end_searches_sends_once_and_stops() {
         );
         return;
     };
-    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
-        println!(
-            "skipped: {CHROMIUM} or {CHROMEDRIVER} is missing (install Debian's chromium and chromium-driver; .ci/run does)"
-        );
+    if !browser_installed() {
         return;
     }
     let store_dir = tempfile::tempdir().unwrap();
@@ -124,43 +84,8 @@ async fn the_rust_front_end_searches_sends_once_and_stops() {
         }
     });
 
-    let port = free_port();
-    let _driver = Driver(
-        Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    let profile = tempfile::tempdir().unwrap();
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1000,700",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
-    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-    builder.capabilities(capabilities);
-    let webdriver = format!("http://127.0.0.1:{port}");
-    let mut client = None;
-    for _ in 0..100 {
-        match builder.connect(&webdriver).await {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let client = client.expect("chromedriver accepts a session");
+    let browser = browser("1000,700").await;
+    let client = browser.client.clone();
     client
         .goto(&format!("{base}/app?conversation=conv-alpha"))
         .await
