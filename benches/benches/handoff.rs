@@ -8,7 +8,7 @@
 //! backoff), releases, and times the waiter's return. Prints p50, p99 and the worst case,
 //! and writes them to `target/conc-bench/handoff.md`.
 //!
-//! `cargo bench -p conc-benches --bench handoff` (`-- --quick` for 30 rounds). PostgreSQL
+//! `cargo bench -p conc-benches --bench handoff` (`-- --quick` for 20 rounds). PostgreSQL
 //! and Redis run when `CONC_TEST_POSTGRES_URL` / `CONC_TEST_REDIS_URL` are set; etcd, on a
 //! private cluster, with `--features etcd`.
 
@@ -252,7 +252,7 @@ fn main() {
     if !wanted {
         return;
     }
-    let rounds = if quick { 30 } else { 300 };
+    let rounds = if quick { 20 } else { 300 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -54,7 +54,7 @@ fn main() {
     if !wanted {
         return;
     }
-    let length = Duration::from_millis(if quick { 500 } else { 3000 });
+    let length = Duration::from_millis(if quick { 300 } else { 3000 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

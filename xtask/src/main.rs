@@ -492,9 +492,9 @@ fn bench_features() -> Vec<&'static str> {
 /// Criterion's arguments for `bench --quick`.
 const QUICK: [&str; 8] = [
     "--warm-up-time",
-    "0.2",
+    "0.1",
     "--measurement-time",
-    "0.5",
+    "0.3",
     "--sample-size",
     "10",
     // The analysis's bootstrap, 100 000 resamples by default, is a second per case.

@@ -1,8 +1,8 @@
 //! PostgreSQL with `durability=guard` (grants committed without a flush, a crash waited
 //! out): the conformance suite on the shared server (`CONC_TEST_POSTGRES_URL`), a flushing
-//! store refused on a guarded table, and a private server killed with SIGKILL in the middle
-//! of grants: grants it answered are lost, and no other holder gets their keys while those
-//! leases could be live; fences go forward.
+//! store refused on a guarded table, a private server killed with SIGKILL in the middle
+//! of grants (grants it answered are lost, and no other holder gets their keys while those
+//! leases could be live; fences go forward), and a clean restart (nothing lost, no wait).
 
 // A test may panic on an unexpected row; library code may not (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -189,4 +189,38 @@ async fn a_crash_that_loses_grants_is_waited_out() {
             lease.key
         );
     }
+}
+
+/// A clean restart writes every commit to the disk before it stops: nothing is lost, the
+/// marker stays, and grants go on at once (no needless wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_restart_loses_nothing_and_grants_go_on() {
+    let Some(server) = PrivatePostgres::start(None, &[]).unwrap() else {
+        return;
+    };
+    let url = server.url("postgres", "postgres", "");
+    let store = PostgresLockStore::connect(&url, guarded("clean"))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let held = store
+        .try_acquire(&LockRequest::new("held", "holder", ttl))
+        .await
+        .unwrap()
+        .expect("free");
+    server.restart().unwrap();
+    assert!(
+        store
+            .try_acquire(&LockRequest::new("held", "other", ttl))
+            .await
+            .unwrap()
+            .is_none(),
+        "the grant, committed without a flush, survived the clean restart"
+    );
+    let fresh = store
+        .try_acquire(&LockRequest::new("fresh", "holder", ttl))
+        .await
+        .unwrap()
+        .expect("granted at once after a clean restart");
+    assert!(fresh.fence > held.fence);
 }

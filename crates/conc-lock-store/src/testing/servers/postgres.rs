@@ -239,6 +239,26 @@ impl PrivatePostgres {
         }
     }
 
+    /// Restarts the server cleanly (`pg_ctl restart -m fast`: a shutdown checkpoint first,
+    /// so every commit reaches the disk).
+    pub fn restart(&self) -> Result<(), String> {
+        let data = self.dir.display().to_string();
+        let log = self
+            .dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join("log")
+            .display()
+            .to_string();
+        pg_tool(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-w", "-t", "30", "-m", "fast", "restart",
+            ],
+        )
+        .map(drop)
+    }
+
     /// Starts the server again on its folder and port (after [`crash`](Self::crash): it
     /// recovers from its WAL first).
     pub fn start_again(&self) -> Result<(), String> {
