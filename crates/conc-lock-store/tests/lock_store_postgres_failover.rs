@@ -52,18 +52,23 @@ async fn caught_up(primary: &str, replica: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_that_reached_the_replica_hold_and_fences_go_forward_after_promotion() {
-    let Some(primary) = PrivatePostgres::start(None, &[]).unwrap() else {
-        return;
-    };
-    let Some(replica) = PrivatePostgres::start_replica_of(&primary).unwrap() else {
-        return;
-    };
+/// A private primary and its streaming replica, with their URLs; `None` (after a `skipped:`
+/// line) where PostgreSQL's tools are not installed.
+fn primary_and_replica() -> Option<(PrivatePostgres, PrivatePostgres, String, String)> {
+    let primary = PrivatePostgres::start(None, &[]).unwrap()?;
+    let replica = PrivatePostgres::start_replica_of(&primary).unwrap()?;
     let (primary_url, replica_url) = (
         primary.url("postgres", "postgres", ""),
         replica.url("postgres", "postgres", ""),
     );
+    Some((primary, replica, primary_url, replica_url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_that_reached_the_replica_hold_and_fences_go_forward_after_promotion() {
+    let Some((primary, replica, primary_url, replica_url)) = primary_and_replica() else {
+        return;
+    };
     let config = || PostgresConfig::default().with_schema("failover");
     let before = PostgresLockStore::connect(&primary_url, config())
         .await
@@ -118,16 +123,9 @@ async fn leases_that_reached_the_replica_hold_and_fences_go_forward_after_promot
 /// the leases that had been streamed still hold, and fences go forward.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_waits_out_the_old_primarys_leases_in_guard_mode() {
-    let Some(primary) = PrivatePostgres::start(None, &[]).unwrap() else {
+    let Some((primary, replica, primary_url, replica_url)) = primary_and_replica() else {
         return;
     };
-    let Some(replica) = PrivatePostgres::start_replica_of(&primary).unwrap() else {
-        return;
-    };
-    let (primary_url, replica_url) = (
-        primary.url("postgres", "postgres", ""),
-        replica.url("postgres", "postgres", ""),
-    );
     let config = || {
         PostgresConfig::default()
             .with_schema("guarded")

@@ -242,39 +242,23 @@ impl PrivatePostgres {
     /// Restarts the server cleanly (`pg_ctl restart -m fast`: a shutdown checkpoint first,
     /// so every commit reaches the disk).
     pub fn restart(&self) -> Result<(), String> {
-        let data = self.dir.display().to_string();
-        let log = self
-            .dir
-            .parent()
-            .unwrap_or(&self.dir)
-            .join("log")
-            .display()
-            .to_string();
-        pg_tool(
-            "pg_ctl",
-            &[
-                "-D", &data, "-l", &log, "-w", "-t", "30", "-m", "fast", "restart",
-            ],
-        )
-        .map(drop)
+        self.pg_ctl(&["-m", "fast", "restart"])
     }
 
     /// Starts the server again on its folder and port (after [`crash`](Self::crash): it
     /// recovers from its WAL first).
     pub fn start_again(&self) -> Result<(), String> {
+        self.pg_ctl(&["start"])
+    }
+
+    /// `pg_ctl` on this server's folder and log, waiting up to 30 s, then `args`.
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
         let data = self.dir.display().to_string();
-        let log = self
-            .dir
-            .parent()
-            .unwrap_or(&self.dir)
-            .join("log")
-            .display()
-            .to_string();
-        pg_tool(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-w", "-t", "30", "start"],
-        )
-        .map(drop)
+        let log = self.dir.parent().unwrap_or(&self.dir).join("log");
+        let log = log.display().to_string();
+        let mut all = vec!["-D", data.as_str(), "-l", log.as_str(), "-w", "-t", "30"];
+        all.extend_from_slice(args);
+        pg_tool("pg_ctl", &all).map(drop)
     }
 }
 
