@@ -396,12 +396,15 @@ pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
                 .filter(|m| !is_conc(&m.function))
                 .map(move |peer| (conc, peer))
         }) {
-            let mode = conc.function.strip_prefix("conc ");
-            let case = match (parameter.is_empty(), mode) {
-                (true, None) => group.clone(),
-                (true, Some(mode)) => format!("{group} ({mode})"),
-                (false, None) => format!("{group} ({parameter})"),
-                (false, Some(mode)) => format!("{group} ({parameter}, {mode})"),
+            let mode = conc.function.strip_prefix("conc ").unwrap_or("");
+            let label: Vec<&str> = [parameter.as_str(), mode]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect();
+            let case = if label.is_empty() {
+                group.clone()
+            } else {
+                format!("{group} ({})", label.join(", "))
             };
             rows.push(Row {
                 case,
@@ -614,6 +617,37 @@ mod tests {
             ("redis_server_time", "raw-redis", "", 12_500.0),
         ]);
         assert_eq!(rows[0].verdict(), Some(false), "13 µs is over 12 µs");
+    }
+
+    #[test]
+    fn each_mode_of_conc_is_compared_with_every_peer() {
+        let group = "lock_server_acquire_release";
+        let rows = rows_of(&[
+            (group, "conc", "postgres", 400.0),
+            (group, "conc durability=guard", "postgres", 200.0),
+            (group, "distributed-lock-postgres", "postgres", 250.0),
+        ]);
+        let cases: Vec<(&str, &str, f64)> = rows
+            .iter()
+            .map(|r| (r.case.as_str(), r.peer.as_str(), r.ratio()))
+            .collect();
+        assert_eq!(
+            cases,
+            [
+                (
+                    "lock_server_acquire_release (postgres)",
+                    "distributed-lock-postgres",
+                    1.6
+                ),
+                (
+                    "lock_server_acquire_release (postgres, durability=guard)",
+                    "distributed-lock-postgres",
+                    0.8
+                ),
+            ]
+        );
+        assert_eq!(rows[0].verdict(), Some(false));
+        assert_eq!(rows[1].verdict(), Some(true));
     }
 
     fn rows_of(ms: &[(&str, &str, &str, f64)]) -> Vec<Row> {

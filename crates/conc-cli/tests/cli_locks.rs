@@ -32,12 +32,13 @@ async fn exercise(store: Arc<dyn LockStore>, spec: &str, prefix: &str) {
     let request = LockRequest::new(&key, "generator-on-host-3", Duration::from_secs(60))
         .with_metadata("message_id", "m-9");
     let lease = store.try_acquire(&request).await.unwrap().expect("free");
-    let expired = LockRequest::new(
-        format!("{prefix}expired"),
-        "gone",
-        Duration::from_millis(20),
-    );
+    // A lease that runs out before the listing: long enough for a loaded machine to answer
+    // its grant within it (a reply later than the TTL is refused as `LateReply`), then
+    // waited out.
+    let expired_ttl = Duration::from_millis(400);
+    let expired = LockRequest::new(format!("{prefix}expired"), "gone", expired_ttl);
     store.try_acquire(&expired).await.unwrap().expect("free");
+    tokio::time::sleep(expired_ttl).await;
 
     let listed = stdout(&conc(&[
         "locks", "list", "--prefix", prefix, "--locks", spec,

@@ -33,9 +33,9 @@ use tokio_postgres::types::Type;
 use crate::error::LockError;
 use crate::lease::default_drift_margin;
 
-use super::client::column;
+use super::client::{Param, column};
 use super::connection::{identifier, pg_error};
-use super::{BACKEND, PostgresConfig, PostgresDurability, PostgresLockStore};
+use super::{BACKEND, PostgresConfig, PostgresLockStore};
 
 /// The guard's statements and what this store knows.
 pub(super) struct Guard {
@@ -112,6 +112,23 @@ impl Guard {
 }
 
 impl PostgresLockStore {
+    /// Runs one of the guard's statements (`sql` on a retry too) by `deadline` and returns
+    /// the `i64` in its first row's first column, `None` without a row.
+    async fn guard_number(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[Param<'_>],
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<i64>, LockError> {
+        let rows = self
+            .rows_until(what, sql, sql, params, deadline, None)
+            .await?;
+        rows.first()
+            .map(|row| column::<i64>(row, 0, what))
+            .transpose()
+    }
+
     /// Before a grant or renewal of `ttl_ms` in guard mode: makes sure `<table>_longest`
     /// holds at least that, on disk, so that a wait after a crash covers this lease.
     pub(super) async fn record_longest(
@@ -125,47 +142,29 @@ impl PostgresLockStore {
         if ttl_ms <= guard.longest.load(Ordering::Acquire) {
             return Ok(());
         }
-        let rows = self
-            .rows_until(
+        let recorded = self
+            .guard_number(
                 "record the longest lease",
-                &guard.raise_longest,
                 &guard.raise_longest,
                 &[(&ttl_ms, Type::INT8)],
                 deadline,
-                None,
             )
-            .await?;
-        let recorded = match rows.first() {
-            Some(row) => column::<i64>(row, 0, "record the longest lease")?,
-            None => ttl_ms,
-        };
+            .await?
+            .unwrap_or(ttl_ms);
         guard.longest.fetch_max(recorded, Ordering::AcqRel);
         Ok(())
     }
 
     /// The marker was missing: commits may have been lost. Writes it back, closed until
-    /// every lease that could have been lost has run out, and returns that time.
-    pub(super) async fn recover(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<SystemTime, LockError> {
+    /// every lease that could have been lost has run out.
+    pub(super) async fn recover(&self, deadline: tokio::time::Instant) -> Result<(), LockError> {
         let Some(guard) = &self.guard else {
-            return Ok(SystemTime::now());
+            return Ok(());
         };
-        let rows = self
-            .rows_until(
-                "read the longest lease",
-                &guard.read_longest,
-                &guard.read_longest,
-                &[],
-                deadline,
-                None,
-            )
-            .await?;
-        let on_disk = match rows.first() {
-            Some(row) => column::<i64>(row, 0, "read the longest lease")?,
-            None => 0,
-        };
+        let on_disk = self
+            .guard_number("read the longest lease", &guard.read_longest, &[], deadline)
+            .await?
+            .unwrap_or(0);
         let longest = Duration::from_millis(
             u64::try_from(on_disk.max(guard.longest.load(Ordering::Acquire))).unwrap_or(0),
         );
@@ -190,7 +189,7 @@ impl PostgresLockStore {
             until = %crate::util::clock::format_time(until),
             "the PostgreSQL server may have lost commits that were not yet on disk (a crash, an immediate shutdown, a promoted replica or a restored backup): no lock is granted until every lease that could have been lost has run out"
         );
-        Ok(until)
+        Ok(())
     }
 
     /// The guard's part of the migration, inside its transaction: in guard mode, makes the
@@ -248,12 +247,5 @@ impl PostgresLockStore {
         let longest: i64 = column(&row, 0, "read the longest lease")?;
         guard.longest.fetch_max(longest, Ordering::AcqRel);
         Ok(())
-    }
-}
-
-impl PostgresDurability {
-    /// Whether grants skip the flush (and the guard is on).
-    pub(super) fn guarded(self) -> bool {
-        matches!(self, Self::Guard)
     }
 }

@@ -124,14 +124,11 @@ impl LockStore for PostgresLockStore {
                 .min()
                 .unwrap_or(sent + self.config.op_timeout);
             let longest = ttls.iter().copied().max().unwrap_or(0);
-            match self.record_longest(longest, deadline).await {
-                Ok(()) => {}
-                Err(error) => {
-                    for slot in out.iter_mut().filter(|slot| slot.is_none()) {
-                        *slot = Some(Err(error.for_each_of_a_batch()));
-                    }
-                    return out.into_iter().flatten().collect();
+            if let Err(error) = self.record_longest(longest, deadline).await {
+                for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                    *slot = Some(Err(error.for_each_of_a_batch()));
                 }
+                return out.into_iter().flatten().collect();
             }
             match self
                 .rows_until(

@@ -13,7 +13,7 @@ use super::connection::identifier;
 use super::guard::Guard;
 use super::listen::listen;
 use super::poll::Poller;
-use super::{PostgresConfig, PostgresLockStore};
+use super::{PostgresConfig, PostgresDurability, PostgresLockStore};
 
 #[derive(Clone)]
 pub(super) struct Sql {
@@ -59,8 +59,11 @@ impl PostgresLockStore {
         );
         // With the crash guard, the row comes from the marker's CTE `g` (see `guard.rs`): no
         // row while the marker is missing or closed, so nothing is granted.
-        let guarded = config.durability.guarded();
-        let source = if guarded {
+        let guard_tables = match config.durability {
+            PostgresDurability::Guard => Some(super::guard::tables(&config)?),
+            PostgresDurability::Flush => None,
+        };
+        let source = if guard_tables.is_some() {
             format!("SELECT {values} FROM g WHERE NOT g.closed")
         } else {
             format!("VALUES ({values})")
@@ -78,14 +81,36 @@ impl PostgresLockStore {
                  RETURNING fence, acquired_at, expires_at"
             )
         };
-        let mut sql = Sql {
-            // A retry after a lost connection finds its own token (the first try committed):
-            // it takes its lease again rather than lock itself out.
-            acquire: upsert("WHERE t.expires_at <= clock_timestamp() OR t.token = EXCLUDED.token"),
-            take_over: format!(
-                "WITH taken AS ({}) SELECT taken.*, {notify} FROM taken, (SELECT $1::text AS key) k",
-                upsert("")
+        // A retry after a lost connection finds its own token (the first try committed):
+        // it takes its lease again rather than lock itself out.
+        let acquire = upsert("WHERE t.expires_at <= clock_timestamp() OR t.token = EXCLUDED.token");
+        // With the crash guard, a grant also answers the marker's state and skips the flush;
+        // so does a renewal (a lost renewal is a lease the wait after a crash covers, as a
+        // lost grant is).
+        let (acquire, take_over, unflushed) = match &guard_tables {
+            Some((guard_table, _)) => (
+                Guard::grant(guard_table, &acquire, ""),
+                Guard::grant(
+                    guard_table,
+                    &upsert(""),
+                    &format!(
+                        ", CASE WHEN taken.fence IS NOT NULL THEN pg_notify('{channel}', $1::text) END"
+                    ),
+                ),
+                format!(", {async_commit}"),
             ),
+            None => (
+                acquire,
+                format!(
+                    "WITH taken AS ({}) SELECT taken.*, {notify} FROM taken, (SELECT $1::text AS key) k",
+                    upsert("")
+                ),
+                String::new(),
+            ),
+        };
+        let sql = Sql {
+            acquire,
+            take_over,
             // A released lease keeps its token, marked, until cleanup: so a release retried
             // after a lost connection can tell that its first try went through. Other
             // processes are notified only while one of them has announced a wait
@@ -118,13 +143,13 @@ impl PostgresLockStore {
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
-                 WHERE key = $1 AND token = $2 AND {live} RETURNING expires_at"
+                 WHERE key = $1 AND token = $2 AND {live} RETURNING expires_at{unflushed}"
             ),
             renew_many: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + r.ttl * interval '1 millisecond'
                  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(rkey, rtoken, ttl)
                  WHERE key = r.rkey AND token = r.rtoken AND {live}
-                 RETURNING key, token, expires_at"
+                 RETURNING key, token, expires_at{unflushed}"
             ),
             inspect: format!("SELECT {info} FROM {t} WHERE key = $1 AND {live}"),
             list: format!(
@@ -155,27 +180,8 @@ impl PostgresLockStore {
                  SELECT gone.live, {notify} FROM gone, (SELECT $1::text AS key) k"
             ),
         };
-        let guard = if guarded {
-            let (guard_table, longest_table) = super::guard::tables(&config)?;
-            sql.acquire = Guard::grant(
-                &guard_table,
-                &upsert("WHERE t.expires_at <= clock_timestamp() OR t.token = EXCLUDED.token"),
-                "",
-            );
-            sql.take_over = Guard::grant(
-                &guard_table,
-                &upsert(""),
-                &format!(
-                    ", CASE WHEN taken.fence IS NOT NULL THEN pg_notify('{channel}', $1::text) END"
-                ),
-            );
-            // A lost renewal is a lease the wait after a crash covers, as a lost grant is.
-            sql.renew.push_str(&format!(", {async_commit}"));
-            sql.renew_many.push_str(&format!(", {async_commit}"));
-            Some(Arc::new(Guard::new(&guard_table, &longest_table)))
-        } else {
-            None
-        };
+        let guard = guard_tables
+            .map(|(guard_table, longest_table)| Arc::new(Guard::new(&guard_table, &longest_table)));
         let watchers = Arc::<Watchers>::default();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Self {

@@ -183,6 +183,8 @@ struct FileEvents {
     watcher: notify::RecommendedWatcher,
     dir: PathBuf,
     on: bool,
+    /// Whether a failure to watch the folder was logged (once: it is tried at every look).
+    logged: bool,
 }
 
 impl FileEvents {
@@ -204,6 +206,7 @@ impl FileEvents {
             watcher,
             dir,
             on: false,
+            logged: false,
         })
     }
 
@@ -224,7 +227,9 @@ impl FileEvents {
         match done {
             Ok(()) => self.on = on,
             Err(error) if on => {
-                tracing::debug!(%error, dir = %self.dir.display(), "cannot watch the database's folder: the SQLite watcher polls");
+                if !std::mem::replace(&mut self.logged, true) {
+                    tracing::debug!(%error, dir = %self.dir.display(), "cannot watch the database's folder: the SQLite watcher polls");
+                }
             }
             // Not watched any more (the folder went away): off all the same.
             Err(_) => self.on = false,
