@@ -178,8 +178,8 @@ impl RedisLockStore {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Self {
             connection,
-            config,
-            scripts: Scripts::new(),
+            config: Arc::new(config),
+            scripts: Arc::new(Scripts::new()),
             epoch: Arc::default(),
             watchers: watchers.clone(),
             _subscriber: Arc::new(stop),
@@ -430,11 +430,28 @@ impl RedisLockStore {
             );
             self.watchers.notify_all();
         }
-        if !known {
+        if known {
+            let recorded = epoch.recorded.entry(slot).or_default();
+            *recorded = (*recorded).max(*longest);
+        } else {
             epoch.ids.insert(slot, id.clone());
+            epoch.recorded.insert(slot, *longest);
         }
         epoch.longest = epoch.longest.max(*longest);
         epoch.after = epoch.after.max(*after);
+    }
+
+    /// The longest lease the marker of `slot` records, as this instance last read it: an
+    /// acquire of a key whose lock hash exists, for at most that long, grants without
+    /// reading the marker (see `lua/acquire.lua`). 0 (read it) while the store may still
+    /// be recovering from a wipe, as far as this instance knows.
+    pub(super) fn recorded_longest(&self, slot: u16) -> u64 {
+        let epoch = self.epoch.lock();
+        let recovered = from_unix_millis(epoch.after) <= SystemTime::now();
+        match epoch.recorded.get(&slot) {
+            Some(&recorded) if recovered => recorded,
+            _ => 0,
+        }
     }
 
     pub(super) fn events_channel(&self) -> String {
@@ -454,14 +471,13 @@ impl RedisLockStore {
         self.guard_args(slot, &mut invocation);
         invocation
             .key(lock_key)
-            .arg(&request.key)
             .arg(&request.owner)
             .arg(&token)
             .arg(request.metadata.len())
             .arg(ms(request.ttl))
-            .arg(ms(self.config.grace))
+            .arg(ms(request.ttl).saturating_add(ms(self.config.grace)))
             .arg(if force { "1" } else { "0" })
-            .arg(self.events_channel());
+            .arg(self.recorded_longest(slot));
         for (name, value) in &request.metadata {
             invocation.arg(name).arg(value);
         }
@@ -477,17 +493,25 @@ impl RedisLockStore {
         let parse = || -> Result<AcquireReply, redis::ParsingError> {
             let field = |n: usize| reply.get(n).cloned().unwrap_or(redis::Value::Nil);
             let status: i64 = redis::from_redis_value(field(0))?;
-            let guard: GuardReply = (
-                redis::from_redis_value(field(1))?,
-                redis::from_redis_value(field(2))?,
-                redis::from_redis_value(field(3))?,
-                redis::from_redis_value(field(4))?,
-            );
+            // 3 and 4: held and granted, on a key whose hash exists, without the guard.
+            let (status, guard) = match status {
+                3 | 4 => (status - 3, None),
+                _ => (
+                    status,
+                    Some((
+                        redis::from_redis_value(field(1))?,
+                        redis::from_redis_value(field(2))?,
+                        redis::from_redis_value(field(3))?,
+                        redis::from_redis_value(field(4))?,
+                    )),
+                ),
+            };
             let granted = if status == 1 {
+                let at = if guard.is_some() { 5 } else { 1 };
                 Some((
-                    redis::from_redis_value(field(5))?,
-                    redis::from_redis_value(field(6))?,
-                    redis::from_redis_value(field(7))?,
+                    redis::from_redis_value(field(at))?,
+                    redis::from_redis_value(field(at + 1))?,
+                    redis::from_redis_value(field(at + 2))?,
                 ))
             } else {
                 None
@@ -495,11 +519,13 @@ impl RedisLockStore {
             Ok((status, guard, granted))
         };
         let (status, guard, granted) = parse().map_err(parse_error("acquire"))?;
-        self.learn(slot, &guard);
+        if let Some(guard) = &guard {
+            self.learn(slot, guard);
+        }
         let Some((fence, now, expires)) = granted else {
             // Refused: nothing was taken.
             abandoned.disarm();
-            return self.refused(status, force, &guard);
+            return self.refused(status, force, guard.as_ref());
         };
         if let Err(error) = self
             .replicated(operation, &self.lock_key(&request.key), acks)
@@ -541,9 +567,9 @@ impl RedisLockStore {
         &self,
         status: i64,
         force: bool,
-        guard: &GuardReply,
+        guard: Option<&GuardReply>,
     ) -> Result<Option<Lease>, LockError> {
-        if status == 2 && force {
+        if let (2, true, Some(guard)) = (status, force, guard) {
             return Err(LockError::Recovering {
                 backend: BACKEND,
                 until: from_unix_millis(guard.1),
@@ -598,10 +624,8 @@ impl RedisLockStore {
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
             .key(self.lock_key(key))
-            .arg(key)
             .arg(token)
             .arg(ms(self.config.grace))
-            .arg(self.events_channel())
             .arg(if retry { "1" } else { "0" });
         invocation
     }

@@ -60,11 +60,9 @@ impl LockStore for RedisLockStore {
         self.guard_args(slot, &mut invocation);
         invocation
             .key(lock_key)
-            .arg(&lease.key)
             .arg(&lease.token)
             .arg(ms(ttl))
-            .arg(ms(self.config.grace))
-            .arg(self.events_channel());
+            .arg(ms(ttl).saturating_add(ms(self.config.grace)));
         let sent = tokio::time::Instant::now();
         type RenewReply = (String, i64, u64, i64, Option<i64>);
         let deadline = renewal_deadline(self.config.response_timeout(), lease);
@@ -103,11 +101,9 @@ impl LockStore for RedisLockStore {
                 .arg(known)
                 .arg(fresh)
                 .arg(delay)
-                .arg(&lease.key)
                 .arg(&lease.token)
                 .arg(ms(lease.ttl))
-                .arg(ms(self.config.grace))
-                .arg(self.events_channel());
+                .arg(ms(lease.ttl).saturating_add(ms(self.config.grace)));
             pipe.add_command(command);
             out.push(None);
         }

@@ -30,7 +30,12 @@
 //! until the longest lease that could still be live has run out (the delayed restart of
 //! the Redlock analysis), logs it at warn, and every other instance that knew the marker
 //! does the same. An instance that had not yet learned the marker cannot tell the loss
-//! from a new server or a slot never used; the fences still protect the resource.
+//! from a new server or a slot never used; the fences still protect the resource. The
+//! marker is read by every renewal, and by an acquire of a key with no lock hash (a wipe
+//! takes every lock hash with it: a key whose hash exists keeps its own holder, expiry and
+//! fence) or of a lease longer than the marker records; an instance that finds a wipe
+//! publishes its wait, and every instance that hears it reads the marker on every grant
+//! until the wait is over.
 //!
 //! Live leases must not be evictable: `connect` reads `maxmemory-policy` on every master
 //! and refuses any policy but `noeviction` (see [`RedisConfig::allow_eviction`]).
@@ -209,6 +214,9 @@ struct Epoch {
     ids: HashMap<u16, String>,
     /// The longest lease the store has granted, in ms.
     longest: u64,
+    /// The longest lease each marker records (ms), read with the id in `ids`: it only
+    /// grows while the id stays.
+    recorded: HashMap<u16, u64>,
     /// Until when (server clock, ms) the store grants nothing, as last seen.
     after: i64,
 }
@@ -236,8 +244,10 @@ const BATCH: usize = 500;
 #[derive(Clone)]
 pub struct RedisLockStore {
     connection: Connection,
-    config: RedisConfig,
-    scripts: Scripts,
+    // Behind `Arc`s, with everything else, so that a clone (one per acquire, kept by the
+    // cleanup of an abandoned grant) copies no script and no string.
+    config: Arc<RedisConfig>,
+    scripts: Arc<Scripts>,
     epoch: Arc<parking_lot::Mutex<Epoch>>,
     watchers: Arc<Watchers>,
     /// Dropped with the store, which ends the subscribing task.

@@ -97,14 +97,19 @@ pub(super) async fn subscribe(
                 let Ok(payload) = message.get_payload::<String>() else {
                     continue;
                 };
-                match payload.strip_prefix("\0longest:") {
-                    Some(longest) => {
-                        if let Ok(longest) = longest.parse::<u64>() {
-                            let mut epoch = epoch.lock();
-                            epoch.longest = epoch.longest.max(longest);
-                        }
+                if let Some(longest) = payload.strip_prefix("\0longest:") {
+                    if let Ok(longest) = longest.parse::<u64>() {
+                        let mut epoch = epoch.lock();
+                        epoch.longest = epoch.longest.max(longest);
                     }
-                    None => watchers.notify(&payload),
+                } else if let Some(after) = payload.strip_prefix("\0after:") {
+                    // A wipe was found: until `after`, every grant reads the guard.
+                    if let Ok(after) = after.parse::<i64>() {
+                        let mut epoch = epoch.lock();
+                        epoch.after = epoch.after.max(after);
+                    }
+                } else {
+                    watchers.notify(&payload);
                 }
             }
             Err("the connection closed".to_owned())

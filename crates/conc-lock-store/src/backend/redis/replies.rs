@@ -53,8 +53,9 @@ impl redis::FromRedisValue for InfoFields {
 /// The guard's part of a reply: epoch id, grant-after (ms), longest lease (ms), wiped.
 pub(super) type GuardReply = (String, i64, u64, i64);
 
-/// An acquire's reply: status, the guard's part, and a granted lease's fence and times.
-pub(super) type AcquireReply = (i64, GuardReply, Option<(u64, i64, i64)>);
+/// An acquire's reply: status, the guard's part (if the script read the guard), and a
+/// granted lease's fence and times.
+pub(super) type AcquireReply = (i64, Option<GuardReply>, Option<(u64, i64, i64)>);
 
 pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)

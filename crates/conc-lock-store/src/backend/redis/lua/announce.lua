@@ -5,9 +5,9 @@
 -- Runs after now.lua.
 local f = redis.call('HMGET', KEYS[1], 'expires_at', 'token', 'waiting_until')
 if not (f[1] and f[2] and f[2] ~= '' and string.sub(f[2], 1, 9) ~= 'released:'
-    and tonumber(f[1]) > now) then return 0 end
-local wait_until = now + tonumber(ARGV[1])
-if not f[3] or tonumber(f[3]) < wait_until then
+    and f[1] + 0 > now) then return 0 end
+local wait_until = now + ARGV[1]
+if not f[3] or f[3] + 0 < wait_until then
   redis.call('HSET', KEYS[1], 'waiting_until', fmt(wait_until))
 end
 return 1

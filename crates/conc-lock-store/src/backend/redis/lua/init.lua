@@ -1,4 +1,4 @@
 -- KEYS: marker. ARGV: (guard). Returns {epoch, after, longest, wiped}.
--- Runs after now.lua and guard.lua (`epoch`, `after`, `longest`, `wiped`); ARGV[1..3] are
--- the guard's.
+-- Runs after now.lua and guard.lua; ARGV[1..3] are the guard's.
+local epoch, after, longest, wiped = guard()
 return {epoch, after, longest, wiped}
