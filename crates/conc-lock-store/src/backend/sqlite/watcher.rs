@@ -40,38 +40,44 @@ pub(super) fn spawn_watcher(
     let (wake, changed) = sync_channel(1);
     let sender = wake.clone();
     let run = move || {
-        let mut events = FileEvents::new(&path, sender);
+        // Made when a key is first watched: a store that never watches holds no inotify
+        // instance (the system allows a user 128 by default) and no notification thread.
+        let mut events: Option<Option<FileEvents>> = None;
         let mut watched = false;
-        // Looks left soon after a change was reported: a commit's WAL write is reported
-        // before its writer updates the shared index that `data_version` reads, so the
-        // first look may come too early.
-        let mut rechecks = 0u32;
+        // The pause before the next look after a change was reported: a commit's WAL write
+        // is reported before its writer updates the shared index that `data_version` reads,
+        // and a writer on a busy machine can be held up between the two for milliseconds,
+        // so the looks go on, ever further apart, for about a second after the last report
+        // (a look that finds nothing costs one `PRAGMA data_version`).
+        let mut recheck: Option<Duration> = None;
         let mut connection: Option<Connection> = None;
         let mut version: Option<i64> = None;
         // The number of the last completed poll on this connection, and `data_version` as
         // it read at the poll's end.
         let mut last_poll: Option<(u64, i64)> = None;
-        let mut seen: HashMap<String, Option<String>> = HashMap::new();
+        let mut seen: HashMap<String, KeyState> = HashMap::new();
         loop {
             let poll = interval.max(Duration::from_millis(1));
             // A change, a new watch, or the fallback poll (the idle check when nothing is
             // watched; the fallback every `interval` where the files report no change).
-            let wait = if rechecks > 0 {
-                rechecks -= 1;
-                RECHECK.min(poll)
-            } else if watched {
-                poll
-            } else {
-                poll.max(IDLE_CHECK)
+            let wait = match recheck {
+                Some(pause) => pause.min(poll),
+                None if watched => poll,
+                None => poll.max(IDLE_CHECK),
             };
-            if changed.recv_timeout(wait).is_ok() {
-                rechecks = RECHECKS;
-            }
+            recheck = if changed.recv_timeout(wait).is_ok() {
+                Some(RECHECK_FIRST)
+            } else {
+                recheck.and_then(|pause| (pause < RECHECK_LAST).then(|| pause * 2))
+            };
             let Some(watchers) = watchers.upgrade() else {
                 return;
             };
             watched = watchers.is_watched();
-            if let Some(files) = events.as_mut() {
+            if watched && events.is_none() {
+                events = Some(FileEvents::new(&path, sender.clone()));
+            }
+            if let Some(Some(files)) = events.as_mut() {
                 files.watch(watched);
             }
             if !watched {
@@ -111,13 +117,16 @@ pub(super) fn spawn_watcher(
             seen.retain(|k, _| keys.iter().any(|(key, _)| key == k));
             let mut first_reads = Vec::new();
             for (key, since) in keys {
-                let token: Option<String> = db
+                let token: KeyState = db
                     .prepare_cached(
-                        "SELECT token FROM conc_locks WHERE key = ?1 AND expires_at > ?2",
+                        "SELECT CASE WHEN expires_at > ?2 THEN token END, fence
+                         FROM conc_locks WHERE key = ?1",
                     )
                     .and_then(|mut s| {
-                        s.query_row(params![key, now_millis()], |row| row.get(0))
-                            .optional()
+                        s.query_row(params![key, now_millis()], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                        .optional()
                     })
                     .unwrap_or(None);
                 match seen.get(&key) {
@@ -165,11 +174,18 @@ pub(super) fn spawn_watcher(
     wake
 }
 
-/// After a reported change, the watcher looks again this often, [`RECHECKS`] times.
-const RECHECK: Duration = Duration::from_millis(1);
+/// What the watcher compares of a watched key between looks: the live lease's token (none
+/// once released or expired) and the row's fence, or nothing without a row. The fence
+/// moves with every grant, so a lease taken and released between two looks (the token
+/// none before and after) is a change all the same.
+type KeyState = Option<(Option<String>, i64)>;
 
-/// How many looks follow a reported change (see [`RECHECK`]).
-const RECHECKS: u32 = 3;
+/// After a reported change, the watcher looks again after this pause, then after twice
+/// the pause before, up to [`RECHECK_LAST`]: 10 looks over about a second.
+const RECHECK_FIRST: Duration = Duration::from_millis(1);
+
+/// The longest pause between the looks that follow a reported change.
+const RECHECK_LAST: Duration = Duration::from_millis(512);
 
 /// How long a watcher with nothing to watch sleeps between checks that its store is alive
 /// and still unwatched (a change to the files wakes it at once).
