@@ -454,6 +454,12 @@ impl RedisLockStore {
         }
     }
 
+    /// How long a lock's hash lives after a grant or renewal of `ttl`: the lease plus the
+    /// grace period (ms), for the scripts' `PEXPIRE`.
+    pub(super) fn hash_lifetime(&self, ttl: Duration) -> u64 {
+        ms(ttl).saturating_add(ms(self.config.grace))
+    }
+
     pub(super) fn events_channel(&self) -> String {
         format!("{}events", self.config.prefix)
     }
@@ -475,7 +481,7 @@ impl RedisLockStore {
             .arg(&token)
             .arg(request.metadata.len())
             .arg(ms(request.ttl))
-            .arg(ms(request.ttl).saturating_add(ms(self.config.grace)))
+            .arg(self.hash_lifetime(request.ttl))
             .arg(if force { "1" } else { "0" })
             .arg(self.recorded_longest(slot));
         for (name, value) in &request.metadata {

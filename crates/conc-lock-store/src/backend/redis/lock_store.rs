@@ -62,7 +62,7 @@ impl LockStore for RedisLockStore {
             .key(lock_key)
             .arg(&lease.token)
             .arg(ms(ttl))
-            .arg(ms(ttl).saturating_add(ms(self.config.grace)));
+            .arg(self.hash_lifetime(ttl));
         let sent = tokio::time::Instant::now();
         type RenewReply = (String, i64, u64, i64, Option<i64>);
         let deadline = renewal_deadline(self.config.response_timeout(), lease);
@@ -103,7 +103,7 @@ impl LockStore for RedisLockStore {
                 .arg(delay)
                 .arg(&lease.token)
                 .arg(ms(lease.ttl))
-                .arg(ms(lease.ttl).saturating_add(ms(self.config.grace)));
+                .arg(self.hash_lifetime(lease.ttl));
             pipe.add_command(command);
             out.push(None);
         }

@@ -19,11 +19,12 @@ use crate::notify::Watchers;
 use super::lock_store::now_millis;
 
 /// Checks the watched keys for changes made through other connections: a cheap
-/// `PRAGMA data_version` every `interval`, and the watched keys' tokens only when it moved.
+/// `PRAGMA data_version` every `interval`, and the watched keys' states (live token and
+/// fence, [`KeyState`]) only when it moved.
 /// Ends when the store is dropped.
 ///
 /// Every change made after a watch was created is reported, including one made before
-/// this thread first reads the key: the token it reads first is taken as the key's state
+/// this thread first reads the key: the state it reads first is taken as the key's state
 /// at the watch's creation only when `data_version` shows that no other connection wrote
 /// between the end of the poll before the watch was made and that first read; otherwise
 /// the new watch is woken at once (a spurious wake-up, which watches allow).
@@ -117,7 +118,7 @@ pub(super) fn spawn_watcher(
             seen.retain(|k, _| keys.iter().any(|(key, _)| key == k));
             let mut first_reads = Vec::new();
             for (key, since) in keys {
-                let token: KeyState = db
+                let state: KeyState = db
                     .prepare_cached(
                         "SELECT CASE WHEN expires_at > ?2 THEN token END, fence
                          FROM conc_locks WHERE key = ?1",
@@ -130,13 +131,13 @@ pub(super) fn spawn_watcher(
                     })
                     .unwrap_or(None);
                 match seen.get(&key) {
-                    Some(before) if *before == token => {}
+                    Some(before) if *before == state => {}
                     Some(_) => {
-                        seen.insert(key.clone(), token);
+                        seen.insert(key.clone(), state);
                         watchers.notify(&key);
                     }
                     None => {
-                        seen.insert(key.clone(), token);
+                        seen.insert(key.clone(), state);
                         first_reads.push((key, since));
                     }
                 }
@@ -146,9 +147,9 @@ pub(super) fn spawn_watcher(
                 watchers.notify_all();
                 continue;
             };
-            // A key read for the first time: its token is the state when its watch was made
+            // A key read for the first time: what it read is the state when its watch was made
             // only if nothing was written from the end of the poll before the watch until
-            // after the read. Otherwise a change may hide in the token read: wake the watch.
+            // after the read. Otherwise a change may hide in the state read: wake the watch.
             for (key, since) in first_reads {
                 let baseline = match (since, last_poll) {
                     (Some(since), Some((poll, at_end))) => since == poll + 1 && at_end == after,
