@@ -37,9 +37,11 @@ async fn start_server(path: &Path) -> (String, tokio::task::JoinHandle<()>, Sess
         locks: Arc::new(SqliteLockStore::open(path).await.unwrap()),
         config: SessionConfig::default(),
     });
+    // A reply takes 6 s: long enough that, on a loaded machine, the stop pressed in the
+    // other tab still arrives while it is being written.
     let model = ModelConfig {
         token_delay: Duration::from_millis(150),
-        tokens: 12,
+        tokens: 40,
         failure_rate: 0.0,
     };
     let app = router(AppState::new(manager.clone(), model, None));
@@ -82,7 +84,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
     client.goto(&page).await.unwrap();
     wait_until(
         "the conversation is open",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async {
             client
                 .execute(
@@ -107,7 +109,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         )
         .await
         .unwrap();
-    wait_until("the please-wait toast shows", Duration::from_secs(5), || async {
+    wait_until("the please-wait toast shows", Duration::from_secs(15), || async {
         let toasts = client
             .execute("return Array.from(document.querySelectorAll('.toast-error')).map(t => t.textContent).join('|')", vec![])
             .await
@@ -140,7 +142,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         .unwrap();
     wait_until(
         "the second tab shows the lock",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || async { input_disabled(&client).await },
     )
     .await;
@@ -149,13 +151,13 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
     // After the response, the input is enabled again (in both tabs).
     wait_until(
         "the second tab unlocks",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async { !input_disabled(&client).await },
     )
     .await;
     wait_until(
         "the second tab shows the other server's messages",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || async {
             client
                 .find_all(Locator::Css("#messages .message"))
@@ -167,7 +169,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
     )
     .await;
     client.switch_to_window(first_tab.clone()).await.unwrap();
-    wait_until("the first tab unlocks", Duration::from_secs(10), || async {
+    wait_until("the first tab unlocks", Duration::from_secs(20), || async {
         !input_disabled(&client).await
     })
     .await;
@@ -188,7 +190,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    wait_until("the generation runs", Duration::from_secs(5), || async {
+    wait_until("the generation runs", Duration::from_secs(15), || async {
         input_disabled(&client).await
     })
     .await;
@@ -196,7 +198,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
     client.switch_to_window(second_tab.clone()).await.unwrap();
     wait_until(
         "the other server's tab sees the generation",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || async { input_disabled(&client).await },
     )
     .await;
@@ -208,13 +210,15 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
         .await
         .unwrap();
     client.switch_to_window(first_tab.clone()).await.unwrap();
-    wait_until("stop unlocks the input", Duration::from_secs(3), || async {
-        !input_disabled(&client).await
-    })
+    wait_until(
+        "stop unlocks the input",
+        Duration::from_secs(15),
+        || async { !input_disabled(&client).await },
+    )
     .await;
     wait_until(
         "the page says the partial reply was discarded",
-        Duration::from_secs(3),
+        Duration::from_secs(15),
         || async { status_text(&client).await.contains("discarded") },
     )
     .await;
@@ -251,7 +255,7 @@ async fn the_page_shows_the_lock_in_a_real_browser() {
             .unwrap();
         wait_until(
             "the new conversation is listed",
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             || async {
                 client
                     .find_all(Locator::Css("#conversation-list button"))
