@@ -10,7 +10,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -116,6 +116,7 @@ pub fn channel<T>(capacity: usize) -> Result<(Sender<T>, Receiver<T>), ChannelEr
             rx,
             shared,
             closing,
+            closing_waker: None,
             rx_closed: false,
         },
     ))
@@ -216,6 +217,9 @@ pub struct Receiver<T> {
     rx: mpsc::Receiver<T>,
     shared: Arc<Shared>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `closing` was last polled with (and so will wake when a sender closes),
+    /// by its data and vtable addresses (see [`waker_identity`]).
+    closing_waker: Option<(usize, usize)>,
     rx_closed: bool,
 }
 
@@ -236,13 +240,36 @@ impl<T> Receiver<T> {
             if let Poll::Ready(message) = self.rx.poll_recv(cx) {
                 return Poll::Ready(message);
             }
-            if self.closing.as_mut().poll(cx).is_pending() {
+            if !self.close_requested(cx) {
                 return Poll::Pending;
             }
             // A sender closed the channel: stop new sends, then drain.
             self.close();
         }
         self.rx.poll_recv(cx)
+    }
+
+    /// Whether a sender closed the channel; if not, `cx`'s task will be woken when one does.
+    ///
+    /// A sender's close sets `closed` before it cancels the token, whose wake-up goes to
+    /// the waker `closing` was last polled with. So while `cx`'s waker is that same waker,
+    /// reading the flag is enough: polling `closing` again would take two locks (the
+    /// token's and its `Notify`'s) on every wait for a message. Kept out of line, so that
+    /// `poll_recv`'s path for a buffered message stays small enough to inline.
+    #[inline(never)]
+    fn close_requested(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        let waker = waker_identity(cx.waker());
+        if self.closing_waker == Some(waker) {
+            return false;
+        }
+        if self.closing.as_mut().poll(cx).is_ready() {
+            return true;
+        }
+        self.closing_waker = Some(waker);
+        false
     }
 
     /// A message if one is buffered now.
@@ -267,6 +294,17 @@ impl<T> Receiver<T> {
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
+}
+
+/// A waker's data and vtable addresses, what [`Waker::will_wake`] compares, kept as numbers
+/// so that the receiver stays `Send`. Compared with the identity of an earlier `cx.waker()`,
+/// not of a clone: a clone may carry a copy of the vtable at another address. The address
+/// cannot be reused by another task's waker while `closing` holds a clone of this one.
+fn waker_identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 impl<T> Stream for Receiver<T> {

@@ -1,5 +1,8 @@
-//! Seed 001, 3.2 and seed 004: bounded channels with backpressure and close.
+//! Bounded channels with backpressure and close.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use conc_async::{ChannelError, SendTimeoutError, TrySendError, blocking_channel, channel};
@@ -61,6 +64,65 @@ async fn close_wakes_a_waiting_receiver() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     tx.close();
     assert_eq!(receiver.await.unwrap(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_woken_by_messages_still_hears_the_close() {
+    let (tx, mut rx) = channel::<u32>(1).unwrap();
+    let receiver = tokio::spawn(async move {
+        let mut received = 0;
+        while rx.recv().await.is_some() {
+            received += 1;
+        }
+        received
+    });
+    // Each message finds the receiver waiting (and so polled again by the same task).
+    for n in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tx.send(n).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tx.close();
+    assert_eq!(receiver.await.unwrap(), 3);
+}
+
+/// A waker that counts its wake-ups.
+struct Counting(AtomicUsize);
+
+impl Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn the_close_wakes_the_task_that_polled_last() {
+    let (tx, mut rx) = channel::<u32>(1).unwrap();
+    let first = Arc::new(Counting(AtomicUsize::new(0)));
+    let second = Arc::new(Counting(AtomicUsize::new(0)));
+    let first_waker = Waker::from(first.clone());
+    let second_waker = Waker::from(second.clone());
+    for _ in 0..2 {
+        assert!(
+            rx.poll_recv(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+    }
+    // The receiver moves to another task: that task is the one to wake.
+    assert!(
+        rx.poll_recv(&mut Context::from_waker(&second_waker))
+            .is_pending()
+    );
+    tx.close();
+    assert_eq!(
+        second.0.load(Ordering::SeqCst),
+        1,
+        "the last poller is woken"
+    );
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&second_waker)),
+        Poll::Ready(None)
+    );
 }
 
 #[tokio::test(start_paused = true)]
