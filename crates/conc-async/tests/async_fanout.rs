@@ -1,4 +1,4 @@
-//! Seed 001, 6.1: fan-out / fan-in with a concurrency limit that is never exceeded.
+//! Fan-out / fan-in with a concurrency limit that is never exceeded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,4 @@
-//! Seed 000's integration pattern as one type: the latest run wins.
+//! A stream runner's pattern as one type: the latest run wins.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

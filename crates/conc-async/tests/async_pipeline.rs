@@ -1,4 +1,4 @@
-//! Seed 001, 6.2: pipeline stages joined by bounded channels.
+//! Pipeline stages joined by bounded channels.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

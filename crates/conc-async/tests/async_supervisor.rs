@@ -61,7 +61,7 @@ fn lines_of(supervisor: &str) -> String {
 #[error("provider returned 503")]
 struct ProviderDown;
 
-/// Seed 001, 3.1 and 3.3: failures at error level with the task's name, start and finish at
+/// Failures at error level with the task's name, start and finish at
 /// debug, panics caught and reported.
 #[tokio::test(start_paused = true)]
 async fn every_outcome_is_logged_and_counted() {

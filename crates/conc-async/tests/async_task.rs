@@ -1,4 +1,4 @@
-//! Seed 004: cancellable, composable tasks.
+//! Cancellable, composable tasks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

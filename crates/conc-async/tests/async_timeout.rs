@@ -1,4 +1,4 @@
-//! Seed 001, 2.3: every external call has a timeout, and its error names the call.
+//! Every external call has a timeout, and its error names the call.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! Abort signals and the abort manager (seed 000, rules 2 and 5).
+//! Abort signals and the abort manager: superseded work is aborted, and an abort is an
+//! outcome, not an error.
 
 use std::time::Duration;
 

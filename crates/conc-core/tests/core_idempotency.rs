@@ -1,4 +1,4 @@
-//! Idempotency keys and the single-flight registry (seed 000, rule 3).
+//! Idempotency keys and the single-flight registry: a duplicate request runs once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,11 +1,11 @@
-//! The FIFO async mutex, driven by tokio: order, cancellation, `is_locked` (seed 002).
+//! The FIFO async mutex, driven by tokio: order, cancellation, `is_locked`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use conc_core::Mutex;
 
-/// Seed 002's test: `isLocked()` was always true; here it is false before, true inside
+/// The source app's `isLocked()` was always true; here it is false before, true inside
 /// `run_exclusive`, and false after.
 #[tokio::test]
 async fn is_locked_false_before_true_inside_false_after() {

@@ -1,4 +1,4 @@
-//! Seed 000's integration pattern as a test: rapid re-runs commit only the last result,
+//! A chat client's stream runner as a test: rapid re-runs commit only the last result,
 //! superseded work is aborted, and duplicates run once.
 
 use std::sync::Arc;
@@ -32,7 +32,7 @@ impl ChatStream {
         }
     }
 
-    /// The seed's `runStream`, with a simulated provider that takes `latency`.
+    /// The source app's `runStream`, with a simulated provider that takes `latency`.
     async fn run(&self, conversation: &str, message: &str, latency: Duration) {
         let token = self.guard.next();
         let outcome = self

@@ -91,7 +91,7 @@ async fn a_permanent_error_is_not_retried() {
     );
 }
 
-/// Seed 000, rule 5: abort is an outcome, never retried.
+/// Abort is an outcome, never retried.
 #[tokio::test(start_paused = true)]
 async fn an_abort_is_never_retried() {
     let error = retry(&exact(5), || async {

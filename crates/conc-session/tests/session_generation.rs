@@ -1,4 +1,4 @@
-//! Seed 003: one generation per conversation, the please-wait error, release on error and
+//! One generation per conversation, the please-wait error, release on error and
 //! panic, queue mode, stop-generation, recovery after a crash.
 
 use std::sync::Arc;
@@ -22,7 +22,7 @@ fn manager() -> SessionManager {
     manager_on(Arc::new(MemoryLockStore::new()), Duration::from_secs(30))
 }
 
-/// The seed's integration test: rapid sends give one generation and the please-wait error.
+/// The source app's integration test: rapid sends give one generation and the please-wait error.
 #[tokio::test]
 async fn rapid_sends_give_one_generation_and_a_please_wait_error() {
     let manager = manager();

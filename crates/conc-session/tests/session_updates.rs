@@ -1,4 +1,4 @@
-//! Seed 002: atomic updates that lose nothing, the processing lock, and its errors.
+//! Atomic updates that lose nothing, the processing lock, and its errors.
 
 use std::sync::Arc;
 use std::time::Duration;
