@@ -101,21 +101,30 @@ async fn the_rust_front_end_searches_sends_once_and_stops() {
     let search = client.find(Locator::Id("search")).await.unwrap();
     search.send_keys("conv").await.unwrap();
     wait_until(
-        "every search has ended",
-        Duration::from_secs(10),
-        || async {
-            let stats = search_stats(&base).await;
-            stats["started"] == json!(4)
-                && stats["answered"].as_u64().unwrap() + stats["abandoned"].as_u64().unwrap() == 4
-        },
-    )
-    .await;
-    wait_until(
         "the last search is shown",
         Duration::from_secs(10),
         || async { stat(&client, "shown").await.ends_with("conv") },
     )
     .await;
+    // A search aborted before its request left the browser never reaches the server (on a
+    // loaded machine the next key can come that soon): the server counts those it saw.
+    wait_until(
+        "every search the server saw has ended",
+        Duration::from_secs(10),
+        || async {
+            let stats = search_stats(&base).await;
+            let settled = stats["answered"].as_u64().unwrap()
+                + stats["abandoned"].as_u64().unwrap()
+                == stats["started"].as_u64().unwrap();
+            if !settled {
+                // Shown only if the test fails.
+                eprintln!("search stats: {stats}");
+            }
+            settled
+        },
+    )
+    .await;
+    assert_eq!(stat(&client, "searches").await, "4", "one search a key");
     screenshot(&client, "wasm-search").await;
     let shown = stat(&client, "shown").await;
     let order = ["c", "co", "con", "conv"];
@@ -135,10 +144,13 @@ async fn the_rust_front_end_searches_sends_once_and_stops() {
     assert_eq!(results, json!(["conv-alpha", "conv-beta"]));
     let stats = search_stats(&base).await;
     let superseded = 4 - positions.len() as u64;
+    let started = stats["started"].as_u64().unwrap();
+    assert!(started <= 4, "at most one request a key: {stats}");
+    let never_sent = 4 - started;
     assert_eq!(
-        stats["abandoned"].as_u64().unwrap(),
+        stats["abandoned"].as_u64().unwrap() + never_sent,
         superseded,
-        "every superseded search was aborted before its answer: {stats}"
+        "every superseded search was aborted before its answer (or before it was sent): {stats}"
     );
     assert_eq!(stat(&client, "aborted").await, superseded.to_string());
 
