@@ -240,8 +240,8 @@ impl EtcdLockStore {
 
     /// Runs one request (made by `make`) within the operation timeout: `Err` when time
     /// ran out, else etcd's answer. A request that never left (the member the client
-    /// picked refused the connection, as a killed one does until the client stops
-    /// picking it) is sent again, up to three times.
+    /// picked refused the connection, as a killed one does) is sent again, see
+    /// [`send_until_sent`].
     pub(super) async fn call_raw<T, F>(
         &self,
         what: &'static str,
@@ -251,23 +251,47 @@ impl EtcdLockStore {
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.config.op_timeout;
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            match tokio::time::timeout_at(deadline, make()).await {
-                Err(_) => {
-                    return Err(LockError::Backend {
-                        backend: BACKEND,
-                        message: format!("{what} took longer than {:?}", self.config.op_timeout),
-                        source: None,
-                    });
+        send_until_sent(deadline, make, never_sent)
+            .await
+            .ok_or_else(|| LockError::Backend {
+                backend: BACKEND,
+                message: format!("{what} took longer than {:?}", self.config.op_timeout),
+                source: None,
+            })
+    }
+}
+
+/// Runs `make()`'s request until `deadline`, sending it again while it fails before
+/// reaching any member (`never_sent`), as etcd's own client does: `None` when time ran out
+/// during a try, else the last answer (a request that still could not be sent when the
+/// next pause would pass the deadline answers with its error).
+///
+/// The tries are bounded by time, not counted: with a member down, the client's balancer
+/// keeps picking it now and then (a refused connection fails at once, so the dead member
+/// looks the least loaded), and four tries in a row went to it in a CI run. Sending again is
+/// safe only because such a request cannot have been applied.
+async fn send_until_sent<T, E, F>(
+    deadline: tokio::time::Instant,
+    make: impl Fn() -> F,
+    never_sent: impl Fn(&E) -> bool,
+) -> Option<Result<T, E>>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let mut tries = 0u64;
+    loop {
+        tries += 1;
+        match tokio::time::timeout_at(deadline, make()).await {
+            Err(_) => return None,
+            Ok(Err(e)) if never_sent(&e) => {
+                let pause = Duration::from_millis(20 * tries.min(5));
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Some(Err(e));
                 }
-                Ok(Err(e)) if tries < 4 && never_sent(&e) => {
-                    tracing::debug!(error = %e, tries, "an etcd request could not be sent; trying again");
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
-                }
-                Ok(answer) => return Ok(answer),
+                tracing::debug!(tries, "an etcd request could not be sent; trying again");
+                tokio::time::sleep(pause).await;
             }
+            Ok(answer) => return Some(answer),
         }
     }
 }
@@ -328,6 +352,53 @@ fn connect_error(error: &etcd_client::Error) -> LockError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request refused `refusals` times, then answered; `Err(true)` is "never sent".
+    async fn refused_then_answered(
+        refusals: u32,
+        limit: Duration,
+    ) -> (Option<Result<u32, bool>>, u32) {
+        let tries = std::cell::Cell::new(0);
+        let deadline = tokio::time::Instant::now() + limit;
+        let answer = send_until_sent(
+            deadline,
+            || {
+                tries.set(tries.get() + 1);
+                let n = tries.get();
+                async move { if n <= refusals { Err(true) } else { Ok(n) } }
+            },
+            |refused: &bool| *refused,
+        )
+        .await;
+        (answer, tries.get())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_was_never_sent_is_sent_again_while_time_lasts() {
+        // Ten refusals in a row (a dead member picked again and again): still answered.
+        assert_eq!(
+            refused_then_answered(10, Duration::from_secs(5)).await,
+            (Some(Ok(11)), 11)
+        );
+        // Refused for good: the refusal comes back before the deadline, not a timeout.
+        let started = tokio::time::Instant::now();
+        let (answer, tries) = refused_then_answered(u32::MAX, Duration::from_secs(1)).await;
+        assert_eq!(answer, Some(Err(true)));
+        assert!(tries > 4, "{tries} tries");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // An error that may have reached a member is not sent again.
+        let tries = std::cell::Cell::new(0);
+        let answer = send_until_sent(
+            tokio::time::Instant::now() + Duration::from_secs(5),
+            || {
+                tries.set(tries.get() + 1);
+                async { Err::<u32, bool>(false) }
+            },
+            |refused: &bool| *refused,
+        )
+        .await;
+        assert_eq!((answer, tries.get()), (Some(Err(false)), 1));
+    }
 
     #[test]
     fn etcd_urls_parse() {
