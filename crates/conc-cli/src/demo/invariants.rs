@@ -110,6 +110,7 @@ pub(super) fn check(
         &counters.sends_rejected,
         &counters.sends_timed_out,
         &counters.sends_unsaved,
+        &counters.sends_superseded,
         &counters.sends_failed,
     ]
     .iter()
@@ -146,7 +147,7 @@ pub(super) fn check(
             "every send is accounted for",
             outcomes == sends,
             format!(
-                "{sends} sends; started + rejected + timed out + unsaved + failed = {outcomes}"
+                "{sends} sends; started + rejected + timed out + unsaved + stopped + failed = {outcomes}"
             ),
         ),
     ];

@@ -54,12 +54,14 @@ pub(crate) struct DemoOptions {
 #[derive(Default)]
 struct Counters {
     sends: AtomicU64,
-    /// What became of each send: these five add up to `sends`.
+    /// What became of each send: these six add up to `sends`.
     sends_started: AtomicU64,
     sends_rejected: AtomicU64,
     sends_timed_out: AtomicU64,
     sends_unsaved: AtomicU64,
     sends_failed: AtomicU64,
+    /// Stopped or taken over between its lock's grant and its fence's record.
+    sends_superseded: AtomicU64,
     duplicates_coalesced: AtomicU64,
     user_saved: AtomicU64,
     assistant_saved: AtomicU64,
@@ -337,6 +339,10 @@ fn rows(counters: &Counters, stats: &SessionStats) -> Vec<Row> {
             load(&counters.sends_timed_out),
         ),
         Row("  message not saved", load(&counters.sends_unsaved)),
+        Row(
+            "  stopped as it started (a newer fence came first)",
+            load(&counters.sends_superseded),
+        ),
         Row("  generation failed to start", load(&counters.sends_failed)),
         Row("generations started", stats.generations_started.to_string()),
         Row(

@@ -299,6 +299,13 @@ impl Demo {
                     GenerationMode::Reject => bump(&self.counters.sends_rejected),
                     _ => bump(&self.counters.sends_timed_out),
                 },
+                // A stop or a take-over recorded a newer fence between this generation's
+                // grant and the record of its own: the session refused its first fenced
+                // write, as it must. An outcome of the chaos, not an error.
+                Err(GenerationError::Session(SessionError::StaleFence { .. })) => {
+                    bump(&self.counters.sends_superseded);
+                    bump(&self.counters.writes_refused);
+                }
                 Err(error) => {
                     self.error("starting a generation", &error);
                     bump(&self.counters.sends_failed);
