@@ -447,6 +447,14 @@ async fn send_message(
         Err(e @ GenerationError::InProgress { .. }) => {
             return error(StatusCode::CONFLICT, e.to_string());
         }
+        // A stop (here or on another server) came between this generation's grant and the
+        // record of its fence: nothing ran and nothing was saved.
+        Err(GenerationError::Session(SessionError::StaleFence { .. })) => {
+            return error(
+                StatusCode::CONFLICT,
+                "The reply was stopped as it started; nothing was saved. Send the message again.",
+            );
+        }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let user_message = Message::new(&message_id, Role::User, &content);

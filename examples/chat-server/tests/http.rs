@@ -9,7 +9,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chat_server::{AppState, MAX_BODY, ModelConfig, router};
 use conc_lock_store::MemoryLockStore;
-use conc_session::{MemorySessionStore, SessionConfig, SessionContext, SessionManager};
+use conc_session::{
+    MemorySessionStore, SessionConfig, SessionContext, SessionManager, SessionStore as _,
+};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -132,6 +134,45 @@ async fn a_conversation_round_trip_with_please_wait_and_stop() {
         3,
         "the stopped reply was not saved: {body}"
     );
+}
+
+#[tokio::test]
+async fn a_send_stopped_as_it_starts_is_a_409_and_saves_nothing() {
+    let sessions = Arc::new(MemorySessionStore::new());
+    let manager = SessionManager::new(SessionContext {
+        sessions: sessions.clone(),
+        locks: Arc::new(MemoryLockStore::new()),
+        config: SessionConfig::default(),
+    });
+    let model = ModelConfig {
+        token_delay: Duration::from_millis(10),
+        tokens: 4,
+        failure_rate: 0.0,
+    };
+    let app = router(AppState::new(manager, model, None));
+    let (status, _) = call(&app, "POST", "/api/conversations", Some(r#"{"id":"c9"}"#)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // A stop recorded a fence newer than the next grant's, as one landing between a grant
+    // and the record of its fence does.
+    sessions.advance_fence("c9", u64::MAX / 2).await.unwrap();
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/conversations/c9/messages",
+        Some(r#"{"content":"hello"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped as it started"),
+        "{body}"
+    );
+    let (_, body) = call(&app, "GET", "/api/conversations/c9", None).await;
+    assert_eq!(body["generating"], false, "{body}");
+    assert_eq!(body["messages"], json!([]), "nothing saved: {body}");
 }
 
 #[tokio::test]
