@@ -101,3 +101,25 @@ pub enum GenerationError {
     #[error(transparent)]
     Session(#[from] SessionError),
 }
+
+impl GenerationError {
+    /// Whether the generation was superseded as it started: a stop, or a newer generation,
+    /// recorded a newer fence between this one's grant and the record of its own, so the
+    /// session refused it. Nothing ran and nothing was saved, and starting again is safe:
+    /// an outcome to report to the user, not a failure of the stores.
+    ///
+    /// ```
+    /// use conc_session::{GenerationError, SessionError};
+    ///
+    /// let refused = GenerationError::Session(SessionError::StaleFence {
+    ///     id: "conversation-1".into(),
+    ///     fence: 7,
+    ///     seen: 9,
+    /// });
+    /// assert!(refused.is_superseded());
+    /// assert!(!GenerationError::Session(SessionError::NotFound("c".into())).is_superseded());
+    /// ```
+    pub fn is_superseded(&self) -> bool {
+        matches!(self, Self::Session(SessionError::StaleFence { .. }))
+    }
+}

@@ -449,7 +449,7 @@ async fn send_message(
         }
         // A stop (here or on another server) came between this generation's grant and the
         // record of its fence: nothing ran and nothing was saved.
-        Err(GenerationError::Session(SessionError::StaleFence { .. })) => {
+        Err(e) if e.is_superseded() => {
             return error(
                 StatusCode::CONFLICT,
                 "The reply was stopped as it started; nothing was saved. Send the message again.",

@@ -17,8 +17,13 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 fn app(token_delay: Duration) -> axum::Router {
+    app_on(Arc::new(MemorySessionStore::new()), token_delay)
+}
+
+/// The app on `sessions`, which the test keeps to act on the store directly.
+fn app_on(sessions: Arc<MemorySessionStore>, token_delay: Duration) -> axum::Router {
     let manager = SessionManager::new(SessionContext {
-        sessions: Arc::new(MemorySessionStore::new()),
+        sessions,
         locks: Arc::new(MemoryLockStore::new()),
         config: SessionConfig::default(),
     });
@@ -139,17 +144,7 @@ async fn a_conversation_round_trip_with_please_wait_and_stop() {
 #[tokio::test]
 async fn a_send_stopped_as_it_starts_is_a_409_and_saves_nothing() {
     let sessions = Arc::new(MemorySessionStore::new());
-    let manager = SessionManager::new(SessionContext {
-        sessions: sessions.clone(),
-        locks: Arc::new(MemoryLockStore::new()),
-        config: SessionConfig::default(),
-    });
-    let model = ModelConfig {
-        token_delay: Duration::from_millis(10),
-        tokens: 4,
-        failure_rate: 0.0,
-    };
-    let app = router(AppState::new(manager, model, None));
+    let app = app_on(sessions.clone(), Duration::from_millis(10));
     let (status, _) = call(&app, "POST", "/api/conversations", Some(r#"{"id":"c9"}"#)).await;
     assert_eq!(status, StatusCode::CREATED);
     // A stop recorded a fence newer than the next grant's, as one landing between a grant

@@ -302,7 +302,7 @@ impl Demo {
                 // A stop or a take-over recorded a newer fence between this generation's
                 // grant and the record of its own: the session refused its first fenced
                 // write, as it must. An outcome of the chaos, not an error.
-                Err(GenerationError::Session(SessionError::StaleFence { .. })) => {
+                Err(error) if error.is_superseded() => {
                     bump(&self.counters.sends_superseded);
                     bump(&self.counters.writes_refused);
                 }

@@ -12,6 +12,8 @@ impl SessionManager {
 
     /// Starts a generation in `conversation` for `user`'s message `message_id`:
     /// one at a time per conversation, across every process that shares the lock store.
+    /// A stop that lands as it starts makes it fail with an error whose
+    /// [`is_superseded`](GenerationError::is_superseded) is true.
     ///
     /// # Cancel safety
     ///

@@ -277,6 +277,7 @@ async fn send_until_sent<T, E, F>(
 ) -> Option<Result<T, E>>
 where
     F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
 {
     let mut tries = 0u64;
     loop {
@@ -288,7 +289,7 @@ where
                 if tokio::time::Instant::now() + pause >= deadline {
                     return Some(Err(e));
                 }
-                tracing::debug!(tries, "an etcd request could not be sent; trying again");
+                tracing::debug!(error = %e, tries, "an etcd request could not be sent; trying again");
                 tokio::time::sleep(pause).await;
             }
             Ok(answer) => return Some(answer),
